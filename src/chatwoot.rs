@@ -1,0 +1,389 @@
+//! The outbound Chatwoot client: the two calls goldrelay makes, and what their
+//! failures mean (transient or permanent, and whether the message may exist).
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The header Chatwoot reads its API token from.
+pub const TOKEN_HEADER: &str = "api_access_token";
+/// How far back a lookup pages through a conversation, at 20 messages a page.
+const MAX_LOOKUP_PAGES: usize = 10;
+/// Slack for clocks: messages this much older than the reply are still searched.
+const LOOKUP_SLACK_SECS: i64 = 300;
+
+/// Why a call to Chatwoot did not succeed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendError {
+    /// Worth retrying: the outage, throttle or timeout may pass.
+    Transient {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        /// The request may have reached Chatwoot and created the message.
+        maybe_created: bool,
+        detail: String,
+    },
+    /// Retrying cannot help: wrong token, unknown conversation, invalid message.
+    Permanent { status: u16, detail: String },
+}
+
+impl SendError {
+    pub fn detail(&self) -> &str {
+        match self {
+            SendError::Transient { detail, .. } | SendError::Permanent { detail, .. } => detail,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SendError::Transient { status, .. } => *status,
+            SendError::Permanent { status, .. } => Some(*status),
+        }
+    }
+}
+
+/// A client for one Chatwoot installation.
+#[derive(Clone)]
+pub struct ChatwootClient {
+    http: reqwest::Client,
+    base: Url,
+    token: SecretString,
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct ListBody {
+    payload: Vec<ListedMessage>,
+}
+
+#[derive(Deserialize)]
+struct ListedMessage {
+    id: i64,
+    #[serde(default)]
+    created_at: i64,
+    #[serde(default)]
+    content_attributes: Value,
+}
+
+impl ChatwootClient {
+    pub fn new(base: Url, token: SecretString, timeout: Duration) -> reqwest::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("goldrelay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http, base, token })
+    }
+
+    fn messages_url(&self, account_id: i64, conversation_id: i64) -> Url {
+        let mut url = self.base.clone();
+        let path = format!(
+            "{}/api/v1/accounts/{account_id}/conversations/{conversation_id}/messages",
+            self.base.path().trim_end_matches('/')
+        );
+        url.set_path(&path);
+        url
+    }
+
+    /// Creates an outgoing text message marked with `gold_reply_id`; returns its id.
+    pub async fn create_message(
+        &self,
+        account_id: i64,
+        conversation_id: i64,
+        reply_id: &str,
+        content: &str,
+        private: bool,
+    ) -> Result<i64, SendError> {
+        let body = json!({
+            "content": content,
+            "message_type": "outgoing",
+            "private": private,
+            "content_type": "text",
+            "content_attributes": { "gold_reply_id": reply_id },
+        });
+        let response = self
+            .http
+            .post(self.messages_url(account_id, conversation_id))
+            .header(TOKEN_HEADER, self.token.expose_secret())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.map_err(|e| transport_error(&e))?;
+        if !status.is_success() {
+            return Err(classify(status, &headers, &text));
+        }
+        serde_json::from_str::<MessageBody>(&text)
+            .map(|m| m.id)
+            .map_err(|_| SendError::Transient {
+                status: Some(status.as_u16()),
+                retry_after: None,
+                maybe_created: true,
+                detail: format!("Chatwoot answered {status} without a message id"),
+            })
+    }
+
+    /// Looks through the conversation's recent messages for one carrying
+    /// `gold_reply_id`, paging back to shortly before `since`.
+    pub async fn find_reply(
+        &self,
+        account_id: i64,
+        conversation_id: i64,
+        reply_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<Option<i64>, SendError> {
+        let url = self.messages_url(account_id, conversation_id);
+        let mut before: Option<i64> = None;
+        for _ in 0..MAX_LOOKUP_PAGES {
+            let page = self.list_page(url.clone(), before).await?;
+            if let Some(found) = page.iter().find(|m| carries(m, reply_id)) {
+                return Ok(Some(found.id));
+            }
+            let Some(oldest) = page.first() else {
+                return Ok(None);
+            };
+            if page.len() < 20 || oldest.created_at < since.timestamp() - LOOKUP_SLACK_SECS {
+                return Ok(None);
+            }
+            before = Some(oldest.id);
+        }
+        Ok(None)
+    }
+
+    async fn list_page(
+        &self,
+        mut url: Url,
+        before: Option<i64>,
+    ) -> Result<Vec<ListedMessage>, SendError> {
+        if let Some(id) = before {
+            url.query_pairs_mut().append_pair("before", &id.to_string());
+        }
+        let response = self
+            .http
+            .get(url)
+            .header(TOKEN_HEADER, self.token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| lookup_transport_error(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| lookup_transport_error(&e))?;
+        if !status.is_success() {
+            return Err(classify(status, &headers, &text));
+        }
+        serde_json::from_str::<ListBody>(&text)
+            .map(|b| b.payload)
+            .map_err(|e| SendError::Transient {
+                status: Some(status.as_u16()),
+                retry_after: None,
+                maybe_created: true,
+                detail: format!("Chatwoot's message list could not be read: {e}"),
+            })
+    }
+
+    /// `GET /health`, falling back to `GET /api` on versions before 4.11.
+    pub async fn health(&self) -> Result<String, String> {
+        let get = |path: &str| {
+            let mut url = self.base.clone();
+            url.set_path(path);
+            self.http.get(url).send()
+        };
+        let response = get("/health").await.map_err(|e| describe_transport(&e))?;
+        if response.status().is_success() {
+            return Ok("/health answered 200".into());
+        }
+        let response = get("/api").await.map_err(|e| describe_transport(&e))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or_default();
+        let services_ok = body["data_services"] == "ok" && body["queue_services"] == "ok";
+        if status.is_success() && services_ok {
+            Ok(format!("/api reports version {}", body["version"]))
+        } else {
+            Err(format!("/api answered {status}: {body}"))
+        }
+    }
+
+    /// One authenticated read: proves the API token is accepted for this conversation.
+    pub async fn can_read(&self, account_id: i64, conversation_id: i64) -> Result<(), SendError> {
+        self.list_page(self.messages_url(account_id, conversation_id), None)
+            .await
+            .map(|_| ())
+    }
+}
+
+fn carries(message: &ListedMessage, reply_id: &str) -> bool {
+    message
+        .content_attributes
+        .get("gold_reply_id")
+        .and_then(Value::as_str)
+        == Some(reply_id)
+}
+
+/// Sorts an HTTP error answer into transient or permanent.
+pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> SendError {
+    let detail = format!(
+        "Chatwoot answered {}: {}",
+        status.as_u16(),
+        error_text(body)
+    );
+    let flood_guard =
+        status == StatusCode::UNPROCESSABLE_ENTITY && body.contains("Too many messages");
+    let transient = status.is_server_error()
+        || matches!(
+            status,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+        )
+        || flood_guard;
+    if transient {
+        SendError::Transient {
+            status: Some(status.as_u16()),
+            retry_after: retry_after(headers, Utc::now()),
+            // A 5xx may come from a proxy after Rails created the message.
+            maybe_created: status.is_server_error(),
+            detail,
+        }
+    } else {
+        SendError::Permanent {
+            status: status.as_u16(),
+            detail,
+        }
+    }
+}
+
+/// The text of Chatwoot's error body: `{"error": …}`, devise's `{"errors": […]}`, or the raw text.
+fn error_text(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let from_json = parsed.as_ref().and_then(|v| {
+        v.get("error")
+            .and_then(Value::as_str)
+            .or_else(|| v.pointer("/errors/0").and_then(Value::as_str))
+            .or_else(|| v.get("message").and_then(Value::as_str))
+            .map(str::to_owned)
+    });
+    let text = from_json.unwrap_or_else(|| body.trim().to_owned());
+    let mut short: String = text.chars().take(300).collect();
+    if short.is_empty() {
+        short = "(empty body)".into();
+    }
+    short
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(raw).ok()?;
+    let at: DateTime<Utc> = at.into();
+    (at - now).to_std().ok()
+}
+
+fn describe_transport(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text = format!("{text}: {inner}");
+        source = inner.source();
+    }
+    // reqwest puts the URL in its own Display; the URL holds no secret, but
+    // the chain above is enough and keeps lines short.
+    text
+}
+
+fn transport_error(e: &reqwest::Error) -> SendError {
+    SendError::Transient {
+        status: None,
+        retry_after: None,
+        // A refused connection never sent the request; anything later might have.
+        maybe_created: !e.is_connect(),
+        detail: format!("Chatwoot {}", describe_transport(e)),
+    }
+}
+
+fn lookup_transport_error(e: &reqwest::Error) -> SendError {
+    SendError::Transient {
+        status: None,
+        retry_after: None,
+        maybe_created: true,
+        detail: format!("Chatwoot lookup {}", describe_transport(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn the_flood_guard_is_transient_but_other_422s_are_permanent() {
+        let h = HeaderMap::new();
+        let flood = classify(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &h,
+            r#"{"error":"Validation failed: Too many messages"}"#,
+        );
+        assert!(matches!(
+            flood,
+            SendError::Transient {
+                maybe_created: false,
+                ..
+            }
+        ));
+        let long = classify(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &h,
+            r#"{"error":"Validation failed: Content is too long (maximum is 150000 characters)"}"#,
+        );
+        assert!(matches!(long, SendError::Permanent { status: 422, .. }));
+    }
+
+    #[test]
+    fn devise_and_plain_text_errors_are_both_readable() {
+        let h = HeaderMap::new();
+        let devise = classify(
+            StatusCode::UNAUTHORIZED,
+            &h,
+            r#"{"errors":["You need to sign in or sign up before continuing."]}"#,
+        );
+        assert_eq!(
+            devise.detail(),
+            "Chatwoot answered 401: You need to sign in or sign up before continuing."
+        );
+        let throttled = classify(StatusCode::TOO_MANY_REQUESTS, &h, "Retry later\n");
+        assert_eq!(throttled.detail(), "Chatwoot answered 429: Retry later");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = Utc::now();
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        let later = now + chrono::Duration::seconds(30);
+        let date = httpdate::fmt_http_date(later.into());
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
+        let got = retry_after(&h, now).unwrap().as_secs();
+        assert!((29..=30).contains(&got), "{got}");
+    }
+}

@@ -1,0 +1,321 @@
+//! Settings, their defaults, and their validation at start-up.
+//!
+//! Every setting comes from one environment variable. Loading collects every
+//! problem at once and names the variable, so an operator fixes a deploy in one go.
+
+use secrecy::{ExposeSecret, SecretString};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The least length of a Support token: long enough that guessing is hopeless.
+pub const MIN_TOKEN_CHARS: usize = 32;
+/// Where `serve` keeps its SQLite database when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://goldrelay.db";
+
+/// Everything goldrelay needs to run `serve`.
+#[derive(Clone)]
+pub struct Settings {
+    /// `GOLDRELAY_LISTEN`: address to bind.
+    pub listen: SocketAddr,
+    /// `GOLDRELAY_TOKENS`: the Support bearer tokens; any one is accepted.
+    pub tokens: Vec<SecretString>,
+    /// `DATABASE_URL`: where gold replies are stored.
+    pub database_url: DatabaseUrl,
+    /// `CHATWOOT_BASE_URL`: the Chatwoot installation, e.g. `https://chat.example.com`.
+    pub chatwoot_base_url: reqwest::Url,
+    /// `CHATWOOT_API_TOKEN`: sent as `api_access_token`.
+    pub chatwoot_api_token: SecretString,
+    /// `GOLDRELAY_CHATWOOT_TIMEOUT`: the deadline for one request to Chatwoot.
+    pub chatwoot_timeout: Duration,
+    /// `GOLDRELAY_RETRY_BASE`: the first backoff delay.
+    pub retry_base: Duration,
+    /// `GOLDRELAY_RETRY_MAX`: the cap on one backoff delay.
+    pub retry_max: Duration,
+    /// `GOLDRELAY_MAX_ATTEMPTS`: attempts before a reply is given up on.
+    pub max_attempts: u32,
+    /// `GOLDRELAY_MAX_AGE`: age after which a reply is given up on.
+    pub max_age: Duration,
+    /// `GOLDRELAY_MAX_BODY`: the largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// `GOLDRELAY_SEND_RATE`: Chatwoot requests per second, all conversations together; 0 lifts the cap.
+    pub send_rate: u32,
+    /// `GOLDRELAY_DELIVERY_CONCURRENCY`: conversations delivered to at once.
+    pub delivery_concurrency: usize,
+    /// `GOLDRELAY_SHUTDOWN_DRAIN`: how long in-flight deliveries may finish after SIGTERM.
+    pub shutdown_drain: Duration,
+}
+
+/// A database URL whose password never reaches a log.
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(SecretString::from(url.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    /// The URL with any password replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let raw = self.expose();
+        match (raw.find("://"), raw.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &raw[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                write!(f, "{}{user}:***{}", &raw[..scheme + 3], &raw[at..])
+            }
+            _ => f.write_str(raw),
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field("database_url", &self.database_url)
+            .field("chatwoot_base_url", &self.chatwoot_base_url.as_str())
+            .field("chatwoot_timeout", &self.chatwoot_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found in the environment, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut env = Env {
+            lookup: &lookup,
+            problems: Vec::new(),
+        };
+        let settings = Settings {
+            listen: env.parsed("GOLDRELAY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080))),
+            tokens: env.tokens("GOLDRELAY_TOKENS"),
+            database_url: DatabaseUrl::new(
+                env.optional("DATABASE_URL")
+                    .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+            ),
+            chatwoot_base_url: env.url("CHATWOOT_BASE_URL"),
+            chatwoot_api_token: env.secret("CHATWOOT_API_TOKEN"),
+            chatwoot_timeout: env.duration("GOLDRELAY_CHATWOOT_TIMEOUT", "10s"),
+            retry_base: env.duration("GOLDRELAY_RETRY_BASE", "500ms"),
+            retry_max: env.duration("GOLDRELAY_RETRY_MAX", "5m"),
+            max_attempts: env.parsed("GOLDRELAY_MAX_ATTEMPTS", 50),
+            max_age: env.duration("GOLDRELAY_MAX_AGE", "24h"),
+            max_body_bytes: env.parsed("GOLDRELAY_MAX_BODY", 256 * 1024),
+            send_rate: env.parsed("GOLDRELAY_SEND_RATE", 40),
+            delivery_concurrency: env.parsed("GOLDRELAY_DELIVERY_CONCURRENCY", 16),
+            shutdown_drain: env.duration("GOLDRELAY_SHUTDOWN_DRAIN", "25s"),
+        };
+        env.check(
+            settings.max_attempts >= 1,
+            "GOLDRELAY_MAX_ATTEMPTS must be at least 1",
+        );
+        env.check(
+            settings.delivery_concurrency >= 1,
+            "GOLDRELAY_DELIVERY_CONCURRENCY must be at least 1",
+        );
+        env.check(
+            settings.retry_base <= settings.retry_max,
+            "GOLDRELAY_RETRY_BASE must not exceed GOLDRELAY_RETRY_MAX",
+        );
+        env.check(
+            !settings.chatwoot_timeout.is_zero(),
+            "GOLDRELAY_CHATWOOT_TIMEOUT must be more than 0",
+        );
+        if env.problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError(env.problems))
+        }
+    }
+
+    /// How long a claimed job stays with its worker: longer than the worst
+    /// attempt (a lookup and a create, each up to the Chatwoot timeout).
+    pub fn lease(&self) -> Duration {
+        self.chatwoot_timeout * 3 + Duration::from_secs(5)
+    }
+}
+
+/// Parses one duration such as `250ms`, `5s` or `1h`.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("{e} (write a duration such as 250ms, 5s or 1h)"))
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    problems: Vec<String>,
+}
+
+impl Env<'_> {
+    fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn check(&mut self, ok: bool, problem: &str) {
+        if !ok {
+            self.problems.push(problem.to_owned());
+        }
+    }
+
+    fn required(&mut self, name: &str) -> Option<String> {
+        let value = self.optional(name);
+        if value.is_none() {
+            self.problems
+                .push(format!("{name} is required but not set"));
+        }
+        value
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, name: &str, default: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        match self.optional(name) {
+            None => default,
+            Some(raw) => raw.trim().parse().unwrap_or_else(|e| {
+                self.problems
+                    .push(format!("{name}={raw:?} is invalid: {e}"));
+                default
+            }),
+        }
+    }
+
+    fn duration(&mut self, name: &str, default: &str) -> Duration {
+        let raw = self.optional(name).unwrap_or_else(|| default.to_owned());
+        parse_duration(&raw).unwrap_or_else(|e| {
+            self.problems
+                .push(format!("{name}={raw:?} is invalid: {e}"));
+            Duration::ZERO
+        })
+    }
+
+    fn secret(&mut self, name: &str) -> SecretString {
+        SecretString::from(self.required(name).unwrap_or_default())
+    }
+
+    fn url(&mut self, name: &str) -> reqwest::Url {
+        let fallback = || reqwest::Url::parse("http://invalid.invalid").expect("static URL");
+        let Some(raw) = self.required(name) else {
+            return fallback();
+        };
+        match reqwest::Url::parse(raw.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+            Ok(_) => {
+                self.problems
+                    .push(format!("{name} must be an http:// or https:// URL"));
+                fallback()
+            }
+            Err(e) => {
+                self.problems
+                    .push(format!("{name}={raw:?} is invalid: {e}"));
+                fallback()
+            }
+        }
+    }
+
+    /// Comma-separated tokens; the values never appear in a problem, only their position.
+    fn tokens(&mut self, name: &str) -> Vec<SecretString> {
+        let Some(raw) = self.required(name) else {
+            return Vec::new();
+        };
+        let mut tokens = Vec::new();
+        for (i, token) in raw.split(',').map(str::trim).enumerate() {
+            if token.chars().count() < MIN_TOKEN_CHARS {
+                self.problems.push(format!(
+                    "{name}: token #{} is shorter than {MIN_TOKEN_CHARS} characters",
+                    i + 1
+                ));
+            } else {
+                tokens.push(SecretString::from(token.to_owned()));
+            }
+        }
+        tokens
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_missing_token_and_chatwoot_url_are_both_named() {
+        let err = load(&[("CHATWOOT_API_TOKEN", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("GOLDRELAY_TOKENS is required"), "{err}");
+        assert!(err.contains("CHATWOOT_BASE_URL is required"), "{err}");
+    }
+
+    #[test]
+    fn a_short_token_is_refused_without_echoing_it() {
+        let err = load(&[
+            ("GOLDRELAY_TOKENS", &format!("{TOKEN},short-secret")),
+            ("CHATWOOT_BASE_URL", "http://localhost:3000"),
+            ("CHATWOOT_API_TOKEN", "x"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("token #2"), "{err}");
+        assert!(!err.contains("short-secret"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_variable() {
+        let err = load(&[
+            ("GOLDRELAY_TOKENS", TOKEN),
+            ("CHATWOOT_BASE_URL", "http://localhost:3000"),
+            ("CHATWOOT_API_TOKEN", "x"),
+            ("GOLDRELAY_RETRY_BASE", "soon"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("GOLDRELAY_RETRY_BASE=\"soon\" is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_database_password_is_redacted_when_displayed() {
+        let url = DatabaseUrl::new("postgres://relay:hunter2@db.example.com:5432/gold");
+        assert_eq!(
+            url.to_string(),
+            "postgres://relay:***@db.example.com:5432/gold"
+        );
+    }
+}

@@ -1,0 +1,353 @@
+//! The delivery worker: claims due jobs, sends them to Chatwoot, records the outcome.
+//!
+//! Order per conversation comes from the store, which only ever hands out a
+//! conversation's oldest job. Concurrency across conversations is bounded by
+//! `concurrency`, and every Chatwoot request passes one shared rate limiter.
+
+use crate::chatwoot::{ChatwootClient, SendError};
+use crate::store::{Job, Outcome, SharedStore};
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The longest the worker sleeps without looking at the queue, so jobs whose
+/// lease ran out on another instance are picked up.
+const MAX_IDLE: Duration = Duration::from_secs(2);
+/// The wait after the store failed, before trying again.
+const STORE_RETRY: Duration = Duration::from_millis(500);
+
+/// How the worker retries and gives up.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub concurrency: usize,
+    /// Chatwoot requests per second; 0 lifts the cap.
+    pub send_rate: u32,
+    pub lease: Duration,
+    pub drain: Duration,
+}
+
+/// The exponential backoff before attempt `attempt + 1`, with jitter.
+///
+/// `jitter` in `[0, 1)` spreads the delay over its upper half, so replies held
+/// up by one outage do not all return at the same instant.
+pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(32);
+    let full = base.saturating_mul(2u32.saturating_pow(exp)).min(max);
+    full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// What `/hc` reports about the worker.
+#[derive(Debug, Default)]
+pub struct WorkerState(AtomicU8);
+
+impl WorkerState {
+    const STARTING: u8 = 0;
+    const RUNNING: u8 = 1;
+    const STORE_FAILING: u8 = 2;
+    const STOPPED: u8 = 3;
+
+    pub fn describe(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            Self::STARTING => "starting",
+            Self::RUNNING => "running",
+            Self::STORE_FAILING => "paused: the store is failing",
+            _ => "stopped",
+        }
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::RUNNING
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
+}
+
+/// Handles the HTTP side keeps to reach the worker.
+#[derive(Clone, Default)]
+pub struct WorkerLink {
+    /// Wakes the worker at once when a new reply is committed.
+    pub wake: Arc<Notify>,
+    pub state: Arc<WorkerState>,
+}
+
+pub struct Worker {
+    store: SharedStore,
+    client: ChatwootClient,
+    policy: Policy,
+    link: WorkerLink,
+    owner: String,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+impl Worker {
+    pub fn new(
+        store: SharedStore,
+        client: ChatwootClient,
+        policy: Policy,
+        link: WorkerLink,
+    ) -> Self {
+        let limiter = NonZeroU32::new(policy.send_rate)
+            .map(|rate| Arc::new(RateLimiter::direct(Quota::per_second(rate))));
+        Self {
+            store,
+            client,
+            policy,
+            link,
+            owner: format!("goldrelay-{}", uuid::Uuid::new_v4()),
+            limiter,
+        }
+    }
+
+    /// Runs until `shutdown` fires, then lets in-flight attempts finish within
+    /// the drain period and hands back whatever is still leased.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.policy.concurrency));
+        let mut tasks = JoinSet::new();
+        this.link.state.set(WorkerState::RUNNING);
+        while !shutdown.is_cancelled() {
+            while tasks.try_join_next().is_some() {}
+            let wait = this.claim_and_spawn(&slots, &mut tasks).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = this.link.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        this.drain(tasks).await;
+    }
+
+    /// Claims as many due jobs as there are free slots; returns how long to wait.
+    async fn claim_and_spawn(
+        self: &Arc<Self>,
+        slots: &Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+    ) -> Duration {
+        let free = slots.available_permits();
+        if free == 0 {
+            return MAX_IDLE;
+        }
+        let claimed = self
+            .store
+            .claim(&self.owner, Utc::now(), self.policy.lease, free)
+            .await;
+        let jobs = match claimed {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::error!(error = %e, "could not claim delivery jobs; pausing");
+                self.link.state.set(WorkerState::STORE_FAILING);
+                return STORE_RETRY;
+            }
+        };
+        self.link.state.set(WorkerState::RUNNING);
+        let full = jobs.len() == free;
+        for job in jobs {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            let this = self.clone();
+            tasks.spawn(async move {
+                this.deliver(job).await;
+                drop(permit);
+            });
+        }
+        if full {
+            return MAX_IDLE;
+        }
+        self.idle_wait().await
+    }
+
+    async fn idle_wait(&self) -> Duration {
+        match self.store.next_due().await {
+            Ok(Some(at)) => (at - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::from_millis(5))
+                .clamp(Duration::from_millis(5), MAX_IDLE),
+            Ok(None) => MAX_IDLE,
+            Err(_) => STORE_RETRY,
+        }
+    }
+
+    async fn drain(&self, mut tasks: JoinSet<()>) {
+        let finished = tokio::time::timeout(self.policy.drain, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                in_flight = tasks.len(),
+                "drain period over; abandoning in-flight attempts"
+            );
+            tasks.shutdown().await;
+        }
+        if let Err(e) = self.store.release_all(&self.owner).await {
+            tracing::warn!(error = %e, "could not release leases; they expire on their own");
+        }
+        self.link.state.set(WorkerState::STOPPED);
+    }
+
+    async fn deliver(&self, job: Job) {
+        let outcome = self.attempt(&job).await;
+        self.log(&job, &outcome);
+        let now = Utc::now();
+        // The outcome must be recorded: a lost "delivered" would send twice.
+        let mut delay = STORE_RETRY;
+        while let Err(e) = self
+            .store
+            .finish(&job.reply_id, &self.owner, outcome.clone(), now)
+            .await
+        {
+            tracing::error!(reply_id = %job.reply_id, error = %e, "could not record a delivery outcome; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn attempt(&self, job: &Job) -> Outcome {
+        if job.maybe_sent {
+            match self.look_up(job).await {
+                Ok(Some(message_id)) => return Outcome::Delivered { message_id },
+                Ok(None) => {}
+                Err(SendError::Permanent { detail, .. }) => {
+                    return Outcome::Dead {
+                        error: format!(
+                            "an earlier attempt may have created the message, and checking failed ({detail}); \
+                             not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing"
+                        ),
+                    }
+                }
+                Err(transient) => return self.retry_or_give_up(job, transient, true),
+            }
+        }
+        self.throttle().await;
+        let sent = self
+            .client
+            .create_message(
+                job.account_id,
+                job.conversation_id,
+                &job.reply_id,
+                &job.content,
+                job.private,
+            )
+            .await;
+        match sent {
+            Ok(message_id) => Outcome::Delivered { message_id },
+            Err(SendError::Permanent { detail, .. }) => Outcome::Dead { error: detail },
+            Err(transient) => self.retry_or_give_up(job, transient, false),
+        }
+    }
+
+    async fn look_up(&self, job: &Job) -> Result<Option<i64>, SendError> {
+        self.throttle().await;
+        self.client
+            .find_reply(
+                job.account_id,
+                job.conversation_id,
+                &job.reply_id,
+                job.received_at,
+            )
+            .await
+    }
+
+    async fn throttle(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.until_ready().await;
+        }
+    }
+
+    fn retry_or_give_up(&self, job: &Job, error: SendError, looked_up: bool) -> Outcome {
+        let SendError::Transient {
+            retry_after,
+            maybe_created,
+            detail,
+            ..
+        } = error
+        else {
+            return Outcome::Dead {
+                error: error.detail().to_owned(),
+            };
+        };
+        let attempt = u32::try_from(job.attempt).unwrap_or(u32::MAX);
+        if attempt >= self.policy.max_attempts {
+            return Outcome::Dead {
+                error: format!("gave up after {attempt} attempts: {detail}"),
+            };
+        }
+        let p = &self.policy;
+        let delay = backoff(attempt, p.retry_base, p.retry_max, rand::random())
+            .max(retry_after.unwrap_or_default());
+        let at = Utc::now() + delay;
+        if elapsed(job.received_at, at) > p.max_age {
+            return Outcome::Dead {
+                error: format!(
+                    "gave up: the reply would be older than {} at its next attempt: {detail}",
+                    humantime::format_duration(p.max_age)
+                ),
+            };
+        }
+        Outcome::Retry {
+            at,
+            error: detail,
+            maybe_sent: maybe_created || looked_up,
+        }
+    }
+
+    fn log(&self, job: &Job, outcome: &Outcome) {
+        let (reply_id, conversation_id, attempt) =
+            (&job.reply_id, job.conversation_id, job.attempt);
+        match outcome {
+            Outcome::Delivered { message_id } => tracing::info!(
+                reply_id,
+                conversation_id,
+                attempt,
+                outcome = "delivered",
+                chatwoot_message_id = message_id,
+                "delivery attempt"
+            ),
+            Outcome::Retry { at, error, .. } => tracing::warn!(
+                reply_id, conversation_id, attempt, outcome = "retry", next_attempt_at = %at.to_rfc3339(),
+                error = %error, "delivery attempt"
+            ),
+            Outcome::Dead { error } => tracing::error!(
+                reply_id, conversation_id, attempt, outcome = "dead", error = %error, "delivery attempt"
+            ),
+        }
+    }
+}
+
+fn elapsed(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+    (to - from).to_std().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_stops_at_the_cap() {
+        let (base, max) = (Duration::from_millis(500), Duration::from_secs(60));
+        assert_eq!(backoff(1, base, max, 1.0), Duration::from_millis(500));
+        assert_eq!(backoff(3, base, max, 1.0), Duration::from_secs(2));
+        assert_eq!(backoff(40, base, max, 1.0), max);
+    }
+
+    #[test]
+    fn jitter_keeps_the_delay_within_its_upper_half() {
+        let (base, max) = (Duration::from_secs(8), Duration::from_secs(60));
+        assert_eq!(backoff(1, base, max, 0.0), Duration::from_secs(4));
+        assert!(backoff(1, base, max, 0.99) < Duration::from_secs(8));
+    }
+}

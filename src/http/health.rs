@@ -1,0 +1,23 @@
+//! `GET /hc`: cheap, unauthenticated, honest about what works.
+
+use super::AppState;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use std::time::Duration;
+
+/// 200 when replies can be accepted and stored, 503 otherwise; same body shape.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let ping = tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await;
+    let store_ok = matches!(ping, Ok(Ok(())));
+    let body = json!({
+        "status": if store_ok { "ok" } else { "unavailable" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "store": { "status": if store_ok { "ok" } else { "unreachable" } },
+        "worker": { "status": state.worker.state.describe() },
+    });
+    if store_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

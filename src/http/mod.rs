@@ -1,0 +1,85 @@
+//! Routes, extractors and the error translation. Handlers never call Chatwoot:
+//! they commit and answer, and the delivery worker does the rest.
+
+mod auth;
+mod body;
+mod health;
+pub mod problem;
+mod replies;
+
+pub use auth::BearerTokens;
+
+use crate::delivery::WorkerLink;
+use crate::store::SharedStore;
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use std::time::Instant;
+
+/// What every handler shares.
+pub struct AppState {
+    pub store: SharedStore,
+    pub tokens: BearerTokens,
+    pub max_body_bytes: usize,
+    pub worker: WorkerLink,
+}
+
+/// Registers every route of the API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/hc", web::get().to(health::health))
+        .route(
+            "/api/webhooks/gold-replies",
+            web::post().to(replies::post_reply),
+        )
+        .route(
+            "/api/gold-replies/{reply_id}",
+            web::get().to(replies::get_reply),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    let detail = format!("no route for {} {}", req.method(), req.path());
+    problem::problem_response(
+        StatusCode::NOT_FOUND,
+        problem::problem(StatusCode::NOT_FOUND, "not-found", &detail),
+    )
+}
+
+/// Builds the actix app with its logging.
+pub fn app(
+    state: web::Data<AppState>,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<actix_web::body::BoxBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    actix_web::App::new()
+        .app_data(state)
+        .configure(routes)
+        .wrap_fn(|req, srv| {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+            let reply_id = req.match_info().get("reply_id").map(str::to_owned);
+            let request_id = uuid::Uuid::new_v4();
+            let call = srv.call(req);
+            async move {
+                let response = call.await?;
+                tracing::info!(
+                    %request_id,
+                    method = %method,
+                    route,
+                    status = response.status().as_u16(),
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    reply_id,
+                    "request"
+                );
+                Ok(response)
+            }
+        })
+}

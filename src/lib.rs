@@ -1,0 +1,14 @@
+//! goldrelay: takes human-approved gold replies from Support, stores them
+//! durably, and delivers the approved ones to Chatwoot exactly once, in order
+//! per conversation.
+
+pub mod chatwoot;
+pub mod config;
+pub mod delivery;
+pub mod dev;
+pub mod domain;
+pub mod http;
+pub mod sandbox;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,121 @@
+use clap::{Parser, Subcommand};
+use goldrelay::config::Settings;
+use goldrelay::dev::{self, DevOptions};
+use goldrelay::sandbox::{self, SandboxConfig};
+use goldrelay::startup::{shutdown_signal, Application};
+use goldrelay::telemetry::{self, LogFormat};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// goldrelay takes gold replies (Support's approved, edited or rejected AI drafts),
+/// stores every one durably, and delivers the approved ones to Chatwoot exactly
+/// once, in order per conversation.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log format: `text` for people, `json` for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "GOLDRELAY_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service. Configuration comes from the environment: see the README's
+    /// configuration table. Exits at once, naming the variable, when one is missing or invalid.
+    Serve,
+    /// Run everything locally: SQLite in --data-dir, a generated Support token, and an
+    /// embedded sandbox Chatwoot, with a ready-to-paste curl command.
+    Dev {
+        /// Address goldrelay listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Support token to accept (at least 32 characters); generated when absent.
+        #[arg(long, env = "GOLDRELAY_DEV_TOKEN")]
+        token: Option<String>,
+        /// Where the dev database lives.
+        #[arg(long, default_value = ".goldrelay")]
+        data_dir: PathBuf,
+        /// Address of the embedded sandbox Chatwoot (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        sandbox_listen: SocketAddr,
+    },
+    /// Run only the sandbox Chatwoot, as a peer for tests, smoke runs and benchmarks.
+    Sandbox {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+        /// The user token it accepts (may create and list messages).
+        #[arg(long, default_value = "sandbox-user-token")]
+        token: String,
+        /// Sends signed message_created/message_updated events here.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Secret for signing webhook events (unsigned without one).
+        #[arg(long, env = "SANDBOX_WEBHOOK_SECRET")]
+        webhook_secret: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("goldrelay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let settings = Settings::from_env()?;
+            let app = Application::build(settings).await?;
+            tracing::info!(addr = %app.addr(), version = env!("CARGO_PKG_VERSION"), "goldrelay listening");
+            app.run_until(shutdown_signal()).await
+        }
+        Command::Dev {
+            listen,
+            token,
+            data_dir,
+            sandbox_listen,
+        } => {
+            dev::run(DevOptions {
+                listen,
+                token,
+                data_dir,
+                sandbox_listen,
+            })
+            .await
+        }
+        Command::Sandbox {
+            listen,
+            token,
+            webhook_url,
+            webhook_secret,
+        } => {
+            let config = SandboxConfig {
+                user_token: token,
+                webhook_url,
+                webhook_secret,
+                ..SandboxConfig::default()
+            };
+            let handle = sandbox::start(config, listen)?;
+            println!("sandbox Chatwoot listening on {}", handle.base_url());
+            shutdown_signal().await;
+            handle.stop().await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Wiring: store, Chatwoot client, HTTP server, delivery worker, shutdown.
+
+use crate::chatwoot::ChatwootClient;
+use crate::config::Settings;
+use crate::delivery::{Policy, Worker, WorkerLink};
+use crate::http::{self, AppState, BearerTokens};
+use crate::store::{self, SharedStore};
+use actix_web::dev::Server;
+use actix_web::{web, HttpServer};
+use anyhow::Context;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use tokio_util::sync::CancellationToken;
+
+/// A goldrelay ready to run: bound, migrated, wired.
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    worker: Worker,
+    store: SharedStore,
+}
+
+impl Application {
+    /// Opens the store, binds the listener (port 0 picks a free one) and builds the worker.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let store = store::open(&settings.database_url)
+            .await
+            .with_context(|| format!("could not open the database at {}", settings.database_url))?;
+        let client = ChatwootClient::new(
+            settings.chatwoot_base_url.clone(),
+            settings.chatwoot_api_token.clone(),
+            settings.chatwoot_timeout,
+        )
+        .context("could not build the Chatwoot client")?;
+        let link = WorkerLink::default();
+        let worker = Worker::new(store.clone(), client, policy(&settings), link.clone());
+        let state = web::Data::new(AppState {
+            store: store.clone(),
+            tokens: BearerTokens::new(&settings.tokens),
+            max_body_bytes: settings.max_body_bytes,
+            worker: link,
+        });
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("could not listen on {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let server = HttpServer::new(move || http::app(state.clone()))
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_drain.as_secs().max(1))
+            .listen(listener)?
+            .run();
+        Ok(Self {
+            addr,
+            server,
+            worker,
+            store,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn store(&self) -> SharedStore {
+        self.store.clone()
+    }
+
+    /// Serves until `stop` completes, then stops accepting, lets in-flight
+    /// requests and deliveries finish within the drain period, and returns.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let shutdown = CancellationToken::new();
+        let worker = tokio::spawn(self.worker.run(shutdown.clone()));
+        let handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        stop.await;
+        tracing::info!("shutting down: no new requests; finishing in-flight work");
+        handle.stop(true).await;
+        shutdown.cancel();
+        worker.await.context("the delivery worker panicked")?;
+        server.await.context("the HTTP server panicked")??;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn policy(settings: &Settings) -> Policy {
+    Policy {
+        retry_base: settings.retry_base,
+        retry_max: settings.retry_max,
+        max_attempts: settings.max_attempts,
+        max_age: settings.max_age,
+        concurrency: settings.delivery_concurrency,
+        send_rate: settings.send_rate,
+        lease: settings.lease(),
+        drain: settings.shutdown_drain,
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

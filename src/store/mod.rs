@@ -1,0 +1,146 @@
+//! Every SQL statement goldrelay runs sits behind the narrow [`Store`] trait.
+//!
+//! The HTTP and delivery code see only this trait, so a second backend changes
+//! nothing above this module.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::domain::{GoldReply, Status};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A store shared by the HTTP server and the worker.
+pub type SharedStore = Arc<dyn Store>;
+
+/// What went wrong below the store. Callers only need to know that it did.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("the database could not commit: {0}")]
+    Commit(String),
+    #[error("the database writer is unavailable")]
+    Unavailable,
+}
+
+/// The public record of one gold reply: what `GET /api/gold-replies/{id}` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplyRecord {
+    pub reply_id: String,
+    pub account_id: i64,
+    pub conversation_id: i64,
+    pub action: String,
+    pub status: Status,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub chatwoot_message_id: Option<i64>,
+    pub received_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub channel_status: Option<String>,
+    pub channel_error: Option<String>,
+}
+
+/// What storing a posted reply did.
+#[derive(Debug)]
+pub enum Ingested {
+    /// A new reply, committed with its delivery job.
+    Created(ReplyRecord),
+    /// The same reply was stored before; nothing changed.
+    Existing(ReplyRecord),
+    /// The reply id is taken by a reply with other content.
+    Conflict(ReplyRecord),
+}
+
+/// A delivery job the worker holds under a lease.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub reply_id: String,
+    pub account_id: i64,
+    pub conversation_id: i64,
+    pub content: String,
+    pub private: bool,
+    /// This attempt's number, starting at 1.
+    pub attempt: i64,
+    pub received_at: DateTime<Utc>,
+    /// An earlier attempt may have created the message: look before sending.
+    pub maybe_sent: bool,
+}
+
+/// How one delivery attempt ended, as the store records it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Delivered {
+        message_id: i64,
+    },
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+        maybe_sent: bool,
+    },
+    Dead {
+        error: String,
+    },
+}
+
+/// Counts for `/hc` and the metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    pub queued: i64,
+    pub oldest_queued_at: Option<DateTime<Utc>>,
+}
+
+/// The narrow interface between goldrelay and its database.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Stores a reply and, when it is to be sent, its delivery job, in one transaction.
+    async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError>;
+
+    /// One reply's record.
+    async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError>;
+
+    /// Leases up to `limit` due jobs, at most one per conversation and always that
+    /// conversation's oldest, so replies reach each conversation in order.
+    async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError>;
+
+    /// Records how an attempt on a job leased by `owner` ended.
+    async fn finish(
+        &self,
+        reply_id: &str,
+        owner: &str,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Hands back every job `owner` still leases (at shutdown), so the next claim
+    /// need not wait for the leases to run out.
+    async fn release_all(&self, owner: &str) -> Result<(), StoreError>;
+
+    /// When the next job becomes due (or its lease runs out), if any job waits.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Queue depth and age.
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// A cheap round trip proving the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store `url` names and applies its migrations.
+pub async fn open(url: &crate::config::DatabaseUrl) -> Result<SharedStore, StoreError> {
+    Ok(Arc::new(SqliteStore::open(url.expose()).await?))
+}

@@ -1,0 +1,437 @@
+//! The embedded SQLite store.
+//!
+//! Durability: WAL with `synchronous=FULL`, so a 202 survives a crash of the
+//! process and of the machine. Throughput: every write goes through one writer
+//! task that commits whatever has queued up meanwhile in one transaction (group
+//! commit), so concurrent requests share one disk flush instead of paying for
+//! one each. Reads use a small pool of their own connections.
+
+use super::{Ingested, Job, Outcome, QueueStats, ReplyRecord, Store, StoreError};
+use crate::domain::{GoldReply, Status};
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most writes committed together: bounds one transaction's latency.
+const MAX_BATCH: usize = 512;
+const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, status, attempts, \
+     last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
+     channel_status, channel_error";
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type WriteOp =
+    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Completion> + Send>;
+
+pub struct SqliteStore {
+    writes: mpsc::Sender<WriteOp>,
+    reads: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and migrates it.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let mut writer = SqliteConnection::connect_with(&options).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut writer)
+            .await?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (writes, rx) = mpsc::channel(4096);
+        tokio::spawn(run_writer(writer, rx));
+        Ok(Self { writes, reads })
+    }
+
+    /// Runs `op` inside the next group transaction and returns its result once committed.
+    async fn write<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let boxed: WriteOp = Box::new(move |conn| {
+            Box::pin(async move {
+                let result = op(conn).await;
+                Box::new(move |committed: Result<(), StoreError>| {
+                    let _ = tx.send(committed.and(result));
+                }) as Completion
+            })
+        });
+        self.writes
+            .send(boxed)
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+}
+
+/// Takes every queued write, runs them in one transaction, commits once, then answers them all.
+async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // If the transaction cannot even begin, the ops are dropped unrun and
+        // their callers see `StoreError::Unavailable`.
+        let Ok(mut tx) = conn.begin().await else {
+            batch.clear();
+            continue;
+        };
+        let mut completions = Vec::with_capacity(batch.len());
+        for op in batch.drain(..) {
+            completions.push(op(&mut tx).await);
+        }
+        let committed = tx.commit().await.map_err(|e| e.to_string());
+        for complete in completions {
+            complete(committed.clone().map_err(StoreError::Commit));
+        }
+    }
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+}
+
+fn record(row: &SqliteRow) -> Result<ReplyRecord, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(ReplyRecord {
+        reply_id: row.try_get("reply_id")?,
+        account_id: row.try_get("account_id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        action: row.try_get("action")?,
+        status: Status::parse(&status).ok_or_else(|| sqlx::Error::ColumnDecode {
+            index: "status".into(),
+            source: format!("unknown status {status:?}").into(),
+        })?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        chatwoot_message_id: row.try_get("chatwoot_message_id")?,
+        received_at: time(row.try_get("received_at")?).unwrap_or_default(),
+        next_attempt_at: time(row.try_get("next_attempt_at")?),
+        delivered_at: time(row.try_get("delivered_at")?),
+        confirmed_at: time(row.try_get("confirmed_at")?),
+        channel_status: row.try_get("channel_status")?,
+        channel_error: row.try_get("channel_error")?,
+    })
+}
+
+async fn fetch_record(
+    conn: &mut SqliteConnection,
+    reply_id: &str,
+) -> Result<Option<ReplyRecord>, StoreError> {
+    let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = ?");
+    let row = sqlx::query(&sql)
+        .bind(reply_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.as_ref().map(record).transpose()?)
+}
+
+async fn ingest_tx(
+    conn: &mut SqliteConnection,
+    reply: GoldReply,
+    now: DateTime<Utc>,
+) -> Result<Ingested, StoreError> {
+    let fingerprint = reply.fingerprint();
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT fingerprint FROM gold_replies WHERE reply_id = ?")
+            .bind(reply.reply_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(stored) = existing {
+        let record = fetch_record(conn, reply.reply_id.as_str())
+            .await?
+            .ok_or(StoreError::Unavailable)?;
+        return Ok(if stored == fingerprint {
+            Ingested::Existing(record)
+        } else {
+            Ingested::Conflict(record)
+        });
+    }
+    let sends = reply.action.sends();
+    let status = if sends {
+        Status::Queued
+    } else {
+        Status::Recorded
+    };
+    let now_ms = millis(now);
+    sqlx::query(
+        "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, private, \
+         approved_by, draft, tags, metadata, fingerprint, status, received_at, next_attempt_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(reply.reply_id.as_str())
+    .bind(reply.account_id)
+    .bind(reply.conversation_id)
+    .bind(reply.action.as_str())
+    .bind(&reply.content)
+    .bind(reply.private)
+    .bind(&reply.approved_by)
+    .bind(reply.draft.as_ref().map(|v| v.to_string()))
+    .bind(serde_json::Value::from(reply.tags.clone()).to_string())
+    .bind(reply.metadata.as_ref().map(|v| v.to_string()))
+    .bind(&fingerprint)
+    .bind(status.as_str())
+    .bind(now_ms)
+    .bind(sends.then_some(now_ms))
+    .execute(&mut *conn)
+    .await?;
+    if sends {
+        sqlx::query(
+            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(reply.reply_id.as_str())
+        .bind(reply.account_id)
+        .bind(reply.conversation_id)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let record = ReplyRecord {
+        reply_id: reply.reply_id.to_string(),
+        account_id: reply.account_id,
+        conversation_id: reply.conversation_id,
+        action: reply.action.as_str().to_owned(),
+        status,
+        attempts: 0,
+        last_error: None,
+        chatwoot_message_id: None,
+        received_at: time(Some(now_ms)).unwrap_or(now),
+        next_attempt_at: sends.then(|| time(Some(now_ms)).unwrap_or(now)),
+        delivered_at: None,
+        confirmed_at: None,
+        channel_status: None,
+        channel_error: None,
+    };
+    Ok(Ingested::Created(record))
+}
+
+/// The head job of each conversation: only it may be sent, which keeps order.
+const HEADS: &str = "SELECT MIN(seq) FROM delivery_jobs GROUP BY account_id, conversation_id";
+
+async fn claim_tx(
+    conn: &mut SqliteConnection,
+    owner: String,
+    now: DateTime<Utc>,
+    lease: Duration,
+    limit: usize,
+) -> Result<Vec<Job>, StoreError> {
+    let now_ms = millis(now);
+    let sql = format!(
+        "SELECT j.seq, j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
+         r.content, r.private, r.attempts, r.received_at \
+         FROM delivery_jobs j JOIN gold_replies r ON r.reply_id = j.reply_id \
+         WHERE j.seq IN ({HEADS}) AND j.due_at <= ?1 \
+         AND (j.lease_until IS NULL OR j.lease_until <= ?1) \
+         ORDER BY j.due_at, j.seq LIMIT ?2"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+    let lease_until = now_ms + lease.as_millis() as i64;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.try_get("seq")?;
+        let reply_id: String = row.try_get("reply_id")?;
+        // Mark the attempt as possibly sent before it starts: if this process
+        // dies mid-request, the next claimant looks before sending again.
+        sqlx::query(
+            "UPDATE delivery_jobs SET lease_owner = ?, lease_until = ?, maybe_sent = 1 WHERE seq = ?",
+        )
+        .bind(&owner)
+        .bind(lease_until)
+        .bind(seq)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = ?")
+            .bind(&reply_id)
+            .execute(&mut *conn)
+            .await?;
+        jobs.push(Job {
+            reply_id,
+            account_id: row.try_get("account_id")?,
+            conversation_id: row.try_get("conversation_id")?,
+            content: row.try_get("content")?,
+            private: row.try_get("private")?,
+            attempt: row.try_get::<i64, _>("attempts")? + 1,
+            received_at: time(row.try_get("received_at")?).unwrap_or(now),
+            maybe_sent: row.try_get("maybe_sent")?,
+        });
+    }
+    Ok(jobs)
+}
+
+async fn finish_tx(
+    conn: &mut SqliteConnection,
+    reply_id: String,
+    owner: String,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now_ms = millis(now);
+    match outcome {
+        Outcome::Delivered { message_id } => {
+            // Recorded whoever holds the lease: the message exists either way.
+            sqlx::query("DELETE FROM delivery_jobs WHERE reply_id = ?")
+                .bind(&reply_id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "UPDATE gold_replies SET \
+                 status = CASE WHEN status = 'confirmed' THEN status ELSE 'delivered' END, \
+                 chatwoot_message_id = ?, delivered_at = COALESCE(delivered_at, ?), \
+                 last_error = NULL, next_attempt_at = NULL WHERE reply_id = ?",
+            )
+            .bind(message_id)
+            .bind(now_ms)
+            .bind(&reply_id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Outcome::Retry {
+            at,
+            error,
+            maybe_sent,
+        } => {
+            let held = sqlx::query(
+                "UPDATE delivery_jobs SET due_at = ?, lease_owner = NULL, lease_until = NULL, \
+                 maybe_sent = ? WHERE reply_id = ? AND lease_owner = ?",
+            )
+            .bind(millis(at))
+            .bind(maybe_sent)
+            .bind(&reply_id)
+            .bind(&owner)
+            .execute(&mut *conn)
+            .await?;
+            if held.rows_affected() > 0 {
+                sqlx::query(
+                    "UPDATE gold_replies SET last_error = ?, next_attempt_at = ? WHERE reply_id = ?",
+                )
+                .bind(error)
+                .bind(millis(at))
+                .bind(&reply_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        Outcome::Dead { error } => {
+            let held =
+                sqlx::query("DELETE FROM delivery_jobs WHERE reply_id = ? AND lease_owner = ?")
+                    .bind(&reply_id)
+                    .bind(&owner)
+                    .execute(&mut *conn)
+                    .await?;
+            if held.rows_affected() > 0 {
+                sqlx::query(
+                    "UPDATE gold_replies SET status = 'dead', last_error = ?, next_attempt_at = NULL \
+                     WHERE reply_id = ? AND status = 'queued'",
+                )
+                .bind(error)
+                .bind(&reply_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
+        let reply = reply.clone();
+        self.write(move |c| Box::pin(ingest_tx(c, reply, now)))
+            .await
+    }
+
+    async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {
+        let mut conn = self.reads.acquire().await?;
+        fetch_record(&mut conn, reply_id).await
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let owner = owner.to_owned();
+        self.write(move |c| Box::pin(claim_tx(c, owner, now, lease, limit)))
+            .await
+    }
+
+    async fn finish(
+        &self,
+        reply_id: &str,
+        owner: &str,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (reply_id, owner) = (reply_id.to_owned(), owner.to_owned());
+        self.write(move |c| Box::pin(finish_tx(c, reply_id, owner, outcome, now)))
+            .await
+    }
+
+    async fn release_all(&self, owner: &str) -> Result<(), StoreError> {
+        let owner = owner.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE delivery_jobs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+                )
+                .bind(owner)
+                .execute(c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let sql = format!(
+            "SELECT MIN(MAX(due_at, COALESCE(lease_until, 0))) FROM delivery_jobs WHERE seq IN ({HEADS})"
+        );
+        let ms: Option<i64> = sqlx::query_scalar(&sql).fetch_one(&self.reads).await?;
+        Ok(time(ms))
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS queued, MIN(received_at) AS oldest FROM gold_replies WHERE status = 'queued'",
+        )
+        .fetch_one(&self.reads)
+        .await?;
+        Ok(QueueStats {
+            queued: row.try_get("queued")?,
+            oldest_queued_at: time(row.try_get("oldest")?),
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reads).await?;
+        Ok(())
+    }
+}

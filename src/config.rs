@@ -104,6 +104,16 @@ impl Settings {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// `DATABASE_URL` alone, for commands that need only the database.
+    pub fn database_url_from_env() -> DatabaseUrl {
+        DatabaseUrl::new(
+            std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
+        )
+    }
+
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut env = Env {

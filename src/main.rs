@@ -31,6 +31,8 @@ enum Command {
     /// Run the service. Configuration comes from the environment: see the README's
     /// configuration table. Exits at once, naming the variable, when one is missing or invalid.
     Serve,
+    /// Apply the database migrations (DATABASE_URL) and exit. Fly's release_command runs this.
+    Migrate,
     /// Run everything locally: SQLite in --data-dir, a generated Support token, and an
     /// embedded sandbox Chatwoot, with a ready-to-paste curl command.
     Dev {
@@ -84,6 +86,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let app = Application::build(settings).await?;
             tracing::info!(addr = %app.addr(), version = env!("CARGO_PKG_VERSION"), "goldrelay listening");
             app.run_until(shutdown_signal()).await
+        }
+        Command::Migrate => {
+            let url = Settings::database_url_from_env();
+            goldrelay::store::open(&url).await?;
+            println!("migrations applied to {url}");
+            Ok(())
         }
         Command::Dev {
             listen,

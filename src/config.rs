@@ -44,6 +44,16 @@ pub struct Settings {
     pub delivery_concurrency: usize,
     /// `GOLDRELAY_SHUTDOWN_DRAIN`: how long in-flight deliveries may finish after SIGTERM.
     pub shutdown_drain: Duration,
+    /// `CHATWOOT_WEBHOOK_SECRETS`: the secrets Chatwoot signs webhooks with; any one may
+    /// match. None configured: the webhook endpoint refuses everything.
+    pub webhook_secrets: Vec<SecretString>,
+    /// `GOLDRELAY_WEBHOOK_TOLERANCE`: how far a webhook's timestamp may be from now.
+    pub webhook_tolerance: Duration,
+    /// `GOLDRELAY_WEBHOOK_PATH_TOKEN`: opt-in for Chatwoot before 4.12, which does not
+    /// sign: accept unsigned events at `/api/webhooks/chatwoot/<token>`.
+    pub webhook_path_token: Option<SecretString>,
+    /// `GOLDRELAY_EVENT_RETENTION`: how long received Chatwoot events are kept.
+    pub event_retention: Duration,
 }
 
 /// A database URL whose password never reaches a log.
@@ -138,6 +148,10 @@ impl Settings {
             send_rate: env.parsed("GOLDRELAY_SEND_RATE", 40),
             delivery_concurrency: env.parsed("GOLDRELAY_DELIVERY_CONCURRENCY", 16),
             shutdown_drain: env.duration("GOLDRELAY_SHUTDOWN_DRAIN", "25s"),
+            webhook_secrets: env.secret_list("CHATWOOT_WEBHOOK_SECRETS"),
+            webhook_tolerance: env.duration("GOLDRELAY_WEBHOOK_TOLERANCE", "5m"),
+            webhook_path_token: env.path_token("GOLDRELAY_WEBHOOK_PATH_TOKEN"),
+            event_retention: env.duration("GOLDRELAY_EVENT_RETENTION", "30d"),
         };
         env.check(
             settings.max_attempts >= 1,
@@ -245,6 +259,35 @@ impl Env<'_> {
                 fallback()
             }
         }
+    }
+
+    /// Optional comma-separated secrets.
+    fn secret_list(&mut self, name: &str) -> Vec<SecretString> {
+        self.optional(name)
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| SecretString::from(s.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// An optional secret that must be long and URL-safe, since it sits in a path.
+    fn path_token(&mut self, name: &str) -> Option<SecretString> {
+        let raw = self.optional(name)?;
+        let raw = raw.trim();
+        let url_safe = raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if raw.chars().count() < MIN_TOKEN_CHARS || !url_safe {
+            self.problems.push(format!(
+                "{name} must be at least {MIN_TOKEN_CHARS} characters of A-Z a-z 0-9 - _"
+            ));
+            return None;
+        }
+        Some(SecretString::from(raw.to_owned()))
     }
 
     /// Comma-separated tokens; the values never appear in a problem, only their position.

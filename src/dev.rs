@@ -1,13 +1,12 @@
 //! `goldrelay dev`: everything on one machine, nothing to sign up for.
 
-use crate::config::{DatabaseUrl, Settings};
+use crate::config::Settings;
 use crate::sandbox::{self, SandboxConfig};
 use crate::startup::{shutdown_signal, Application};
 use rand::distr::{Alphanumeric, SampleString};
-use secrecy::SecretString;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// What `dev` was asked for.
 #[derive(Debug, Clone)]
@@ -35,23 +34,25 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let sandbox_config = SandboxConfig::default();
     let chatwoot = sandbox::start(sandbox_config.clone(), options.sandbox_listen)?;
     let db_path = options.data_dir.join("dev.db");
-    let settings = Settings {
-        listen: options.listen,
-        tokens: vec![SecretString::from(token.clone())],
-        database_url: DatabaseUrl::new(format!("sqlite://{}", db_path.display())),
-        chatwoot_base_url: chatwoot.base_url().parse()?,
-        chatwoot_api_token: SecretString::from(sandbox_config.user_token.clone()),
-        chatwoot_timeout: Duration::from_secs(10),
-        retry_base: Duration::from_millis(500),
-        retry_max: Duration::from_secs(30),
-        max_attempts: 20,
-        max_age: Duration::from_secs(3600),
-        max_body_bytes: 256 * 1024,
-        send_rate: 40,
-        delivery_concurrency: 16,
-        shutdown_drain: Duration::from_secs(5),
-    };
+    let webhook_secret = random_token(24);
+    let vars: HashMap<&str, String> = [
+        ("GOLDRELAY_LISTEN", options.listen.to_string()),
+        ("GOLDRELAY_TOKENS", token.clone()),
+        ("DATABASE_URL", format!("sqlite://{}", db_path.display())),
+        ("CHATWOOT_BASE_URL", chatwoot.base_url()),
+        ("CHATWOOT_API_TOKEN", sandbox_config.user_token.clone()),
+        ("GOLDRELAY_RETRY_MAX", "30s".into()),
+        ("GOLDRELAY_SHUTDOWN_DRAIN", "5s".into()),
+        ("CHATWOOT_WEBHOOK_SECRETS", webhook_secret.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let settings = Settings::from_lookup(|name| vars.get(name).cloned())?;
     let app = Application::build(settings).await?;
+    chatwoot.set_webhook(
+        format!("http://{}/api/webhooks/chatwoot", app.addr()),
+        Some(webhook_secret),
+    );
     print_banner(&options, &token, app.addr(), &chatwoot.base_url(), &db_path);
     app.run_until(shutdown_signal()).await?;
     chatwoot.stop().await;

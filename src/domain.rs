@@ -3,6 +3,10 @@
 //! Parse, don't validate: a [`GoldReply`] can only be built by [`GoldReply::parse`],
 //! which reports every violation at once so Support fixes a request in one go.
 
+mod event;
+
+pub use event::{channel_rank, ChatwootEvent, Effect};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;

@@ -98,6 +98,8 @@ pub struct CreateSeen {
 
 #[derive(Default)]
 struct State {
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
     messages: Vec<Message>,
     next_id: i64,
     faults: Faults,
@@ -126,6 +128,13 @@ impl SandboxHandle {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Points webhook events at `url`, signed with `secret` when given.
+    pub fn set_webhook(&self, url: String, secret: Option<String>) {
+        let mut state = self.shared.lock();
+        state.webhook_url = Some(url);
+        state.webhook_secret = secret;
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -182,17 +191,20 @@ impl Shared {
     /// Posts one event like `Webhooks::Trigger`: compact JSON, delivery id,
     /// timestamp and signature when a secret is set, 5 s timeout, no retry.
     async fn emit(&self, message: &Message, event: &str) {
-        let Some(url) = &self.config.webhook_url else {
+        let (Some(url), secret) = ({
+            let state = self.lock();
+            (state.webhook_url.clone(), state.webhook_secret.clone())
+        }) else {
             return;
         };
         let body = webhook_payload(message, event).to_string();
         let mut request = self
             .webhooks
-            .post(url)
+            .post(&url)
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
             .header("X-Chatwoot-Delivery", uuid::Uuid::new_v4().to_string());
-        if let Some(secret) = &self.config.webhook_secret {
+        if let Some(secret) = &secret {
             let ts = Utc::now().timestamp().to_string();
             request = request
                 .header("X-Chatwoot-Timestamp", &ts)
@@ -250,12 +262,14 @@ pub fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<Sandbox
         .build()
         .map_err(std::io::Error::other)?;
     let shared = Arc::new(Shared {
-        config,
         state: Mutex::new(State {
+            webhook_url: config.webhook_url.clone(),
+            webhook_secret: config.webhook_secret.clone(),
             next_id: 1,
             ..State::default()
         }),
         webhooks,
+        config,
     });
     let data = web::Data::from(shared.clone());
     let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))

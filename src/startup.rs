@@ -3,7 +3,7 @@
 use crate::chatwoot::ChatwootClient;
 use crate::config::Settings;
 use crate::delivery::{Policy, Worker, WorkerLink};
-use crate::http::{self, AppState, BearerTokens};
+use crate::http::{self, AppState, BearerTokens, WebhookAuth};
 use crate::store::{self, SharedStore};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
@@ -18,6 +18,7 @@ pub struct Application {
     server: Server,
     worker: Worker,
     store: SharedStore,
+    event_retention: std::time::Duration,
 }
 
 impl Application {
@@ -39,6 +40,11 @@ impl Application {
             tokens: BearerTokens::new(&settings.tokens),
             max_body_bytes: settings.max_body_bytes,
             worker: link,
+            webhooks: WebhookAuth::new(
+                settings.webhook_secrets.clone(),
+                settings.webhook_tolerance,
+                settings.webhook_path_token.as_ref(),
+            ),
         });
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("could not listen on {}", settings.listen))?;
@@ -53,6 +59,7 @@ impl Application {
             server,
             worker,
             store,
+            event_retention: settings.event_retention,
         })
     }
 
@@ -73,6 +80,11 @@ impl Application {
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
+        tokio::spawn(prune_events(
+            self.store.clone(),
+            self.event_retention,
+            shutdown.clone(),
+        ));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         stop.await;
@@ -83,6 +95,25 @@ impl Application {
         server.await.context("the HTTP server panicked")??;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Deletes Chatwoot events older than the retention period, hourly.
+async fn prune_events(store: SharedStore, retention: std::time::Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(age) = chrono::Duration::from_std(retention) else {
+            continue;
+        };
+        match store.prune_events(chrono::Utc::now() - age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "pruned old Chatwoot events"),
+            Err(e) => tracing::warn!(error = %e, "could not prune Chatwoot events"),
+        }
     }
 }
 

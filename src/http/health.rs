@@ -14,6 +14,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "version": env!("CARGO_PKG_VERSION"),
         "store": { "status": if store_ok { "ok" } else { "unreachable" } },
         "worker": { "status": state.worker.state.describe() },
+        "webhooks": { "status": state.webhooks.describe() },
     });
     if store_ok {
         HttpResponse::Ok().json(body)

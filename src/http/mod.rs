@@ -6,8 +6,10 @@ mod body;
 mod health;
 pub mod problem;
 mod replies;
+mod webhook;
 
 pub use auth::BearerTokens;
+pub use webhook::WebhookAuth;
 
 use crate::delivery::WorkerLink;
 use crate::store::SharedStore;
@@ -22,6 +24,7 @@ pub struct AppState {
     pub tokens: BearerTokens,
     pub max_body_bytes: usize,
     pub worker: WorkerLink,
+    pub webhooks: WebhookAuth,
 }
 
 /// Registers every route of the API.
@@ -34,6 +37,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/api/gold-replies/{reply_id}",
             web::get().to(replies::get_reply),
+        )
+        .route("/api/webhooks/chatwoot", web::post().to(webhook::signed))
+        .route(
+            "/api/webhooks/chatwoot/{token}",
+            web::post().to(webhook::path_token),
         )
         .default_service(web::to(not_found));
 }

@@ -7,7 +7,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-use crate::domain::{GoldReply, Status};
+use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -91,6 +91,15 @@ pub enum Outcome {
     },
 }
 
+/// Whether a webhook event was new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Stored and acted on.
+    Processed,
+    /// Seen before (same delivery id or same event): nothing done.
+    Duplicate,
+}
+
 /// Counts for `/hc` and the metrics.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueStats {
@@ -125,6 +134,18 @@ pub trait Store: Send + Sync {
         outcome: Outcome,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+
+    /// Stores a verified Chatwoot event and applies its effect in one
+    /// transaction, unless the same delivery or event was stored before.
+    async fn record_event(
+        &self,
+        event: &ChatwootEvent,
+        payload: &str,
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError>;
+
+    /// Deletes events received before `before`; returns how many.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Hands back every job `owner` still leases (at shutdown), so the next claim
     /// need not wait for the leases to run out.

@@ -6,8 +6,8 @@
 //! commit), so concurrent requests share one disk flush instead of paying for
 //! one each. Reads use a small pool of their own connections.
 
-use super::{Ingested, Job, Outcome, QueueStats, ReplyRecord, Store, StoreError};
-use crate::domain::{GoldReply, Status};
+use super::{EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyRecord, Store, StoreError};
+use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::BoxFuture;
@@ -357,8 +357,129 @@ async fn finish_tx(
     Ok(())
 }
 
+async fn record_event_tx(
+    conn: &mut SqliteConnection,
+    event: ChatwootEvent,
+    payload: String,
+    now: DateTime<Utc>,
+) -> Result<EventOutcome, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO chatwoot_events (delivery_id, dedupe_key, event, message_id, reply_id, payload, received_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    )
+    .bind(&event.delivery_id)
+    .bind(&event.dedupe_key)
+    .bind(&event.kind)
+    .bind(event.message_id)
+    .bind(&event.reply_id)
+    .bind(payload)
+    .bind(millis(now))
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(EventOutcome::Duplicate);
+    }
+    match event.effect {
+        Some(Effect::Confirm {
+            reply_id,
+            message_id,
+        }) => confirm(conn, &reply_id, message_id, now).await?,
+        Some(Effect::ChannelStatus {
+            reply_id,
+            message_id,
+            status,
+            error,
+        }) => {
+            confirm(conn, &reply_id, message_id, now).await?;
+            channel_status(conn, &reply_id, status, error).await?;
+        }
+        None => {}
+    }
+    Ok(EventOutcome::Processed)
+}
+
+/// The message is in the conversation: mark the reply confirmed and drop its
+/// job, so it is never sent again even if the API answer was lost.
+async fn confirm(
+    conn: &mut SqliteConnection,
+    reply_id: &str,
+    message_id: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query(
+        "UPDATE gold_replies SET status = 'confirmed', confirmed_at = ?, \
+         chatwoot_message_id = COALESCE(chatwoot_message_id, ?), \
+         delivered_at = COALESCE(delivered_at, ?), last_error = NULL, next_attempt_at = NULL \
+         WHERE reply_id = ? AND status IN ('queued', 'delivered', 'dead')",
+    )
+    .bind(millis(now))
+    .bind(message_id)
+    .bind(millis(now))
+    .bind(reply_id)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() > 0 {
+        sqlx::query("DELETE FROM delivery_jobs WHERE reply_id = ?")
+            .bind(reply_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn channel_status(
+    conn: &mut SqliteConnection,
+    reply_id: &str,
+    status: Option<String>,
+    error: Option<String>,
+) -> Result<(), StoreError> {
+    let current: Option<Option<String>> =
+        sqlx::query_scalar("SELECT channel_status FROM gold_replies WHERE reply_id = ?")
+            .bind(reply_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(current) = current else {
+        return Ok(());
+    };
+    let rank = |s: &Option<String>| s.as_deref().map_or(0, channel_rank);
+    if status.is_none() || rank(&status) < rank(&current) {
+        return Ok(());
+    }
+    sqlx::query("UPDATE gold_replies SET channel_status = ?, channel_error = ? WHERE reply_id = ?")
+        .bind(status)
+        .bind(error)
+        .bind(reply_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
+    async fn record_event(
+        &self,
+        event: &ChatwootEvent,
+        payload: &str,
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError> {
+        let (event, payload) = (event.clone(), payload.to_owned());
+        self.write(move |c| Box::pin(record_event_tx(c, event, payload, now)))
+            .await
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            Box::pin(async move {
+                let done = sqlx::query("DELETE FROM chatwoot_events WHERE received_at < ?")
+                    .bind(millis(before))
+                    .execute(c)
+                    .await?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
         let reply = reply.clone();
         self.write(move |c| Box::pin(ingest_tx(c, reply, now)))

@@ -1,45 +1,61 @@
 //! Spawns a real goldrelay on a random port, with a temporary SQLite database
-//! and a sandbox Chatwoot as its peer.
+//! and a sandbox Chatwoot as its peer, and talks to it over HTTP.
 
-use goldrelay::config::{DatabaseUrl, Settings};
+use goldrelay::config::Settings;
 use goldrelay::sandbox::{self, SandboxConfig, SandboxHandle};
 use goldrelay::startup::Application;
 use goldrelay::store::SharedStore;
-use secrecy::SecretString;
+use reqwest::header::CONTENT_TYPE;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tempfile::TempDir;
 
 pub const TOKEN: &str = "test-token-0123456789abcdefghijklmnop";
 pub const OTHER_TOKEN: &str = "rotated-token-0123456789abcdefghijklm";
+/// The Chatwoot webhook secret goldrelay is configured with.
+pub const WEBHOOK_SECRET: &str = "q3Zx7PkT9mWcR2vLhN8sYdFb";
+/// Long enough for anything the worker does in these tests; a test that hits
+/// it has found a reply stuck for real.
+pub const PATIENCE: Duration = Duration::from_secs(10);
 
 pub struct TestApp {
-    pub address: String,
-    pub client: reqwest::Client,
+    pub api: Api,
     pub chatwoot: SandboxHandle,
     pub store: SharedStore,
     pub db_url: String,
     pub dir: TempDir,
 }
 
-/// Settings for tests: fast retries, a short Chatwoot timeout.
+/// Support's view of one goldrelay: its HTTP API, nothing else.
+pub struct Api {
+    pub address: String,
+    pub client: reqwest::Client,
+}
+
+/// Settings for tests: fast retries, a short Chatwoot timeout. Built through
+/// the same loader as `serve`, so new settings get their defaults here too.
 pub fn test_settings(chatwoot: &SandboxHandle, dir: &TempDir) -> Settings {
-    Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tokens: vec![SecretString::from(TOKEN), SecretString::from(OTHER_TOKEN)],
-        database_url: DatabaseUrl::new(format!("sqlite://{}/test.db", dir.path().display())),
-        chatwoot_base_url: chatwoot.base_url().parse().unwrap(),
-        chatwoot_api_token: SecretString::from(SandboxConfig::default().user_token),
-        chatwoot_timeout: Duration::from_secs(2),
-        retry_base: Duration::from_millis(50),
-        retry_max: Duration::from_millis(200),
-        max_attempts: 10,
-        max_age: Duration::from_secs(3600),
-        max_body_bytes: 256 * 1024,
-        send_rate: 0,
-        delivery_concurrency: 8,
-        shutdown_drain: Duration::from_secs(2),
-    }
+    let vars: std::collections::HashMap<&str, String> = [
+        ("GOLDRELAY_LISTEN", "127.0.0.1:0".to_owned()),
+        ("GOLDRELAY_TOKENS", format!("{TOKEN},{OTHER_TOKEN}")),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/test.db", dir.path().display()),
+        ),
+        ("CHATWOOT_BASE_URL", chatwoot.base_url()),
+        ("CHATWOOT_API_TOKEN", SandboxConfig::default().user_token),
+        ("GOLDRELAY_CHATWOOT_TIMEOUT", "2s".into()),
+        ("GOLDRELAY_RETRY_BASE", "50ms".into()),
+        ("GOLDRELAY_RETRY_MAX", "200ms".into()),
+        ("GOLDRELAY_MAX_ATTEMPTS", "10".into()),
+        ("GOLDRELAY_SEND_RATE", "0".into()),
+        ("GOLDRELAY_DELIVERY_CONCURRENCY", "8".into()),
+        ("GOLDRELAY_SHUTDOWN_DRAIN", "2s".into()),
+        ("CHATWOOT_WEBHOOK_SECRETS", WEBHOOK_SECRET.into()),
+    ]
+    .into_iter()
+    .collect();
+    Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid")
 }
 
 pub fn init_logs() {
@@ -61,12 +77,11 @@ pub async fn spawn_app_with(sandbox: SandboxConfig, tweak: impl FnOnce(&mut Sett
     tweak(&mut settings);
     let db_url = settings.database_url.expose().to_owned();
     let app = Application::build(settings).await.expect("app builds");
-    let address = format!("http://{}", app.addr());
+    let api = Api::new(format!("http://{}", app.addr()));
     let store = app.store();
     tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
-        address,
-        client: reqwest::Client::new(),
+        api,
         chatwoot,
         store,
         db_url,
@@ -86,15 +101,42 @@ pub fn reply(reply_id: &str, conversation_id: i64) -> Value {
     })
 }
 
-impl TestApp {
-    pub async fn post_reply(&self, body: &Value) -> reqwest::Response {
+impl Api {
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// `POST /api/webhooks/gold-replies` with nothing set: no token, no body.
+    pub fn webhook(&self) -> reqwest::RequestBuilder {
         self.client
             .post(format!("{}/api/webhooks/gold-replies", self.address))
+    }
+
+    /// Posts raw bytes as `application/json` with the first token.
+    pub async fn post_raw(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.webhook()
             .bearer_auth(TOKEN)
-            .json(body)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .expect("request sent")
+    }
+
+    pub async fn post_reply(&self, body: &Value) -> reqwest::Response {
+        self.post_raw(body.to_string()).await
+    }
+
+    /// Posts a reply that must be accepted as new.
+    pub async fn accept(&self, body: &Value) -> Value {
+        let response = self.post_reply(body).await;
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 202, "{body} was not accepted: {text}");
+        serde_json::from_str(&text).unwrap()
     }
 
     pub async fn get_reply(&self, reply_id: &str) -> reqwest::Response {
@@ -104,6 +146,13 @@ impl TestApp {
             .send()
             .await
             .expect("request sent")
+    }
+
+    /// The status record of a reply that must exist.
+    pub async fn record(&self, reply_id: &str) -> Value {
+        let response = self.get_reply(reply_id).await;
+        assert_eq!(response.status(), 200, "no record for {reply_id}");
+        response.json().await.unwrap()
     }
 
     /// Polls the status record until `status` (or panics after `within`).
@@ -121,4 +170,90 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+impl TestApp {
+    /// Delivers one more reply to `conversation_id` and waits for it. Replies
+    /// of a conversation go out in order, so once this one is delivered every
+    /// job accepted before it for that conversation has been dealt with: what
+    /// has not reached the sandbox by then never will.
+    /// Returns the marker's reply id.
+    pub async fn settle(&self, conversation_id: i64) -> String {
+        let marker = format!("settle-{}", uuid::Uuid::new_v4());
+        self.api.accept(&reply(&marker, conversation_id)).await;
+        self.api
+            .wait_for_status(&marker, "delivered", PATIENCE)
+            .await;
+        marker
+    }
+
+    /// Ids of the replies whose messages the sandbox holds for a conversation, oldest first.
+    pub fn delivered_ids(&self, conversation_id: i64) -> Vec<String> {
+        self.chatwoot
+            .messages(1, conversation_id)
+            .iter()
+            .map(|m| {
+                m.content_attributes["gold_reply_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// How many create requests the sandbox received for one reply, failed ones included.
+    pub fn creates_of(&self, reply_id: &str) -> usize {
+        self.chatwoot
+            .creates()
+            .iter()
+            .filter(|c| c.gold_reply_id.as_deref() == Some(reply_id))
+            .count()
+    }
+
+    /// Waits until the sandbox has received a create request for `reply_id`.
+    pub async fn wait_for_create(&self, reply_id: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.creates_of(reply_id) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sandbox never saw a create for {reply_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Asserts an RFC 9457 problem with `status` and returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let content_type = response.headers()[CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "a {status} came as {content_type}"
+    );
+    let body: Value = response.json().await.expect("a problem body is JSON");
+    for member in ["type", "title", "detail"] {
+        let text = body[member].as_str().unwrap_or_default();
+        assert!(!text.is_empty(), "problem without {member}: {body}");
+    }
+    assert_eq!(body["status"], status, "{body}");
+    body
+}
+
+/// The fields a 422 problem names, in its order.
+pub fn error_fields(problem: &Value) -> Vec<String> {
+    let errors = problem["errors"].as_array().expect("422 lists errors");
+    errors
+        .iter()
+        .map(|e| {
+            assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+            e["field"]
+                .as_str()
+                .expect("each error names its field")
+                .to_owned()
+        })
+        .collect()
 }

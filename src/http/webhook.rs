@@ -1,0 +1,182 @@
+//! `POST /api/webhooks/chatwoot`: Chatwoot's signed events.
+//!
+//! Chatwoot waits 5 s and never retries account webhooks, so the handler only
+//! verifies, stores and answers; the event's effect is applied in the same
+//! transaction that stores it.
+
+use super::body::{parse_json, read_limited};
+use super::problem::ApiError;
+use super::AppState;
+use crate::domain::ChatwootEvent;
+use crate::store::EventOutcome;
+use actix_web::http::header::HeaderMap;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+const SIGNATURE: &str = "x-chatwoot-signature";
+const TIMESTAMP: &str = "x-chatwoot-timestamp";
+const DELIVERY: &str = "x-chatwoot-delivery";
+const MAX_DELIVERY_ID_CHARS: usize = 128;
+
+/// How webhook requests prove they come from Chatwoot.
+pub struct WebhookAuth {
+    secrets: Vec<SecretString>,
+    tolerance: Duration,
+    path_token: Option<[u8; 32]>,
+}
+
+impl WebhookAuth {
+    pub fn new(
+        secrets: Vec<SecretString>,
+        tolerance: Duration,
+        path_token: Option<&SecretString>,
+    ) -> Self {
+        Self {
+            secrets,
+            tolerance,
+            path_token: path_token.map(|t| Sha256::digest(t.expose_secret().as_bytes()).into()),
+        }
+    }
+
+    /// What `/hc` says about the webhook endpoint.
+    pub fn describe(&self) -> &'static str {
+        match (self.secrets.is_empty(), self.path_token.is_some()) {
+            (false, false) => "signed",
+            (false, true) => "signed; unsigned path token also accepted",
+            (true, true) => "unsigned path token only; signed endpoint refuses all (no CHATWOOT_WEBHOOK_SECRETS)",
+            (true, false) => "refusing all events: no CHATWOOT_WEBHOOK_SECRETS configured",
+        }
+    }
+
+    /// Checks `X-Chatwoot-Signature` over `"<timestamp>.<body>"` against every
+    /// secret, then that the timestamp is fresh.
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        if self.secrets.is_empty() {
+            return Err(ApiError::Disabled("no CHATWOOT_WEBHOOK_SECRETS configured"));
+        }
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let bad_signature = ApiError::BadSignature("signature");
+        let timestamp = header(TIMESTAMP).ok_or(ApiError::BadSignature("signature"))?;
+        let signature = header(SIGNATURE)
+            .and_then(|s| s.strip_prefix("sha256="))
+            .and_then(|hex_sig| hex::decode(hex_sig).ok())
+            .ok_or(ApiError::BadSignature("signature"))?;
+        let matched = self
+            .secrets
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, secret| {
+                acc | expected(secret, timestamp, body).ct_eq(signature.as_slice())
+            });
+        if !bool::from(matched) {
+            return Err(bad_signature);
+        }
+        let sent = timestamp
+            .parse::<i64>()
+            .map_err(|_| ApiError::BadSignature("timestamp"))?;
+        let skew = (now.timestamp() - sent).unsigned_abs();
+        if skew > self.tolerance.as_secs() {
+            return Err(ApiError::BadSignature("timestamp"));
+        }
+        Ok(())
+    }
+
+    /// The opt-in for unsigned Chatwoot: the token in the path must match.
+    pub fn check_path_token(&self, presented: &str) -> Result<(), ApiError> {
+        let Some(known) = &self.path_token else {
+            return Err(ApiError::Disabled(
+                "no GOLDRELAY_WEBHOOK_PATH_TOKEN configured",
+            ));
+        };
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if bool::from(known.ct_eq(&presented)) {
+            Ok(())
+        } else {
+            Err(ApiError::BadSignature("path token"))
+        }
+    }
+}
+
+fn expected(secret: &SecretString, timestamp: &str, body: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// `POST /api/webhooks/chatwoot`
+pub async fn signed(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.webhooks.secrets.is_empty() {
+        return Err(ApiError::Disabled("no CHATWOOT_WEBHOOK_SECRETS configured"));
+    }
+    let body = read_limited(&req, payload, state.max_body_bytes).await?;
+    state.webhooks.verify(req.headers(), &body, Utc::now())?;
+    accept(&req, &body, &state).await
+}
+
+/// `POST /api/webhooks/chatwoot/{token}`: unsigned, for Chatwoot before 4.12.
+pub async fn path_token(
+    req: HttpRequest,
+    token: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.webhooks.check_path_token(&token)?;
+    let body = read_limited(&req, payload, state.max_body_bytes).await?;
+    accept(&req, &body, &state).await
+}
+
+async fn accept(
+    req: &HttpRequest,
+    body: &[u8],
+    state: &AppState,
+) -> Result<HttpResponse, ApiError> {
+    let value = parse_json(body)?;
+    let delivery_id = req
+        .headers()
+        .get(DELIVERY)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim()
+                .chars()
+                .take(MAX_DELIVERY_ID_CHARS)
+                .collect::<String>()
+        })
+        .filter(|v| !v.is_empty());
+    let digest = hex::encode(Sha256::digest(body));
+    let event = ChatwootEvent::parse(delivery_id, &value, &digest);
+    // The body parsed as JSON, so it is UTF-8.
+    let raw = String::from_utf8_lossy(body);
+    let outcome = state
+        .store
+        .record_event(&event, &raw, Utc::now())
+        .await
+        .map_err(ApiError::StoreUnavailable)?;
+    let status = match outcome {
+        EventOutcome::Processed => "processed",
+        EventOutcome::Duplicate => "duplicate",
+    };
+    tracing::info!(event = %event.kind, delivery_id = event.delivery_id.as_deref(), reply_id = event.reply_id.as_deref(), outcome = status, "chatwoot event");
+    Ok(HttpResponse::Ok().json(json!({ "status": status, "event": event.kind })))
+}

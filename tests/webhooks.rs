@@ -1,0 +1,403 @@
+//! Chatwoot → goldrelay: signed webhook events, over real HTTP.
+
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use goldrelay::sandbox::{sign, Faults, SandboxConfig};
+use helpers::{reply, spawn_app, spawn_app_with, TestApp, WEBHOOK_SECRET};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const ROTATED_SECRET: &str = "n3wS3cr3tAfterRotationXy";
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/chatwoot/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn now() -> String {
+    chrono::Utc::now().timestamp().to_string()
+}
+
+/// Posts `body` as Chatwoot would, signed with `secret` at `timestamp`.
+async fn deliver(
+    app: &TestApp,
+    body: &str,
+    timestamp: &str,
+    secret: &str,
+    delivery: &str,
+) -> reqwest::Response {
+    app.api
+        .client
+        .post(format!("{}/api/webhooks/chatwoot", app.api.address))
+        .header("Content-Type", "application/json")
+        .header("X-Chatwoot-Delivery", delivery)
+        .header("X-Chatwoot-Timestamp", timestamp)
+        .header(
+            "X-Chatwoot-Signature",
+            sign(secret, timestamp, body.as_bytes()),
+        )
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The outgoing echo of a message, naming `reply_id`.
+fn echo(reply_id: &str, message_id: i64) -> String {
+    let mut body = fixture("webhook_message_created_outgoing_echo.json");
+    body["id"] = json!(message_id);
+    body["content_attributes"]["gold_reply_id"] = json!(reply_id);
+    body.to_string()
+}
+
+fn failed_update(reply_id: &str, message_id: i64) -> String {
+    let mut body = fixture("webhook_message_updated_failed.json");
+    body["id"] = json!(message_id);
+    body["content_attributes"]["gold_reply_id"] = json!(reply_id);
+    body["conversation"]["messages"][0]["id"] = json!(message_id);
+    body.to_string()
+}
+
+async fn problem(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_shared_signature_vector_is_accepted_and_the_body_only_hmac_is_not() {
+    let vector = fixture("webhook_signature_vector.json");
+    // The vector was signed in May 2026: widen the window so only the signature is tested.
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.webhook_secrets = vec![SecretString::from(vector["secret"].as_str().unwrap())];
+        s.webhook_tolerance = Duration::from_secs(100 * 365 * 86400);
+    })
+    .await;
+    let send = |signature: &str| {
+        let mut request = app
+            .api
+            .client
+            .post(format!("{}/api/webhooks/chatwoot", app.api.address));
+        let headers = vector["headers"].as_object().unwrap();
+        for (name, value) in headers.iter().filter(|(n, _)| *n != "X-Chatwoot-Signature") {
+            request = request.header(name, value.as_str().unwrap());
+        }
+        request
+            .header("X-Chatwoot-Signature", signature)
+            .body(vector["raw_body"].as_str().unwrap().to_owned())
+            .send()
+    };
+    let wrong = send(vector["wrong_signature_body_only_hmac"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = send(vector["expected_signature"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    assert_eq!(right.json::<Value>().await.unwrap()["status"], "processed");
+}
+
+#[tokio::test]
+async fn a_valid_event_of_an_unused_type_is_stored_and_answered_200() {
+    let app = spawn_app().await;
+    let body = fixture("webhook_conversation_status_changed.json").to_string();
+    let response = deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-1").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["event"],
+        "conversation_status_changed"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_signature_is_refused_with_401_naming_only_the_signature() {
+    let app = spawn_app().await;
+    let body = echo("gr-x", 1);
+    let (status, problem) =
+        problem(deliver(&app, &body, &now(), "not-the-secret", "d-1").await).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        problem["detail"],
+        "the webhook signature is missing or wrong"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_signature_is_refused_with_401() {
+    let app = spawn_app().await;
+    let response = app
+        .api
+        .client
+        .post(format!("{}/api/webhooks/chatwoot", app.api.address))
+        .header("Content-Type", "application/json")
+        .body(echo("gr-x", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn a_body_changed_by_one_byte_after_signing_is_refused() {
+    let app = spawn_app().await;
+    let body = echo("gr-x", 1);
+    let ts = now();
+    let signature = sign(WEBHOOK_SECRET, &ts, body.as_bytes());
+    let tampered = body.replacen("gr-x", "gr-y", 1);
+    assert_eq!(tampered.len(), body.len());
+    let response = app
+        .api
+        .client
+        .post(format!("{}/api/webhooks/chatwoot", app.api.address))
+        .header("X-Chatwoot-Timestamp", &ts)
+        .header("X-Chatwoot-Signature", signature)
+        .body(tampered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn stale_and_future_timestamps_are_refused_naming_the_timestamp() {
+    let app = spawn_app().await;
+    let body = echo("gr-x", 1);
+    let now = chrono::Utc::now().timestamp();
+    for ts in [now - 301, now + 301] {
+        let (status, problem) =
+            problem(deliver(&app, &body, &ts.to_string(), WEBHOOK_SECRET, "d-1").await).await;
+        assert_eq!(status, 401);
+        assert_eq!(
+            problem["detail"],
+            "the webhook timestamp is missing or wrong"
+        );
+    }
+    let inside = (now - 250).to_string();
+    assert_eq!(
+        deliver(&app, &body, &inside, WEBHOOK_SECRET, "d-2")
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_second_secret_is_accepted_after_rotation() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.webhook_secrets = vec![
+            SecretString::from(WEBHOOK_SECRET),
+            SecretString::from(ROTATED_SECRET),
+        ];
+    })
+    .await;
+    let first = deliver(&app, &echo("gr-a", 1), &now(), WEBHOOK_SECRET, "d-1").await;
+    let second = deliver(&app, &echo("gr-b", 2), &now(), ROTATED_SECRET, "d-2").await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_id_is_answered_200_without_processing_twice() {
+    let app = spawn_app().await;
+    let body = fixture("webhook_message_created_incoming.json").to_string();
+    let first: Value = deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let again = deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-1").await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(first["status"], "processed");
+    assert_eq!(again.json::<Value>().await.unwrap()["status"], "duplicate");
+}
+
+#[tokio::test]
+async fn the_same_event_under_two_delivery_ids_is_processed_once() {
+    let app = spawn_app().await;
+    let body = echo("gr-none", 77);
+    let first: Value = deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Value = deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-2")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (first["status"].as_str(), second["status"].as_str()),
+        (Some("processed"), Some("duplicate"))
+    );
+}
+
+#[tokio::test]
+async fn a_verified_body_that_is_not_json_is_refused_with_400() {
+    let app = spawn_app().await;
+    let (status, _) = problem(deliver(&app, "not json", &now(), WEBHOOK_SECRET, "d-1").await).await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn an_oversized_event_is_refused_with_413() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| s.max_body_bytes = 1024).await;
+    let body = json!({"event": "message_created", "content": "x".repeat(2048)}).to_string();
+    let (status, _) = problem(deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-1").await).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn the_echo_of_a_delivered_reply_confirms_it() {
+    let app = spawn_app().await;
+    assert_eq!(app.api.post_reply(&reply("gr-1", 5)).await.status(), 202);
+    let delivered = app
+        .api
+        .wait_for_status("gr-1", "delivered", Duration::from_secs(5))
+        .await;
+    let message_id = delivered["chatwoot_message_id"].as_i64().unwrap();
+    let response = deliver(
+        &app,
+        &echo("gr-1", message_id),
+        &now(),
+        WEBHOOK_SECRET,
+        "d-1",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let record: Value = app.api.get_reply("gr-1").await.json().await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+    assert!(record["confirmed_at"].is_string(), "{record}");
+    assert_eq!(record["chatwoot_message_id"], message_id);
+}
+
+#[tokio::test]
+async fn a_confirmation_before_the_api_answer_means_the_reply_is_never_sent_again() {
+    let app = spawn_app().await;
+    app.chatwoot.set_webhook(
+        format!("{}/api/webhooks/chatwoot", app.api.address),
+        Some(WEBHOOK_SECRET.into()),
+    );
+    // Chatwoot creates the message and sends its echo, but answers the API call
+    // only after goldrelay's 2 s timeout.
+    app.chatwoot.set_faults(Faults {
+        late_next: 1,
+        late_ms: 3000,
+        ..Faults::default()
+    });
+    assert_eq!(app.api.post_reply(&reply("gr-race", 9)).await.status(), 202);
+    let record = app
+        .api
+        .wait_for_status("gr-race", "confirmed", Duration::from_secs(2))
+        .await;
+    assert!(record["delivered_at"].is_string(), "{record}");
+    // Past the timeout and a few retry periods: still one message, still confirmed.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(app.chatwoot.messages(1, 9).len(), 1);
+    assert_eq!(app.chatwoot.creates().len(), 1);
+    let record: Value = app.api.get_reply("gr-race").await.json().await.unwrap();
+    assert_eq!(record["status"], "confirmed");
+}
+
+#[tokio::test]
+async fn a_channel_failure_reaches_the_reply_record() {
+    let app = spawn_app().await;
+    app.api.post_reply(&reply("gr-fail", 3)).await;
+    let delivered = app
+        .api
+        .wait_for_status("gr-fail", "delivered", Duration::from_secs(5))
+        .await;
+    let message_id = delivered["chatwoot_message_id"].as_i64().unwrap();
+    let body = failed_update("gr-fail", message_id);
+    assert_eq!(
+        deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-9")
+            .await
+            .status(),
+        200
+    );
+    let record: Value = app.api.get_reply("gr-fail").await.json().await.unwrap();
+    assert_eq!(record["channel_status"], "failed");
+    assert!(
+        record["channel_error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 24 hours"),
+        "{record}"
+    );
+}
+
+#[tokio::test]
+async fn the_sandbox_closes_the_whole_loop_with_signed_events() {
+    let app = spawn_app().await;
+    app.chatwoot.set_webhook(
+        format!("{}/api/webhooks/chatwoot", app.api.address),
+        Some(WEBHOOK_SECRET.into()),
+    );
+    app.api.post_reply(&reply("gr-loop", 4)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-loop", "confirmed", Duration::from_secs(5))
+        .await;
+    let message_id = record["chatwoot_message_id"].as_i64().unwrap();
+    app.chatwoot.set_status(message_id, "read", None).await;
+    let record: Value = app.api.get_reply("gr-loop").await.json().await.unwrap();
+    assert_eq!(record["channel_status"], "read");
+}
+
+#[tokio::test]
+async fn with_no_secret_configured_every_event_is_refused_and_hc_says_so() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| s.webhook_secrets.clear()).await;
+    let body = echo("gr-x", 1);
+    let (status, problem) =
+        problem(deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-1").await).await;
+    assert_eq!(status, 401);
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("CHATWOOT_WEBHOOK_SECRETS"));
+    let hc: Value = reqwest::get(format!("{}/hc", app.api.address))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        hc["webhooks"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("refusing"),
+        "{hc}"
+    );
+}
+
+#[tokio::test]
+async fn the_unsigned_path_token_is_off_by_default_and_works_when_configured() {
+    const PATH_TOKEN: &str = "pathtoken0123456789abcdefghijklmnopq";
+    let body = fixture("webhook_message_created_incoming.json").to_string();
+    let post = |app: &TestApp, token: &str| {
+        app.api
+            .client
+            .post(format!("{}/api/webhooks/chatwoot/{token}", app.api.address))
+            .body(body.clone())
+            .send()
+    };
+    let off = spawn_app().await;
+    assert_eq!(post(&off, PATH_TOKEN).await.unwrap().status(), 401);
+    let on = spawn_app_with(SandboxConfig::default(), |s| {
+        s.webhook_path_token = Some(SecretString::from(PATH_TOKEN));
+    })
+    .await;
+    assert_eq!(post(&on, "wrong-token").await.unwrap().status(), 401);
+    assert_eq!(post(&on, PATH_TOKEN).await.unwrap().status(), 200);
+}

@@ -54,6 +54,9 @@ pub struct Settings {
     pub webhook_path_token: Option<SecretString>,
     /// `GOLDRELAY_EVENT_RETENTION`: how long received Chatwoot events are kept.
     pub event_retention: Duration,
+    /// `GOLDRELAY_METRICS_LISTEN`: serve `/metrics` on this address instead of the
+    /// main one, so metrics need not be public.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A database URL whose password never reaches a log.
@@ -152,6 +155,12 @@ impl Settings {
             webhook_tolerance: env.duration("GOLDRELAY_WEBHOOK_TOLERANCE", "5m"),
             webhook_path_token: env.path_token("GOLDRELAY_WEBHOOK_PATH_TOKEN"),
             event_retention: env.duration("GOLDRELAY_EVENT_RETENTION", "30d"),
+            metrics_listen: env.optional("GOLDRELAY_METRICS_LISTEN").map(|_| {
+                env.parsed(
+                    "GOLDRELAY_METRICS_LISTEN",
+                    SocketAddr::from(([127, 0, 0, 1], 9091)),
+                )
+            }),
         };
         env.check(
             settings.max_attempts >= 1,

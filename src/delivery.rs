@@ -5,6 +5,7 @@
 //! `concurrency`, and every Chatwoot request passes one shared rate limiter.
 
 use crate::chatwoot::{ChatwootClient, SendError};
+use crate::metrics::Metrics;
 use crate::store::{Job, Outcome, SharedStore};
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -89,6 +90,7 @@ pub struct Worker {
     link: WorkerLink,
     owner: String,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
@@ -97,6 +99,7 @@ impl Worker {
         client: ChatwootClient,
         policy: Policy,
         link: WorkerLink,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let limiter = NonZeroU32::new(policy.send_rate)
             .map(|rate| Arc::new(RateLimiter::direct(Quota::per_second(rate))));
@@ -107,6 +110,7 @@ impl Worker {
             link,
             owner: format!("goldrelay-{}", uuid::Uuid::new_v4()),
             limiter,
+            metrics,
         }
     }
 
@@ -200,8 +204,8 @@ impl Worker {
     }
 
     async fn deliver(&self, job: Job) {
-        let outcome = self.attempt(&job).await;
-        self.log(&job, &outcome);
+        let (outcome, chatwoot_status) = self.attempt(&job).await;
+        self.observe(&job, &outcome, chatwoot_status);
         let now = Utc::now();
         // The outcome must be recorded: a lost "delivered" would send twice.
         let mut delay = STORE_RETRY;
@@ -216,20 +220,24 @@ impl Worker {
         }
     }
 
-    async fn attempt(&self, job: &Job) -> Outcome {
+    /// One attempt, and the HTTP status Chatwoot answered with, if it answered.
+    async fn attempt(&self, job: &Job) -> (Outcome, Option<u16>) {
         if job.maybe_sent {
             match self.look_up(job).await {
-                Ok(Some(message_id)) => return Outcome::Delivered { message_id },
+                Ok(Some(message_id)) => return (Outcome::Delivered { message_id }, Some(200)),
                 Ok(None) => {}
-                Err(SendError::Permanent { detail, .. }) => {
-                    return Outcome::Dead {
-                        error: format!(
-                            "an earlier attempt may have created the message, and checking failed ({detail}); \
-                             not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing"
-                        ),
-                    }
+                Err(e @ SendError::Permanent { .. }) => {
+                    let error = format!(
+                        "an earlier attempt may have created the message, and checking failed ({}); \
+                         not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing",
+                        e.detail()
+                    );
+                    return (Outcome::Dead { error }, e.status());
                 }
-                Err(transient) => return self.retry_or_give_up(job, transient, true),
+                Err(transient) => {
+                    let status = transient.status();
+                    return (self.retry_or_give_up(job, transient, true), status);
+                }
             }
         }
         self.throttle().await;
@@ -244,9 +252,20 @@ impl Worker {
             )
             .await;
         match sent {
-            Ok(message_id) => Outcome::Delivered { message_id },
-            Err(SendError::Permanent { detail, .. }) => Outcome::Dead { error: detail },
-            Err(transient) => self.retry_or_give_up(job, transient, false),
+            Ok(message_id) => (Outcome::Delivered { message_id }, Some(200)),
+            Err(e @ SendError::Permanent { .. }) => {
+                let status = e.status();
+                (
+                    Outcome::Dead {
+                        error: e.detail().to_owned(),
+                    },
+                    status,
+                )
+            }
+            Err(transient) => {
+                let status = transient.status();
+                (self.retry_or_give_up(job, transient, false), status)
+            }
         }
     }
 
@@ -305,25 +324,39 @@ impl Worker {
         }
     }
 
-    fn log(&self, job: &Job, outcome: &Outcome) {
+    /// One log line and the metrics for one attempt.
+    fn observe(&self, job: &Job, outcome: &Outcome, chatwoot_status: Option<u16>) {
         let (reply_id, conversation_id, attempt) =
             (&job.reply_id, job.conversation_id, job.attempt);
         match outcome {
-            Outcome::Delivered { message_id } => tracing::info!(
-                reply_id,
-                conversation_id,
-                attempt,
-                outcome = "delivered",
-                chatwoot_message_id = message_id,
-                "delivery attempt"
-            ),
-            Outcome::Retry { at, error, .. } => tracing::warn!(
-                reply_id, conversation_id, attempt, outcome = "retry", next_attempt_at = %at.to_rfc3339(),
-                error = %error, "delivery attempt"
-            ),
-            Outcome::Dead { error } => tracing::error!(
-                reply_id, conversation_id, attempt, outcome = "dead", error = %error, "delivery attempt"
-            ),
+            Outcome::Delivered { message_id } => {
+                self.metrics.attempt("delivered");
+                self.metrics
+                    .delivered_after(elapsed(job.received_at, Utc::now()));
+                tracing::info!(
+                    reply_id,
+                    conversation_id,
+                    attempt,
+                    outcome = "delivered",
+                    chatwoot_status,
+                    chatwoot_message_id = message_id,
+                    "delivery attempt"
+                )
+            }
+            Outcome::Retry { at, error, .. } => {
+                self.metrics.attempt("retry");
+                tracing::warn!(
+                    reply_id, conversation_id, attempt, outcome = "retry", chatwoot_status,
+                    next_attempt_at = %at.to_rfc3339(), error = %error, "delivery attempt"
+                )
+            }
+            Outcome::Dead { error } => {
+                self.metrics.attempt("dead");
+                tracing::error!(
+                    reply_id, conversation_id, attempt, outcome = "dead", chatwoot_status,
+                    error = %error, "delivery attempt"
+                )
+            }
         }
     }
 }

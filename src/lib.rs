@@ -8,6 +8,8 @@ pub mod delivery;
 pub mod dev;
 pub mod domain;
 pub mod http;
+pub mod metrics;
+pub mod ops;
 pub mod sandbox;
 pub mod startup;
 pub mod store;

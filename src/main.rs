@@ -1,8 +1,11 @@
 use clap::{Parser, Subcommand};
 use goldrelay::config::Settings;
 use goldrelay::dev::{self, DevOptions};
+use goldrelay::domain::Status;
+use goldrelay::ops;
 use goldrelay::sandbox::{self, SandboxConfig};
 use goldrelay::startup::{shutdown_signal, Application};
+use goldrelay::store::ReplyFilter;
 use goldrelay::telemetry::{self, LogFormat};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +36,19 @@ enum Command {
     Serve,
     /// Apply the database migrations (DATABASE_URL) and exit. Fly's release_command runs this.
     Migrate,
+    /// Inspect and repair gold replies in the configured database (DATABASE_URL).
+    #[command(subcommand)]
+    Replies(RepliesCommand),
+    /// Check the environment, the database and Chatwoot (its /health and one
+    /// authenticated read) before a deploy. Prints one line per check; exits 1 on any problem.
+    CheckConfig {
+        /// The Chatwoot account to read through the API token.
+        #[arg(long, default_value_t = 1)]
+        account_id: i64,
+        /// A conversation in that account to read.
+        #[arg(long, default_value_t = 1)]
+        conversation_id: i64,
+    },
     /// Run everything locally: SQLite in --data-dir, a generated Support token, and an
     /// embedded sandbox Chatwoot, with a ready-to-paste curl command.
     Dev {
@@ -66,6 +82,37 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum RepliesCommand {
+    /// List replies, newest first.
+    List {
+        /// Only replies in this status: recorded, queued, delivered, confirmed or dead.
+        #[arg(long, value_parser = ops::parse_status)]
+        status: Option<Status>,
+        /// Only replies to this conversation.
+        #[arg(long)]
+        conversation_id: Option<i64>,
+        /// Only replies to this account.
+        #[arg(long)]
+        account_id: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Print one reply's full status record as JSON.
+    Show {
+        /// The reply's reply_id.
+        reply_id: String,
+    },
+    /// Put a dead reply back in the queue with a fresh attempt budget. It is sent
+    /// again without looking for an earlier copy first: if its last_error says an
+    /// earlier attempt may have created the message, check the conversation first.
+    Retry {
+        /// The reply's reply_id.
+        reply_id: String,
+    },
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -91,6 +138,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let url = Settings::database_url_from_env();
             goldrelay::store::open(&url).await?;
             println!("migrations applied to {url}");
+            Ok(())
+        }
+        Command::Replies(command) => replies(command).await,
+        Command::CheckConfig {
+            account_id,
+            conversation_id,
+        } => {
+            let checks =
+                ops::check_config(|name| std::env::var(name).ok(), account_id, conversation_id)
+                    .await;
+            for check in &checks {
+                println!("{} {}", if check.ok { "ok  " } else { "FAIL" }, check.line);
+            }
+            let failed = checks.iter().filter(|c| !c.ok).count();
+            anyhow::ensure!(failed == 0, "{failed} check(s) failed");
             Ok(())
         }
         Command::Dev {
@@ -126,4 +188,34 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn replies(command: RepliesCommand) -> anyhow::Result<()> {
+    let store = ops::open_store().await?;
+    match command {
+        RepliesCommand::List {
+            status,
+            conversation_id,
+            account_id,
+            limit,
+        } => {
+            let filter = ReplyFilter {
+                status,
+                account_id,
+                conversation_id,
+                after: None,
+                limit,
+            };
+            print!("{}", ops::list(&store, filter).await?);
+        }
+        RepliesCommand::Show { reply_id } => print!("{}", ops::show(&store, &reply_id).await?),
+        RepliesCommand::Retry { reply_id } => {
+            let record = ops::retry(&store, &reply_id).await?;
+            println!(
+                "{} is queued again (a running goldrelay picks it up within seconds)",
+                record.reply_id
+            );
+        }
+    }
+    Ok(())
 }

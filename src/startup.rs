@@ -4,18 +4,21 @@ use crate::chatwoot::ChatwootClient;
 use crate::config::Settings;
 use crate::delivery::{Policy, Worker, WorkerLink};
 use crate::http::{self, AppState, BearerTokens, WebhookAuth};
+use crate::metrics::Metrics;
 use crate::store::{self, SharedStore};
 use actix_web::dev::Server;
 use actix_web::{web, HttpServer};
 use anyhow::Context;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// A goldrelay ready to run: bound, migrated, wired.
 pub struct Application {
     addr: SocketAddr,
     server: Server,
+    metrics_server: Option<(SocketAddr, Server)>,
     worker: Worker,
     store: SharedStore,
     event_retention: std::time::Duration,
@@ -34,7 +37,14 @@ impl Application {
         )
         .context("could not build the Chatwoot client")?;
         let link = WorkerLink::default();
-        let worker = Worker::new(store.clone(), client, policy(&settings), link.clone());
+        let metrics = Arc::new(Metrics::new());
+        let worker = Worker::new(
+            store.clone(),
+            client,
+            policy(&settings),
+            link.clone(),
+            metrics.clone(),
+        );
         let state = web::Data::new(AppState {
             store: store.clone(),
             tokens: BearerTokens::new(&settings.tokens),
@@ -45,10 +55,16 @@ impl Application {
                 settings.webhook_tolerance,
                 settings.webhook_path_token.as_ref(),
             ),
+            metrics: metrics.clone(),
+            metrics_here: settings.metrics_listen.is_none(),
         });
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
+        let metrics_server = settings
+            .metrics_listen
+            .map(|at| metrics_server(state.clone(), at))
+            .transpose()?;
         let server = HttpServer::new(move || http::app(state.clone()))
             .disable_signals()
             .shutdown_timeout(settings.shutdown_drain.as_secs().max(1))
@@ -57,6 +73,7 @@ impl Application {
         Ok(Self {
             addr,
             server,
+            metrics_server,
             worker,
             store,
             event_retention: settings.event_retention,
@@ -65,6 +82,11 @@ impl Application {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when it has an address of its own.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn port(&self) -> u16 {
@@ -87,6 +109,10 @@ impl Application {
         ));
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
+        if let Some((_, metrics)) = self.metrics_server {
+            // Metrics stop with the process; nothing there needs draining.
+            tokio::spawn(metrics);
+        }
         stop.await;
         tracing::info!("shutting down: no new requests; finishing in-flight work");
         handle.stop(true).await;
@@ -96,6 +122,28 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// A second, private listener that serves only `/metrics`.
+fn metrics_server(
+    state: web::Data<AppState>,
+    at: SocketAddr,
+) -> anyhow::Result<(SocketAddr, Server)> {
+    let listener =
+        TcpListener::bind(at).with_context(|| format!("could not listen for metrics on {at}"))?;
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        actix_web::App::new().app_data(state.clone()).route(
+            "/metrics",
+            web::get()
+                .to(|state: web::Data<AppState>| async move { http::metrics_text(&state).await }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((addr, server))
 }
 
 /// Deletes Chatwoot events older than the retention period, hourly.

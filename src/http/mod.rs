@@ -12,10 +12,12 @@ pub use auth::BearerTokens;
 pub use webhook::WebhookAuth;
 
 use crate::delivery::WorkerLink;
+use crate::metrics::Metrics;
 use crate::store::SharedStore;
 use actix_web::dev::{Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What every handler shares.
@@ -25,11 +27,25 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub worker: WorkerLink,
     pub webhooks: WebhookAuth,
+    pub metrics: Arc<Metrics>,
+    /// Whether `/metrics` is served with the API (no separate metrics address).
+    pub metrics_here: bool,
 }
+
+/// The reply a request concerned, for its log line.
+#[derive(Clone)]
+pub struct LoggedReplyId(pub String);
 
 /// Registers every route of the API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/hc", web::get().to(health::health))
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi))
+        .route("/api/gold-replies", web::get().to(replies::list_replies))
+        .route(
+            "/api/gold-replies/{reply_id}/retry",
+            web::post().to(replies::retry_reply),
+        )
         .route(
             "/api/webhooks/gold-replies",
             web::post().to(replies::post_reply),
@@ -44,6 +60,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::post().to(webhook::path_token),
         )
         .default_service(web::to(not_found));
+}
+
+/// The OpenAPI 3.1 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if !state.metrics_here {
+        return not_found(req).await;
+    }
+    metrics_text(&state).await
+}
+
+/// The Prometheus text exposition.
+pub async fn metrics_text(state: &AppState) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(state.store.as_ref()).await)
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
@@ -72,12 +111,20 @@ pub fn app(
         .wrap_fn(|req, srv| {
             let started = Instant::now();
             let method = req.method().clone();
-            let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-            let reply_id = req.match_info().get("reply_id").map(str::to_owned);
             let request_id = uuid::Uuid::new_v4();
             let call = srv.call(req);
             async move {
                 let response = call.await?;
+                let request = response.request();
+                let route = request
+                    .match_pattern()
+                    .unwrap_or_else(|| "unmatched".into());
+                let reply_id = response
+                    .response()
+                    .extensions()
+                    .get::<LoggedReplyId>()
+                    .map(|r| r.0.clone())
+                    .or_else(|| request.match_info().get("reply_id").map(str::to_owned));
                 tracing::info!(
                     %request_id,
                     method = %method,

@@ -35,10 +35,13 @@ pub enum ApiError {
     StoreUnavailable(#[source] StoreError),
     #[error("this endpoint is turned off: {0}")]
     Disabled(&'static str),
+    #[error("only a dead reply can be retried; this one is {0}")]
+    NotDead(&'static str),
 }
 
 impl ApiError {
-    fn slug(&self) -> &'static str {
+    /// A short stable name: the problem type's last part and the metrics label.
+    pub fn slug(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "unauthorized",
             ApiError::BadSignature(_) => "bad-signature",
@@ -51,6 +54,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not-found",
             ApiError::StoreUnavailable(_) => "store-unavailable",
             ApiError::Disabled(_) => "disabled",
+            ApiError::NotDead(_) => "not-dead",
         }
     }
 }
@@ -65,7 +69,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadJson(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::NotDead(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

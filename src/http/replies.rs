@@ -1,43 +1,77 @@
-//! Support's endpoints: post a gold reply, read its status.
+//! Support's and operators' endpoints: post a gold reply, read, list and retry.
 
 use super::body::{parse_json, read_limited, require_json};
 use super::problem::ApiError;
-use super::AppState;
-use crate::domain::{GoldReply, ReplyId};
-use crate::store::{Ingested, ReplyRecord};
+use super::{AppState, LoggedReplyId};
+use crate::domain::{GoldReply, ReplyId, Status};
+use crate::store::{Cursor, Ingested, ReplyFilter, ReplyRecord, Requeued};
 use actix_web::http::header::LOCATION;
-use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use std::time::Instant;
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
 
 /// `POST /api/webhooks/gold-replies`
 pub async fn post_reply(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    state.tokens.check(&req)?;
-    require_json(&req)?;
-    let body = read_limited(&req, payload, state.max_body_bytes).await?;
+) -> HttpResponse {
+    let started = Instant::now();
+    let (outcome, response) = match ingest(&req, payload, &state).await {
+        Ok((outcome, response)) => (outcome, response),
+        Err(e) => (e.slug(), e.error_response()),
+    };
+    state.metrics.ingest(outcome, started.elapsed());
+    response
+}
+
+async fn ingest(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(&'static str, HttpResponse), ApiError> {
+    state.tokens.check(req)?;
+    require_json(req)?;
+    let body = read_limited(req, payload, state.max_body_bytes).await?;
     let reply = GoldReply::parse(&parse_json(&body)?).map_err(ApiError::Invalid)?;
     let ingested = state
         .store
         .ingest(&reply, Utc::now())
         .await
         .map_err(ApiError::StoreUnavailable)?;
-    match ingested {
+    let (outcome, mut response) = match ingested {
         Ingested::Created(record) => {
             if reply.action.sends() {
                 state.worker.wake.notify_one();
             }
-            Ok(HttpResponse::Accepted()
-                .insert_header((LOCATION, location(&record)))
-                .json(record))
+            ("accepted", located(HttpResponse::Accepted(), &record))
         }
-        Ingested::Existing(record) => Ok(HttpResponse::Ok()
-            .insert_header((LOCATION, location(&record)))
-            .json(record)),
-        Ingested::Conflict(record) => Err(ApiError::Conflict(record.reply_id)),
-    }
+        Ingested::Existing(record) => ("duplicate", located(HttpResponse::Ok(), &record)),
+        Ingested::Conflict(record) => return Err(ApiError::Conflict(record.reply_id)),
+    };
+    response
+        .extensions_mut()
+        .insert(LoggedReplyId(reply.reply_id.to_string()));
+    Ok((outcome, response))
+}
+
+fn located(mut builder: actix_web::HttpResponseBuilder, record: &ReplyRecord) -> HttpResponse {
+    builder
+        .insert_header((LOCATION, format!("/api/gold-replies/{}", record.reply_id)))
+        .json(record)
+}
+
+fn reply_id(raw: &str) -> Result<ReplyId, ApiError> {
+    ReplyId::parse(raw).map_err(|_| not_found(raw))
+}
+
+fn not_found(raw: &str) -> ApiError {
+    ApiError::NotFound(format!("no gold reply has reply_id {raw:?}"))
 }
 
 /// `GET /api/gold-replies/{reply_id}`
@@ -47,18 +81,119 @@ pub async fn get_reply(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.tokens.check(&req)?;
-    let not_found =
-        || ApiError::NotFound(format!("no gold reply has reply_id {:?}", path.as_str()));
-    let reply_id = ReplyId::parse(&path).map_err(|_| not_found())?;
+    let id = reply_id(&path)?;
     let record = state
         .store
-        .reply(reply_id.as_str())
+        .reply(id.as_str())
         .await
         .map_err(ApiError::StoreUnavailable)?
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| not_found(&path))?;
     Ok(HttpResponse::Ok().json(record))
 }
 
-fn location(record: &ReplyRecord) -> String {
-    format!("/api/gold-replies/{}", record.reply_id)
+/// `POST /api/gold-replies/{reply_id}/retry`
+pub async fn retry_reply(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.tokens.check(&req)?;
+    let id = reply_id(&path)?;
+    let requeued = state
+        .store
+        .requeue(id.as_str(), Utc::now())
+        .await
+        .map_err(ApiError::StoreUnavailable)?;
+    match requeued {
+        Requeued::Queued(record) => {
+            state.worker.wake.notify_one();
+            Ok(located(HttpResponse::Accepted(), &record))
+        }
+        Requeued::NotDead(record) => Err(ApiError::NotDead(record.status.as_str())),
+        Requeued::NotFound => Err(not_found(&path)),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    account_id: Option<i64>,
+    conversation_id: Option<i64>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /api/gold-replies?status=&conversation_id=&limit=&cursor=`
+pub async fn list_replies(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.tokens.check(&req)?;
+    let filter = filter(query.into_inner())?;
+    let limit = filter.limit;
+    let items = state
+        .store
+        .list(&filter)
+        .await
+        .map_err(ApiError::StoreUnavailable)?;
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last().map(encode_cursor))
+        .flatten();
+    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+fn filter(query: ListQuery) -> Result<ReplyFilter, ApiError> {
+    let invalid = |field: &str, message: &str| {
+        ApiError::Invalid(vec![crate::domain::FieldError {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        }])
+    };
+    let status = query
+        .status
+        .map(|s| {
+            Status::parse(&s).ok_or_else(|| {
+                invalid(
+                    "status",
+                    "must be one of recorded, queued, delivered, confirmed, dead",
+                )
+            })
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(invalid("limit", "must be between 1 and 500"));
+    }
+    let after = query
+        .cursor
+        .map(|c| {
+            decode_cursor(&c).ok_or_else(|| invalid("cursor", "is not a cursor this API gave out"))
+        })
+        .transpose()?;
+    Ok(ReplyFilter {
+        status,
+        account_id: query.account_id,
+        conversation_id: query.conversation_id,
+        after,
+        limit,
+    })
+}
+
+/// Cursors are `<received_at millis>.<reply_id>`: opaque to clients, readable in logs.
+fn encode_cursor(record: &ReplyRecord) -> String {
+    format!(
+        "{}.{}",
+        record.received_at.timestamp_millis(),
+        record.reply_id
+    )
+}
+
+fn decode_cursor(raw: &str) -> Option<Cursor> {
+    let (ms, reply_id) = raw.split_once('.')?;
+    let received_at = DateTime::from_timestamp_millis(ms.parse().ok()?)?;
+    Some(Cursor {
+        received_at,
+        reply_id: ReplyId::parse(reply_id).ok()?.to_string(),
+    })
 }

@@ -127,12 +127,7 @@ pub async fn signed(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if state.webhooks.secrets.is_empty() {
-        return Err(ApiError::Disabled("no CHATWOOT_WEBHOOK_SECRETS configured"));
-    }
-    let body = read_limited(&req, payload, state.max_body_bytes).await?;
-    state.webhooks.verify(req.headers(), &body, Utc::now())?;
-    accept(&req, &body, &state).await
+    counted(&state, verified(req, payload, &state).await)
 }
 
 /// `POST /api/webhooks/chatwoot/{token}`: unsigned, for Chatwoot before 4.12.
@@ -142,16 +137,49 @@ pub async fn path_token(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.webhooks.check_path_token(&token)?;
+    let result = async {
+        state.webhooks.check_path_token(&token)?;
+        let body = read_limited(&req, payload, state.max_body_bytes).await?;
+        accept(&req, &body, &state).await
+    }
+    .await;
+    counted(&state, result)
+}
+
+fn counted(
+    state: &AppState,
+    result: Result<(&'static str, HttpResponse), ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    match result {
+        Ok((outcome, response)) => {
+            state.metrics.event(outcome);
+            Ok(response)
+        }
+        Err(e) => {
+            state.metrics.event(e.slug());
+            Err(e)
+        }
+    }
+}
+
+async fn verified(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<(&'static str, HttpResponse), ApiError> {
+    if state.webhooks.secrets.is_empty() {
+        return Err(ApiError::Disabled("no CHATWOOT_WEBHOOK_SECRETS configured"));
+    }
     let body = read_limited(&req, payload, state.max_body_bytes).await?;
-    accept(&req, &body, &state).await
+    state.webhooks.verify(req.headers(), &body, Utc::now())?;
+    accept(&req, &body, state).await
 }
 
 async fn accept(
     req: &HttpRequest,
     body: &[u8],
     state: &AppState,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<(&'static str, HttpResponse), ApiError> {
     let value = parse_json(body)?;
     let delivery_id = req
         .headers()
@@ -178,5 +206,8 @@ async fn accept(
         EventOutcome::Duplicate => "duplicate",
     };
     tracing::info!(event = %event.kind, delivery_id = event.delivery_id.as_deref(), reply_id = event.reply_id.as_deref(), outcome = status, "chatwoot event");
-    Ok(HttpResponse::Ok().json(json!({ "status": status, "event": event.kind })))
+    Ok((
+        status,
+        HttpResponse::Ok().json(json!({ "status": status, "event": event.kind })),
+    ))
 }

@@ -91,6 +91,34 @@ pub enum Outcome {
     },
 }
 
+/// Which replies `list` returns, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ReplyFilter {
+    pub status: Option<Status>,
+    pub account_id: Option<i64>,
+    pub conversation_id: Option<i64>,
+    /// Continue after this position (from the previous page's last record).
+    pub after: Option<Cursor>,
+    pub limit: usize,
+}
+
+/// A position in the newest-first listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub received_at: DateTime<Utc>,
+    pub reply_id: String,
+}
+
+/// What putting a reply back in the queue did.
+#[derive(Debug)]
+pub enum Requeued {
+    /// Queued again with a fresh attempt budget.
+    Queued(ReplyRecord),
+    /// Only a `dead` reply can be retried; this is its record.
+    NotDead(ReplyRecord),
+    NotFound,
+}
+
 /// Whether a webhook event was new.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventOutcome {
@@ -134,6 +162,15 @@ pub trait Store: Send + Sync {
         outcome: Outcome,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+
+    /// Replies matching `filter`, newest first, at most `filter.limit`.
+    async fn list(&self, filter: &ReplyFilter) -> Result<Vec<ReplyRecord>, StoreError>;
+
+    /// Puts a `dead` reply back in the queue with a fresh attempt budget.
+    async fn requeue(&self, reply_id: &str, now: DateTime<Utc>) -> Result<Requeued, StoreError>;
+
+    /// How many replies are in each status.
+    async fn count_by_status(&self) -> Result<Vec<(Status, i64)>, StoreError>;
 
     /// Stores a verified Chatwoot event and applies its effect in one
     /// transaction, unless the same delivery or event was stored before.

@@ -6,7 +6,10 @@
 //! commit), so concurrent requests share one disk flush instead of paying for
 //! one each. Reads use a small pool of their own connections.
 
-use super::{EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyRecord, Store, StoreError};
+use super::{
+    EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, Store,
+    StoreError,
+};
 use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
@@ -238,7 +241,7 @@ async fn claim_tx(
     let now_ms = millis(now);
     let sql = format!(
         "SELECT j.seq, j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
-         r.content, r.private, r.attempts, r.received_at \
+         r.content, r.private, r.attempts, COALESCE(r.requeued_at, r.received_at) AS age_from \
          FROM delivery_jobs j JOIN gold_replies r ON r.reply_id = j.reply_id \
          WHERE j.seq IN ({HEADS}) AND j.due_at <= ?1 \
          AND (j.lease_until IS NULL OR j.lease_until <= ?1) \
@@ -275,7 +278,7 @@ async fn claim_tx(
             content: row.try_get("content")?,
             private: row.try_get("private")?,
             attempt: row.try_get::<i64, _>("attempts")? + 1,
-            received_at: time(row.try_get("received_at")?).unwrap_or(now),
+            received_at: time(row.try_get("age_from")?).unwrap_or(now),
             maybe_sent: row.try_get("maybe_sent")?,
         });
     }
@@ -355,6 +358,44 @@ async fn finish_tx(
         }
     }
     Ok(())
+}
+
+async fn requeue_tx(
+    conn: &mut SqliteConnection,
+    reply_id: String,
+    now: DateTime<Utc>,
+) -> Result<Requeued, StoreError> {
+    let Some(record) = fetch_record(conn, &reply_id).await? else {
+        return Ok(Requeued::NotFound);
+    };
+    if record.status != Status::Dead {
+        return Ok(Requeued::NotDead(record));
+    }
+    let now_ms = millis(now);
+    sqlx::query(
+        "UPDATE gold_replies SET status = 'queued', attempts = 0, requeued_at = ?, \
+         next_attempt_at = ? WHERE reply_id = ?",
+    )
+    .bind(now_ms)
+    .bind(now_ms)
+    .bind(&reply_id)
+    .execute(&mut *conn)
+    .await?;
+    // A new job goes to the back of its conversation's line. The operator
+    // decided to send again, so no lookup first (maybe_sent = 0).
+    sqlx::query(
+        "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) VALUES (?, ?, ?, ?)",
+    )
+    .bind(&reply_id)
+    .bind(record.account_id)
+    .bind(record.conversation_id)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    let record = fetch_record(conn, &reply_id)
+        .await?
+        .ok_or(StoreError::Unavailable)?;
+    Ok(Requeued::Queued(record))
 }
 
 async fn record_event_tx(
@@ -456,6 +497,59 @@ async fn channel_status(
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn list(&self, filter: &ReplyFilter) -> Result<Vec<ReplyRecord>, StoreError> {
+        let mut sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE 1 = 1");
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.account_id.is_some() {
+            sql.push_str(" AND account_id = ?");
+        }
+        if filter.conversation_id.is_some() {
+            sql.push_str(" AND conversation_id = ?");
+        }
+        if filter.after.is_some() {
+            sql.push_str(" AND (received_at < ? OR (received_at = ? AND reply_id > ?))");
+        }
+        sql.push_str(" ORDER BY received_at DESC, reply_id ASC LIMIT ?");
+        let mut query = sqlx::query(&sql);
+        if let Some(status) = filter.status {
+            query = query.bind(status.as_str());
+        }
+        if let Some(account) = filter.account_id {
+            query = query.bind(account);
+        }
+        if let Some(conversation) = filter.conversation_id {
+            query = query.bind(conversation);
+        }
+        if let Some(cursor) = &filter.after {
+            let at = millis(cursor.received_at);
+            query = query.bind(at).bind(at).bind(cursor.reply_id.clone());
+        }
+        let rows = query
+            .bind(filter.limit as i64)
+            .fetch_all(&self.reads)
+            .await?;
+        Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
+    }
+
+    async fn requeue(&self, reply_id: &str, now: DateTime<Utc>) -> Result<Requeued, StoreError> {
+        let reply_id = reply_id.to_owned();
+        self.write(move |c| Box::pin(requeue_tx(c, reply_id, now)))
+            .await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(Status, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM gold_replies GROUP BY status")
+                .fetch_all(&self.reads)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, n)| Status::parse(&s).map(|s| (s, n)))
+            .collect())
+    }
+
     async fn record_event(
         &self,
         event: &ChatwootEvent,

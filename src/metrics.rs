@@ -1,0 +1,132 @@
+//! Prometheus metrics: what operators watch on `/metrics`.
+
+use crate::store::Store;
+use chrono::Utc;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::time::Duration;
+
+/// Every metric goldrelay exports.
+pub struct Metrics {
+    registry: Registry,
+    ingest: IntCounterVec,
+    ingest_seconds: Histogram,
+    attempts: IntCounterVec,
+    delivery_seconds: Histogram,
+    events: IntCounterVec,
+    replies: IntGaugeVec,
+    oldest_queued: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("goldrelay".into()), None).expect("a static prefix is valid");
+        let counter = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let replies = IntGaugeVec::new(
+            Opts::new("replies", "Gold replies in the store, by status."),
+            &["status"],
+        )
+        .expect("valid metric");
+        let oldest_queued = Gauge::new(
+            "oldest_queued_age_seconds",
+            "Age of the oldest reply still waiting for delivery (0 when none).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(replies.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(oldest_queued.clone()))
+            .expect("registered once");
+        Self {
+            ingest: counter(
+                "ingest_requests_total",
+                "Gold-reply posts, by outcome.",
+                "outcome",
+            ),
+            ingest_seconds: histogram(
+                "ingest_duration_seconds",
+                "Time to validate, store and answer a gold-reply post.",
+                prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets"),
+            ),
+            attempts: counter(
+                "delivery_attempts_total",
+                "Delivery attempts to Chatwoot, by outcome.",
+                "outcome",
+            ),
+            delivery_seconds: histogram(
+                "delivery_latency_seconds",
+                "Time from a reply's acceptance to Chatwoot creating the message.",
+                prometheus::exponential_buckets(0.005, 2.0, 18).expect("valid buckets"),
+            ),
+            events: counter(
+                "chatwoot_events_total",
+                "Chatwoot webhook requests, by outcome.",
+                "outcome",
+            ),
+            replies,
+            oldest_queued,
+            registry,
+        }
+    }
+
+    pub fn ingest(&self, outcome: &str, took: Duration) {
+        self.ingest.with_label_values(&[outcome]).inc();
+        self.ingest_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn attempt(&self, outcome: &str) {
+        self.attempts.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn delivered_after(&self, took: Duration) {
+        self.delivery_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn event(&self, outcome: &str) {
+        self.events.with_label_values(&[outcome]).inc();
+    }
+
+    /// Refreshes the store-derived gauges and renders the text exposition format.
+    pub async fn render(&self, store: &dyn Store) -> String {
+        if let Ok(counts) = store.count_by_status().await {
+            self.replies.reset();
+            for (status, n) in counts {
+                self.replies.with_label_values(&[status.as_str()]).set(n);
+            }
+        }
+        if let Ok(stats) = store.queue_stats().await {
+            let age = stats
+                .oldest_queued_at
+                .and_then(|at| (Utc::now() - at).to_std().ok())
+                .unwrap_or_default();
+            self.oldest_queued.set(age.as_secs_f64());
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

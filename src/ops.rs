@@ -1,0 +1,163 @@
+//! Operator commands: inspect and repair replies, check a deployment's configuration.
+
+use crate::chatwoot::{ChatwootClient, SendError};
+use crate::config::Settings;
+use crate::domain::Status;
+use crate::store::{self, ReplyFilter, ReplyRecord, Requeued, SharedStore};
+use anyhow::{bail, Context};
+use chrono::Utc;
+use std::fmt::Write as _;
+
+/// Opens the store `DATABASE_URL` names, as `serve` would.
+pub async fn open_store() -> anyhow::Result<SharedStore> {
+    let url = Settings::database_url_from_env();
+    store::open(&url)
+        .await
+        .with_context(|| format!("could not open the database at {url}"))
+}
+
+/// `goldrelay replies list`: one line per reply, newest first.
+pub async fn list(store: &SharedStore, filter: ReplyFilter) -> anyhow::Result<String> {
+    let replies = store.list(&filter).await?;
+    let mut out = String::new();
+    for r in &replies {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<9} conv {:<7} attempts {:<3} {}  {}",
+            r.reply_id,
+            r.status.as_str(),
+            r.conversation_id,
+            r.attempts,
+            r.received_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            r.last_error.as_deref().unwrap_or("")
+        );
+    }
+    if replies.is_empty() {
+        out.push_str("no replies match\n");
+    }
+    Ok(out)
+}
+
+/// `goldrelay replies show ID`: the full status record as JSON.
+pub async fn show(store: &SharedStore, reply_id: &str) -> anyhow::Result<String> {
+    match store.reply(reply_id).await? {
+        Some(record) => Ok(serde_json::to_string_pretty(&record)? + "\n"),
+        None => bail!("no gold reply has reply_id {reply_id:?}"),
+    }
+}
+
+/// `goldrelay replies retry ID`: puts a dead reply back in the queue.
+pub async fn retry(store: &SharedStore, reply_id: &str) -> anyhow::Result<ReplyRecord> {
+    match store.requeue(reply_id, Utc::now()).await? {
+        Requeued::Queued(record) => Ok(record),
+        Requeued::NotDead(record) => bail!(
+            "only a dead reply can be retried; {reply_id:?} is {}",
+            record.status.as_str()
+        ),
+        Requeued::NotFound => bail!("no gold reply has reply_id {reply_id:?}"),
+    }
+}
+
+/// Parses `--status`.
+pub fn parse_status(raw: &str) -> Result<Status, String> {
+    Status::parse(raw)
+        .ok_or_else(|| "must be one of recorded, queued, delivered, confirmed, dead".into())
+}
+
+/// One line of `check-config` output.
+pub struct Check {
+    pub ok: bool,
+    pub line: String,
+}
+
+impl Check {
+    fn pass(line: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            line: line.into(),
+        }
+    }
+
+    fn fail(line: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            line: line.into(),
+        }
+    }
+}
+
+/// `goldrelay check-config`: the environment, the database, and Chatwoot.
+pub async fn check_config(
+    lookup: impl Fn(&str) -> Option<String>,
+    account_id: i64,
+    conversation_id: i64,
+) -> Vec<Check> {
+    let settings = match Settings::from_lookup(lookup) {
+        Ok(settings) => settings,
+        Err(e) => return e.0.into_iter().map(Check::fail).collect(),
+    };
+    let mut checks = vec![Check::pass("configuration: every variable is valid")];
+    if settings.webhook_secrets.is_empty() && settings.webhook_path_token.is_none() {
+        checks.push(Check::pass(
+            "webhooks: no CHATWOOT_WEBHOOK_SECRETS; the Chatwoot webhook endpoint will refuse every event",
+        ));
+    }
+    checks.push(check_database(&settings).await);
+    checks.extend(check_chatwoot(&settings, account_id, conversation_id).await);
+    checks
+}
+
+async fn check_database(settings: &Settings) -> Check {
+    let opened = store::open(&settings.database_url).await;
+    match opened {
+        Ok(store) => match store.ping().await {
+            Ok(()) => Check::pass(format!("database: {} answers", settings.database_url)),
+            Err(e) => Check::fail(format!(
+                "database: {} does not answer: {e}",
+                settings.database_url
+            )),
+        },
+        Err(e) => Check::fail(format!(
+            "database: cannot open {}: {e}",
+            settings.database_url
+        )),
+    }
+}
+
+async fn check_chatwoot(settings: &Settings, account_id: i64, conversation_id: i64) -> Vec<Check> {
+    let base = settings
+        .chatwoot_base_url
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    let client = match ChatwootClient::new(
+        settings.chatwoot_base_url.clone(),
+        settings.chatwoot_api_token.clone(),
+        settings.chatwoot_timeout,
+    ) {
+        Ok(client) => client,
+        Err(e) => return vec![Check::fail(format!("chatwoot: cannot build a client: {e}"))],
+    };
+    let health = match client.health().await {
+        Ok(detail) => Check::pass(format!("chatwoot: {base} is up ({detail})")),
+        Err(e) => {
+            return vec![Check::fail(format!(
+                "chatwoot: {base} is not reachable: {e}"
+            ))]
+        }
+    };
+    let token = match client.can_read(account_id, conversation_id).await {
+        Ok(()) => Check::pass(format!(
+            "chatwoot: CHATWOOT_API_TOKEN can read account {account_id}, conversation {conversation_id}"
+        )),
+        Err(SendError::Permanent { status: 401, detail }) if detail.contains("for bots") => Check::pass(format!(
+            "chatwoot: CHATWOOT_API_TOKEN is an agent-bot token: it can send but cannot list messages, \
+             so a reply whose delivery is uncertain goes dead instead of being checked ({detail})"
+        )),
+        Err(SendError::Permanent { status: 404, .. }) => Check::pass(format!(
+            "chatwoot: CHATWOOT_API_TOKEN is accepted (account {account_id} or conversation {conversation_id} does not exist; pass --account-id/--conversation-id to read a real one)"
+        )),
+        Err(e) => Check::fail(format!("chatwoot: CHATWOOT_API_TOKEN was refused: {}", e.detail())),
+    };
+    vec![health, token]
+}

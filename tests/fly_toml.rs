@@ -1,0 +1,437 @@
+//! Holds fly.toml and the Dockerfile to the code. Neither Fly nor Docker runs
+//! here, so each test takes one promise those files make and checks it against
+//! the real goldrelay: the health check, the port, the shutdown timing, the
+//! release command, the secrets, and the build.
+
+use assert_cmd::Command;
+use goldrelay::config::{parse_duration, Settings};
+use goldrelay::sandbox::{self, SandboxConfig};
+use goldrelay::startup::Application;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+use toml::{Table, Value};
+
+/// Set only with `fly secrets set`: never in fly.toml or the image.
+const SECRETS: [&str; 5] = [
+    "GOLDRELAY_TOKENS",
+    "CHATWOOT_API_TOKEN",
+    "CHATWOOT_WEBHOOK_SECRETS",
+    "DATABASE_URL",
+    "GOLDRELAY_WEBHOOK_PATH_TOKEN",
+];
+
+/// Stands in for the Chatwoot URL the operator writes into fly.toml.
+const OPERATOR_CHATWOOT_URL: &str = "https://chat.example.com";
+
+fn read(path: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn toml_file(path: &str) -> Table {
+    read(path)
+        .parse()
+        .unwrap_or_else(|e| panic!("{path} is not valid TOML: {e}"))
+}
+
+fn table<'a>(parent: &'a Table, key: &str) -> &'a Table {
+    parent
+        .get(key)
+        .and_then(Value::as_table)
+        .unwrap_or_else(|| panic!("no [{key}] table"))
+}
+
+fn string<'a>(parent: &'a Table, key: &str) -> &'a str {
+    parent
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no string {key}"))
+}
+
+/// A Fly duration: a string such as "40s", or a number of seconds.
+fn duration(value: &Value) -> Duration {
+    match value {
+        Value::String(raw) => parse_duration(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}")),
+        Value::Integer(secs) => Duration::from_secs((*secs).try_into().expect("not negative")),
+        other => panic!("{other} is not a duration"),
+    }
+}
+
+/// fly.toml's [env], as every machine of the app sees it.
+fn fly_env(fly: &Table) -> HashMap<String, String> {
+    table(fly, "env")
+        .iter()
+        .map(|(name, value)| {
+            let value = value
+                .as_str()
+                .unwrap_or_else(|| panic!("[env] {name} is not a string"));
+            (name.clone(), value.to_owned())
+        })
+        .collect()
+}
+
+/// What a deployed machine's environment holds: [env], the Chatwoot URL the
+/// operator fills in, and the secrets from `fly secrets set`.
+fn machine_env(fly: &Table, chatwoot_url: &str, database_url: &str) -> HashMap<String, String> {
+    let mut env = fly_env(fly);
+    let chatwoot = env.entry("CHATWOOT_BASE_URL".into()).or_default();
+    if chatwoot.trim().is_empty() {
+        *chatwoot = chatwoot_url.into();
+    }
+    let chatwoot_token = SandboxConfig::default().user_token;
+    let secrets = [
+        ("GOLDRELAY_TOKENS", "0123456789abcdef0123456789abcdef"),
+        ("CHATWOOT_API_TOKEN", chatwoot_token.as_str()),
+        ("CHATWOOT_WEBHOOK_SECRETS", "webhook-secret-from-chatwoot"),
+        ("DATABASE_URL", database_url),
+    ];
+    env.extend(secrets.map(|(name, value)| (name.into(), value.into())));
+    env
+}
+
+/// The settings `goldrelay serve` would load from that environment.
+fn settings(env: &HashMap<String, String>) -> Settings {
+    Settings::from_lookup(|name| env.get(name).cloned())
+        .unwrap_or_else(|e| panic!("goldrelay refuses fly.toml's environment:\n{e}"))
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}/goldrelay.db", dir.display())
+}
+
+#[tokio::test]
+async fn every_fly_health_check_answers_200_without_a_token() {
+    let fly = toml_file("fly.toml");
+    let chatwoot = sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .expect("sandbox starts");
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = machine_env(&fly, &chatwoot.base_url(), &sqlite_url(dir.path()));
+    env.insert("GOLDRELAY_LISTEN".into(), "127.0.0.1:0".into());
+    let app = Application::build(settings(&env))
+        .await
+        .expect("goldrelay starts");
+    let base = format!("http://{}", app.addr());
+    tokio::spawn(app.run_until(std::future::pending()));
+
+    let checks = table(&fly, "http_service")
+        .get("checks")
+        .and_then(Value::as_array)
+        .expect("fly.toml has [[http_service.checks]]");
+    assert!(!checks.is_empty(), "fly.toml has no health check");
+    for check in checks
+        .iter()
+        .map(|c| c.as_table().expect("a check is a table"))
+    {
+        for timing in ["grace_period", "interval", "timeout"] {
+            duration(
+                check
+                    .get(timing)
+                    .unwrap_or_else(|| panic!("a check has no {timing}")),
+            );
+        }
+        let method = check.get("method").and_then(Value::as_str).unwrap_or("GET");
+        let path = string(check, "path");
+        let response = reqwest::Client::new()
+            .request(
+                method.parse().expect("an HTTP method"),
+                format!("{base}{path}"),
+            )
+            .send()
+            .await
+            .expect("request sent");
+        assert_eq!(response.status(), 200, "{method} {path} with no token");
+    }
+}
+
+#[test]
+fn fly_sends_traffic_to_the_address_goldrelay_binds() {
+    let fly = toml_file("fly.toml");
+    let port = table(&fly, "http_service")
+        .get("internal_port")
+        .and_then(Value::as_integer)
+        .expect("http_service has an internal_port");
+    let port = u16::try_from(port).expect("a TCP port");
+    let env = machine_env(&fly, OPERATOR_CHATWOOT_URL, "sqlite://goldrelay.db");
+    assert_eq!(
+        settings(&env).listen,
+        SocketAddr::from(([0, 0, 0, 0], port)),
+        "GOLDRELAY_LISTEN must bind 0.0.0.0 on internal_port, or Fly's proxy cannot reach goldrelay"
+    );
+    let expose = format!("EXPOSE {port}");
+    assert!(
+        read("Dockerfile").lines().any(|line| line.trim() == expose),
+        "the Dockerfile should say `{expose}`"
+    );
+}
+
+#[test]
+fn fly_waits_for_goldrelay_to_finish_its_work_before_killing_it() {
+    let fly = toml_file("fly.toml");
+    // startup::shutdown_signal drains on SIGTERM (and SIGINT), nothing else.
+    assert_eq!(string(&fly, "kill_signal"), "SIGTERM");
+    let kill_timeout = duration(fly.get("kill_timeout").expect("fly.toml sets kill_timeout"));
+    let env = machine_env(&fly, OPERATOR_CHATWOOT_URL, "sqlite://goldrelay.db");
+    let drain = settings(&env).shutdown_drain;
+    // Application::run_until drains the HTTP server and then the delivery
+    // worker, each for up to the drain.
+    assert!(
+        kill_timeout > drain * 2,
+        "kill_timeout {kill_timeout:?} must exceed twice GOLDRELAY_SHUTDOWN_DRAIN ({drain:?})"
+    );
+}
+
+#[test]
+fn the_release_command_is_a_goldrelay_subcommand_that_succeeds() {
+    let fly = toml_file("fly.toml");
+    let release = string(table(&fly, "deploy"), "release_command");
+    let mut words = release.split_whitespace();
+    assert_eq!(words.next(), Some("goldrelay"), "{release}");
+    let dir = tempfile::tempdir().unwrap();
+    let env = machine_env(&fly, OPERATOR_CHATWOOT_URL, &sqlite_url(dir.path()));
+    Command::new(env!("CARGO_BIN_EXE_goldrelay"))
+        .args(words)
+        .env_clear()
+        .envs(&env)
+        .assert()
+        .success();
+    assert!(
+        dir.path().join("goldrelay.db").exists(),
+        "`{release}` did not create the database"
+    );
+}
+
+#[test]
+fn the_image_starts_a_goldrelay_subcommand_that_exists() {
+    let dockerfile = read("Dockerfile");
+    let cmd = dockerfile
+        .lines()
+        .find_map(|line| line.strip_prefix("CMD "))
+        .expect("the Dockerfile has a CMD");
+    let cmd: Vec<String> = serde_json::from_str(cmd).expect("CMD in exec form");
+    assert_eq!(cmd[0], "goldrelay", "{cmd:?}");
+    Command::new(env!("CARGO_BIN_EXE_goldrelay"))
+        .args(&cmd[1..])
+        .arg("--help")
+        .assert()
+        .success();
+}
+
+#[test]
+fn the_machine_keeps_running_and_is_reached_only_over_https() {
+    let fly = toml_file("fly.toml");
+    let service = table(&fly, "http_service");
+    assert_eq!(service.get("force_https"), Some(&Value::Boolean(true)));
+    // A stopped machine delivers nothing: the worker runs inside it.
+    let auto_stop = service.get("auto_stop_machines");
+    assert!(
+        matches!(auto_stop, Some(Value::String(s)) if s == "off")
+            || auto_stop == Some(&Value::Boolean(false)),
+        "auto_stop_machines must be \"off\", not {auto_stop:?}"
+    );
+    let min_running = service
+        .get("min_machines_running")
+        .and_then(Value::as_integer);
+    assert!(
+        min_running >= Some(1),
+        "min_machines_running is {min_running:?}"
+    );
+}
+
+#[test]
+fn no_secret_is_written_in_fly_toml_or_the_dockerfile() {
+    let env = fly_env(&toml_file("fly.toml"));
+    let dockerfile = read("Dockerfile");
+    for secret in SECRETS {
+        assert!(
+            !env.contains_key(secret),
+            "{secret} is set in [env]: use `fly secrets set`"
+        );
+        assert!(
+            !dockerfile
+                .lines()
+                .any(|l| (l.starts_with("ENV ") || l.starts_with("ARG ")) && l.contains(secret)),
+            "the Dockerfile sets {secret}"
+        );
+    }
+}
+
+/// Each `cargo …` step of a shell script or Dockerfile, one per `&&` segment.
+fn cargo_commands(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .flat_map(|line| line.split("&&"))
+        .map(|step| step.trim().trim_end_matches('\\').trim())
+        .map(|step| step.strip_prefix("RUN ").unwrap_or(step))
+        .filter(|step| step.starts_with("cargo "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_image_is_built_with_the_cargo_commands_ci_runs() {
+    let image = cargo_commands(&read("Dockerfile"));
+    let ci = cargo_commands(&read(".ci/run"));
+    assert!(
+        image.iter().any(|c| c == "cargo build --release"),
+        "the Dockerfile should build with `cargo build --release`: {image:?}"
+    );
+    for command in image {
+        assert!(
+            ci.contains(&command),
+            "the Dockerfile runs `{command}` but .ci/run does not: Docker cannot run here, \
+             so only CI can prove the image builds. Add `{command}` to .ci/run."
+        );
+    }
+}
+
+/// Workspace members as (directory, manifest), from the root Cargo.toml.
+fn members(key: &str) -> Vec<(String, Table)> {
+    let root = toml_file("Cargo.toml");
+    table(&root, "workspace")
+        .get(key)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("Cargo.toml has no workspace.{key}"))
+        .iter()
+        .map(|dir| {
+            let dir = dir
+                .as_str()
+                .expect("a member is a path")
+                .trim_end_matches('/');
+            let prefix = if dir == "." {
+                String::new()
+            } else {
+                format!("{dir}/")
+            };
+            let manifest = toml_file(&format!("{prefix}Cargo.toml"));
+            (prefix, manifest)
+        })
+        .collect()
+}
+
+fn package_name(manifest: &Table) -> &str {
+    string(table(manifest, "package"), "name")
+}
+
+/// The targets a manifest declares, as (kind, table).
+fn declared_targets(manifest: &Table) -> Vec<(&'static str, &Table)> {
+    let mut targets: Vec<_> = manifest
+        .get("lib")
+        .and_then(Value::as_table)
+        .map(|lib| ("lib", lib))
+        .into_iter()
+        .collect();
+    for kind in ["bin", "bench", "test", "example"] {
+        let declared = manifest.get(kind).and_then(Value::as_array);
+        targets.extend(
+            declared
+                .into_iter()
+                .flatten()
+                .filter_map(|t| Some((kind, t.as_table()?))),
+        );
+    }
+    targets
+}
+
+/// Where cargo looks for a declared target, relative to its package.
+fn target_path(kind: &str, target: &Table, package: &str) -> String {
+    if let Some(path) = target.get("path").and_then(Value::as_str) {
+        return path.to_owned();
+    }
+    let name = target
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or(package);
+    match kind {
+        "lib" => "src/lib.rs".into(),
+        "bin" if name == package => "src/main.rs".into(),
+        "bin" => format!("src/bin/{name}.rs"),
+        "bench" => format!("benches/{name}.rs"),
+        "test" => format!("tests/{name}.rs"),
+        _ => format!("examples/{name}.rs"),
+    }
+}
+
+/// The words of the Dockerfile up to and including its first `cargo build`:
+/// what the dependency layer copies and creates.
+fn dependency_layer(dockerfile: &str) -> Vec<&str> {
+    let mut words = Vec::new();
+    for line in dockerfile
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+    {
+        words.extend(line.split_whitespace());
+        if line.contains("cargo build") {
+            return words;
+        }
+    }
+    panic!("the Dockerfile never runs cargo build");
+}
+
+#[test]
+fn the_dependency_layer_has_every_manifest_and_a_stand_in_for_every_target() {
+    let dockerfile = read("Dockerfile");
+    let layer = dependency_layer(&dockerfile);
+    let mut needed = vec!["Cargo.lock".to_owned()];
+    // Cargo loads every member's manifest, built by default or not.
+    for (prefix, manifest) in members("members") {
+        let package = package_name(&manifest);
+        let mut targets: Vec<String> = declared_targets(&manifest)
+            .into_iter()
+            .map(|(kind, target)| target_path(kind, target, package))
+            .collect();
+        if targets.is_empty() {
+            targets.push("src/main.rs".into());
+        }
+        needed.push(format!("{prefix}Cargo.toml"));
+        needed.extend(targets.iter().map(|t| format!("{prefix}{t}")));
+    }
+    for path in needed {
+        assert!(
+            layer.contains(&path.as_str()),
+            "the Dockerfile's dependency layer lacks {path}: cargo refuses a workspace whose \
+             manifests or declared targets are missing, so copy the manifest or create an \
+             empty stand-in for the target there"
+        );
+    }
+}
+
+#[test]
+fn the_image_carries_every_binary_the_workspace_builds() {
+    let dockerfile = read("Dockerfile");
+    let installed: Vec<&str> = dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY --from=") && l.trim_end().ends_with(" /usr/local/bin/"))
+        .flat_map(str::split_whitespace)
+        .collect();
+    for (_, manifest) in members("default-members") {
+        let package = package_name(&manifest);
+        let mut binaries: Vec<&str> = declared_targets(&manifest)
+            .into_iter()
+            .filter(|(kind, _)| *kind == "bin")
+            .map(|(_, bin)| bin.get("name").and_then(Value::as_str).unwrap_or(package))
+            .collect();
+        if binaries.is_empty() {
+            binaries.push(package);
+        }
+        for binary in binaries {
+            let built = format!("/target/release/{binary}");
+            assert!(
+                installed.iter().any(|word| word.ends_with(&built)),
+                "the image does not copy {binary} into /usr/local/bin"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_build_context_leaves_out_build_output_and_local_databases() {
+    let ignored = read(".dockerignore");
+    for entry in ["target/", ".git", ".goldrelay", "*.db*", "**/*.db*"] {
+        assert!(
+            ignored.lines().any(|line| line.trim() == entry),
+            ".dockerignore should list {entry}: the Dockerfile copies the whole context"
+        );
+    }
+}

@@ -7,11 +7,13 @@ FROM rust:1-bookworm AS builder
 WORKDIR /app
 
 # Dependencies first, in a layer of their own: it is rebuilt only when a manifest
-# or the lock file changes. Cargo needs every target a manifest declares to exist,
-# so each gets an empty stand-in here (a [[bench]] or [[test]] added to a manifest
-# needs one too: tests/fly_toml.rs says which).
+# or the lock file changes. Cargo reads every workspace member's manifest, and
+# wants a source file for each target it builds (and for any target declared
+# without a path), so those get empty stand-ins here. tests/fly_toml.rs says
+# when a manifest change needs one more line here.
 COPY Cargo.toml Cargo.lock ./
 COPY smoke/Cargo.toml smoke/Cargo.toml
+COPY bench/Cargo.toml bench/Cargo.toml
 RUN mkdir -p src smoke/src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

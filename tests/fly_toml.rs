@@ -5,12 +5,13 @@
 
 use assert_cmd::Command;
 use goldrelay::config::{parse_duration, Settings};
-use goldrelay::sandbox::{self, SandboxConfig};
+use goldrelay::sandbox::{self, SandboxConfig, SandboxHandle};
 use goldrelay::startup::Application;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use tempfile::TempDir;
 use toml::{Table, Value};
 
 /// Set only with `fly secrets set`: never in fly.toml or the image.
@@ -101,20 +102,46 @@ fn sqlite_url(dir: &Path) -> String {
     format!("sqlite://{}/goldrelay.db", dir.display())
 }
 
-#[tokio::test]
-async fn every_fly_health_check_answers_200_without_a_token() {
-    let fly = toml_file("fly.toml");
+/// A real goldrelay started with fly.toml's environment, on free local ports.
+struct Deployed {
+    api: String,
+    metrics: Option<String>,
+    _chatwoot: SandboxHandle,
+    _dir: TempDir,
+}
+
+async fn deploy(fly: &Table) -> Deployed {
     let chatwoot = sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap())
         .expect("sandbox starts");
     let dir = tempfile::tempdir().unwrap();
-    let mut env = machine_env(&fly, &chatwoot.base_url(), &sqlite_url(dir.path()));
-    env.insert("GOLDRELAY_LISTEN".into(), "127.0.0.1:0".into());
+    let mut env = machine_env(fly, &chatwoot.base_url(), &sqlite_url(dir.path()));
+    for listen in ["GOLDRELAY_LISTEN", "GOLDRELAY_METRICS_LISTEN"] {
+        if let Some(addr) = env.get_mut(listen) {
+            *addr = "127.0.0.1:0".into();
+        }
+    }
     let app = Application::build(settings(&env))
         .await
         .expect("goldrelay starts");
-    let base = format!("http://{}", app.addr());
+    let api = format!("http://{}", app.addr());
+    let metrics = app.metrics_addr().map(|addr| format!("http://{addr}"));
     tokio::spawn(app.run_until(std::future::pending()));
+    Deployed {
+        api,
+        metrics,
+        _chatwoot: chatwoot,
+        _dir: dir,
+    }
+}
 
+async fn get(url: &str) -> reqwest::Response {
+    reqwest::get(url).await.expect("request sent")
+}
+
+#[tokio::test]
+async fn every_fly_health_check_answers_200_without_a_token() {
+    let fly = toml_file("fly.toml");
+    let deployed = deploy(&fly).await;
     let checks = table(&fly, "http_service")
         .get("checks")
         .and_then(Value::as_array)
@@ -136,13 +163,44 @@ async fn every_fly_health_check_answers_200_without_a_token() {
         let response = reqwest::Client::new()
             .request(
                 method.parse().expect("an HTTP method"),
-                format!("{base}{path}"),
+                format!("{}{path}", deployed.api),
             )
             .send()
             .await
             .expect("request sent");
         assert_eq!(response.status(), 200, "{method} {path} with no token");
     }
+}
+
+#[tokio::test]
+async fn fly_scrapes_metrics_from_a_port_the_public_service_does_not_expose() {
+    let fly = toml_file("fly.toml");
+    let scrape = table(&fly, "metrics");
+    let port = scrape.get("port").and_then(Value::as_integer);
+    let path = string(scrape, "path");
+    let env = machine_env(&fly, OPERATOR_CHATWOOT_URL, "sqlite://goldrelay.db");
+    let listen = settings(&env)
+        .metrics_listen
+        .expect("[env] sets GOLDRELAY_METRICS_LISTEN");
+    assert_eq!(Some(i64::from(listen.port())), port, "[metrics] port");
+    assert!(
+        listen.ip().is_unspecified(),
+        "{listen} is not all interfaces"
+    );
+    let public = table(&fly, "http_service").get("internal_port");
+    assert_ne!(
+        port.map(Value::Integer).as_ref(),
+        public,
+        "metrics would be public"
+    );
+
+    let deployed = deploy(&fly).await;
+    let metrics = deployed.metrics.as_ref().expect("a metrics listener");
+    let scraped = get(&format!("{metrics}{path}")).await;
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("goldrelay_"));
+    let from_outside = get(&format!("{}{path}", deployed.api)).await;
+    assert_eq!(from_outside.status(), 404, "{path} is public");
 }
 
 #[test]
@@ -369,30 +427,42 @@ fn dependency_layer(dockerfile: &str) -> Vec<&str> {
     panic!("the Dockerfile never runs cargo build");
 }
 
-#[test]
-fn the_dependency_layer_has_every_manifest_and_a_stand_in_for_every_target() {
-    let dockerfile = read("Dockerfile");
-    let layer = dependency_layer(&dockerfile);
+/// What cargo needs on disk before it will build the default members: every
+/// member's manifest, the sources of what it builds, and any target declared
+/// without a path (cargo looks for those as it reads the manifest).
+fn files_cargo_needs() -> Vec<String> {
+    let built: Vec<String> = members("default-members")
+        .into_iter()
+        .map(|(prefix, _)| prefix)
+        .collect();
     let mut needed = vec!["Cargo.lock".to_owned()];
-    // Cargo loads every member's manifest, built by default or not.
     for (prefix, manifest) in members("members") {
         let package = package_name(&manifest);
-        let mut targets: Vec<String> = declared_targets(&manifest)
-            .into_iter()
-            .map(|(kind, target)| target_path(kind, target, package))
-            .collect();
-        if targets.is_empty() {
-            targets.push("src/main.rs".into());
-        }
+        let is_built = built.contains(&prefix);
+        let targets = declared_targets(&manifest);
         needed.push(format!("{prefix}Cargo.toml"));
-        needed.extend(targets.iter().map(|t| format!("{prefix}{t}")));
+        if is_built && targets.is_empty() {
+            needed.push(format!("{prefix}src/main.rs"));
+        }
+        for (kind, target) in targets {
+            let compiled = is_built && matches!(kind, "lib" | "bin");
+            if compiled || target.get("path").is_none() {
+                needed.push(format!("{prefix}{}", target_path(kind, target, package)));
+            }
+        }
     }
-    for path in needed {
+    needed
+}
+
+#[test]
+fn the_dependency_layer_has_every_file_cargo_needs_before_the_sources_arrive() {
+    let dockerfile = read("Dockerfile");
+    let layer = dependency_layer(&dockerfile);
+    for path in files_cargo_needs() {
         assert!(
             layer.contains(&path.as_str()),
-            "the Dockerfile's dependency layer lacks {path}: cargo refuses a workspace whose \
-             manifests or declared targets are missing, so copy the manifest or create an \
-             empty stand-in for the target there"
+            "the Dockerfile's dependency layer lacks {path}, so cargo would refuse the \
+             workspace there: copy the manifest, or create an empty stand-in for the target"
         );
     }
 }

@@ -4,7 +4,6 @@
 use goldrelay::config::Settings;
 use goldrelay::sandbox::{self, SandboxConfig, SandboxHandle};
 use goldrelay::startup::Application;
-use goldrelay::store::SharedStore;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -21,9 +20,8 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 pub struct TestApp {
     pub api: Api,
     pub chatwoot: SandboxHandle,
-    pub store: SharedStore,
-    pub db_url: String,
-    pub dir: TempDir,
+    /// Holds the temporary database for as long as the app runs.
+    _dir: TempDir,
 }
 
 /// Support's view of one goldrelay: its HTTP API, nothing else.
@@ -38,10 +36,7 @@ pub fn test_settings(chatwoot: &SandboxHandle, dir: &TempDir) -> Settings {
     let vars: std::collections::HashMap<&str, String> = [
         ("GOLDRELAY_LISTEN", "127.0.0.1:0".to_owned()),
         ("GOLDRELAY_TOKENS", format!("{TOKEN},{OTHER_TOKEN}")),
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}/test.db", dir.path().display()),
-        ),
+        ("DATABASE_URL", database_url(dir)),
         ("CHATWOOT_BASE_URL", chatwoot.base_url()),
         ("CHATWOOT_API_TOKEN", SandboxConfig::default().user_token),
         ("GOLDRELAY_CHATWOOT_TIMEOUT", "2s".into()),
@@ -56,6 +51,39 @@ pub fn test_settings(chatwoot: &SandboxHandle, dir: &TempDir) -> Settings {
     .into_iter()
     .collect();
     Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings are valid")
+}
+
+/// A fresh database for one test: SQLite in `dir`, or, when
+/// `TEST_DATABASE_URL` names a PostgreSQL server, a new database on it.
+pub fn database_url(dir: &TempDir) -> String {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(admin) if !admin.is_empty() => fresh_postgres_database(&admin),
+        _ => format!("sqlite://{}/test.db", dir.path().display()),
+    }
+}
+
+fn fresh_postgres_database(admin: &str) -> String {
+    use sqlx::{Connection, Executor};
+    let name = format!("goldrelay_test_{}", uuid::Uuid::new_v4().simple());
+    let (admin_url, create) = (admin.to_owned(), format!("CREATE DATABASE {name}"));
+    // Settings are built outside any runtime, so this creates on a thread of its own.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .expect("TEST_DATABASE_URL accepts connections");
+            conn.execute(create.as_str()).await.expect("CREATE DATABASE");
+        });
+    })
+    .join()
+    .unwrap();
+    let mut url = reqwest::Url::parse(admin).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
 }
 
 pub fn init_logs() {
@@ -75,17 +103,13 @@ pub async fn spawn_app_with(sandbox: SandboxConfig, tweak: impl FnOnce(&mut Sett
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&chatwoot, &dir);
     tweak(&mut settings);
-    let db_url = settings.database_url.expose().to_owned();
     let app = Application::build(settings).await.expect("app builds");
     let api = Api::new(format!("http://{}", app.addr()));
-    let store = app.store();
     tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
         api,
         chatwoot,
-        store,
-        db_url,
-        dir,
+        _dir: dir,
     }
 }
 
@@ -157,15 +181,28 @@ impl Api {
 
     /// Polls the status record until `status` (or panics after `within`).
     pub async fn wait_for_status(&self, reply_id: &str, status: &str, within: Duration) -> Value {
+        self.wait_until(reply_id, status, within, |r| r["status"] == status)
+            .await
+    }
+
+    /// Polls the status record until `done` holds (or panics after `within`,
+    /// saying it was waiting for `what`).
+    pub async fn wait_until(
+        &self,
+        reply_id: &str,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let record: Value = self.get_reply(reply_id).await.json().await.unwrap();
-            if record["status"] == status {
+            if done(&record) {
                 return record;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{reply_id} never became {status}: {record}"
+                "{reply_id} never became {what}: {record}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -176,8 +213,7 @@ impl TestApp {
     /// Delivers one more reply to `conversation_id` and waits for it. Replies
     /// of a conversation go out in order, so once this one is delivered every
     /// job accepted before it for that conversation has been dealt with: what
-    /// has not reached the sandbox by then never will.
-    /// Returns the marker's reply id.
+    /// has not reached the sandbox by then never will. Returns the marker's id.
     pub async fn settle(&self, conversation_id: i64) -> String {
         let marker = format!("settle-{}", uuid::Uuid::new_v4());
         self.api.accept(&reply(&marker, conversation_id)).await;
@@ -200,26 +236,26 @@ impl TestApp {
             })
             .collect()
     }
+}
 
-    /// How many create requests the sandbox received for one reply, failed ones included.
-    pub fn creates_of(&self, reply_id: &str) -> usize {
-        self.chatwoot
-            .creates()
-            .iter()
-            .filter(|c| c.gold_reply_id.as_deref() == Some(reply_id))
-            .count()
-    }
+/// How many create requests the sandbox received for one reply, failed ones included.
+pub fn creates_of(chatwoot: &SandboxHandle, reply_id: &str) -> usize {
+    chatwoot
+        .creates()
+        .iter()
+        .filter(|c| c.gold_reply_id.as_deref() == Some(reply_id))
+        .count()
+}
 
-    /// Waits until the sandbox has received a create request for `reply_id`.
-    pub async fn wait_for_create(&self, reply_id: &str) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while self.creates_of(reply_id) == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the sandbox never saw a create for {reply_id}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+/// Waits until the sandbox has received a create request for `reply_id`.
+pub async fn wait_for_create(chatwoot: &SandboxHandle, reply_id: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while creates_of(chatwoot, reply_id) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sandbox never saw a create for {reply_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -167,6 +167,10 @@ impl Settings {
             "GOLDRELAY_MAX_ATTEMPTS must be at least 1",
         );
         env.check(
+            crate::store::Backend::of(settings.database_url.expose()).is_some(),
+            "DATABASE_URL must start with sqlite:, postgres:// or postgresql://",
+        );
+        env.check(
             settings.delivery_concurrency >= 1,
             "GOLDRELAY_DELIVERY_CONCURRENCY must be at least 1",
         );

@@ -37,6 +37,7 @@ impl Application {
         )
         .context("could not build the Chatwoot client")?;
         let link = WorkerLink::default();
+        store.wake_on_new_jobs(link.wake.clone());
         let metrics = Arc::new(Metrics::new());
         let worker = Worker::new(
             store.clone(),
@@ -115,9 +116,11 @@ impl Application {
         }
         stop.await;
         tracing::info!("shutting down: no new requests; finishing in-flight work");
-        handle.stop(true).await;
+        // The server and the worker drain at the same time, so shutdown takes
+        // at most one GOLDRELAY_SHUTDOWN_DRAIN.
         shutdown.cancel();
-        worker.await.context("the delivery worker panicked")?;
+        let (_, worker) = tokio::join!(handle.stop(true), worker);
+        worker.context("the delivery worker panicked")?;
         server.await.context("the HTTP server panicked")??;
         tracing::info!("stopped");
         Ok(())

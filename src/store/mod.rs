@@ -3,8 +3,10 @@
 //! The HTTP and delivery code see only this trait, so a second backend changes
 //! nothing above this module.
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{ChatwootEvent, GoldReply, Status};
@@ -196,9 +198,37 @@ pub trait Store: Send + Sync {
 
     /// A cheap round trip proving the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Wakes `wake` whenever any instance commits a new job. A single-process
+    /// store needs nothing: the HTTP handler wakes its own worker.
+    fn wake_on_new_jobs(&self, _wake: Arc<tokio::sync::Notify>) {}
 }
 
-/// Opens the store `url` names and applies its migrations.
+/// Which backend a `DATABASE_URL` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite:` or `postgres://` / `postgresql://`; anything else is refused.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// Opens the store `url` names and applies its migrations. Refuses a database
+/// whose schema is newer than this build knows (sqlx reports the unknown migration).
 pub async fn open(url: &crate::config::DatabaseUrl) -> Result<SharedStore, StoreError> {
-    Ok(Arc::new(SqliteStore::open(url.expose()).await?))
+    match Backend::of(url.expose()) {
+        Some(Backend::Postgres) => Ok(Arc::new(PostgresStore::open(url.expose()).await?)),
+        _ => Ok(Arc::new(SqliteStore::open(url.expose()).await?)),
+    }
 }

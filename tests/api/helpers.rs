@@ -76,7 +76,9 @@ fn fresh_postgres_database(admin: &str) -> String {
             let mut conn = sqlx::PgConnection::connect(&admin_url)
                 .await
                 .expect("TEST_DATABASE_URL accepts connections");
-            conn.execute(create.as_str()).await.expect("CREATE DATABASE");
+            conn.execute(create.as_str())
+                .await
+                .expect("CREATE DATABASE");
         });
     })
     .join()

@@ -1,0 +1,154 @@
+//! goldrelay's benchmark (issue 7). `bench/run` installs wrk, builds the release
+//! binaries and runs this; it starts every process it measures, on fresh
+//! databases, and prints one table with each figure's ratio to the bare
+//! handler measured in the same run.
+
+mod delivery;
+mod drain;
+mod harness;
+mod ingest;
+mod process;
+mod report;
+mod sandbox;
+mod stats;
+mod support;
+mod wrk;
+
+use anyhow::Context;
+use clap::Parser;
+use harness::{Database, Harness, Tools};
+use ingest::Target;
+use report::{Postgres, Report};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Measures goldrelay against the bare handler and prints one table.
+#[derive(Parser)]
+#[command(about, long_about = None)]
+struct Cli {
+    /// Seconds of each wrk run (four of them).
+    #[arg(long, env = "BENCH_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
+    /// Replies in the drain with the send-rate cap lifted.
+    #[arg(long, env = "BENCH_DRAIN_REPLIES", default_value_t = 10_000)]
+    drain_replies: usize,
+    /// Replies in the drain at the default send-rate cap (40/s: 1 000 take ~25 s).
+    #[arg(long, env = "BENCH_CAPPED_REPLIES", default_value_t = 1_000)]
+    capped_replies: usize,
+    /// PostgreSQL to measure goldrelay on as well.
+    #[arg(long, env = "TEST_DATABASE_URL", hide_env_values = true)]
+    postgres: Option<String>,
+    /// The load generator.
+    #[arg(long, env = "WRK", default_value = "wrk")]
+    wrk: PathBuf,
+    /// What goldrelay was built from, for the table's heading (`bench/run` passes `git describe`).
+    #[arg(long, env = "BENCH_REVISION", default_value = "unknown revision")]
+    revision: String,
+    /// Directory holding the release `goldrelay` and `bare` (default: this binary's).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tokio::select! {
+        result = run(cli) => match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("goldrelay-bench: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        // Dropping `run` kills every process it started.
+        _ = interrupted() => {
+            eprintln!("goldrelay-bench: interrupted; stopped everything it started");
+            ExitCode::from(130)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let bin_dir = match cli.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()?
+            .parent()
+            .context("this binary has no directory")?
+            .to_owned(),
+    };
+    let tools = Tools {
+        goldrelay: bin_dir.join("goldrelay"),
+        bare: bin_dir.join("bare"),
+        wrk: cli.wrk,
+    };
+    let run_id = format!("b{}", std::process::id());
+    let load_before = report::load_average();
+    let mut h = Harness::new(tools, cli.seconds, run_id)?;
+    let bare = ingest::measure(&mut h, Target::Bare).await?;
+    let relay = ingest::measure(&mut h, Target::Relay(&Database::Sqlite)).await?;
+    let latency = delivery::measure(&mut h).await?;
+    let unlimited = drain::measure(&mut h, cli.drain_replies, 0, &Database::Sqlite).await?;
+    let capped = drain::measure(
+        &mut h,
+        cli.capped_replies,
+        drain::DEFAULT_SEND_RATE,
+        &Database::Sqlite,
+    )
+    .await?;
+    let postgres = match &cli.postgres {
+        None => Postgres::NotAsked,
+        Some(url) => postgres(&mut h, url, cli.drain_replies).await,
+    };
+    let report = Report {
+        revision: cli.revision,
+        load: [load_before, report::load_average()],
+        seconds: h.seconds,
+        bare,
+        relay,
+        latency,
+        unlimited,
+        capped,
+        postgres,
+        starts: h.starts.clone(),
+        relay_bytes: file_size(&h.tools.goldrelay)?,
+        bare_bytes: file_size(&h.tools.bare)?,
+    };
+    println!("{report}");
+    Ok(())
+}
+
+/// Ingest and drain again on PostgreSQL, if goldrelay starts on it.
+async fn postgres(h: &mut Harness, server: &str, drain_replies: usize) -> Postgres {
+    let database = Database::Postgres(server.to_owned());
+    let measured = async {
+        let ingest = ingest::measure(h, Target::Relay(&database)).await?;
+        let drain = drain::measure(h, drain_replies, 0, &database).await?;
+        anyhow::Ok((ingest, drain))
+    };
+    let measured = measured.await;
+    h.drop_databases().await;
+    match measured {
+        Ok((ingest, drain)) => Postgres::Measured(Box::new(ingest), Box::new(drain)),
+        Err(e) => Postgres::Failed(format!("{e:#}")),
+    }
+}
+
+fn file_size(path: &std::path::Path) -> anyhow::Result<u64> {
+    Ok(std::fs::metadata(path)
+        .with_context(|| format!("{} is missing: build it first", path.display()))?
+        .len())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -149,27 +149,34 @@ async fn fetch_record(
     Ok(row.as_ref().map(record).transpose()?)
 }
 
+/// A reply ready to insert: everything serialised before it reaches the
+/// writer, which is the one place every request waits for.
+struct NewReply {
+    reply: GoldReply,
+    fingerprint: String,
+    draft: Option<String>,
+    tags: String,
+    metadata: Option<String>,
+}
+
+impl NewReply {
+    fn new(reply: &GoldReply) -> Self {
+        Self {
+            fingerprint: reply.fingerprint(),
+            draft: reply.draft.as_ref().map(|v| v.to_string()),
+            tags: serde_json::Value::from(reply.tags.clone()).to_string(),
+            metadata: reply.metadata.as_ref().map(|v| v.to_string()),
+            reply: reply.clone(),
+        }
+    }
+}
+
 async fn ingest_tx(
     conn: &mut SqliteConnection,
-    reply: GoldReply,
+    new: NewReply,
     now: DateTime<Utc>,
 ) -> Result<Ingested, StoreError> {
-    let fingerprint = reply.fingerprint();
-    let existing: Option<String> =
-        sqlx::query_scalar("SELECT fingerprint FROM gold_replies WHERE reply_id = ?")
-            .bind(reply.reply_id.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-    if let Some(stored) = existing {
-        let record = fetch_record(conn, reply.reply_id.as_str())
-            .await?
-            .ok_or(StoreError::Unavailable)?;
-        return Ok(if stored == fingerprint {
-            Ingested::Existing(record)
-        } else {
-            Ingested::Conflict(record)
-        });
-    }
+    let reply = &new.reply;
     let sends = reply.action.sends();
     let status = if sends {
         Status::Queued
@@ -177,10 +184,11 @@ async fn ingest_tx(
         Status::Recorded
     };
     let now_ms = millis(now);
-    sqlx::query(
+    // Insert first: a new reply (the common case) costs no lookup.
+    let inserted = sqlx::query(
         "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, private, \
          approved_by, draft, tags, metadata, fingerprint, status, received_at, next_attempt_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id) DO NOTHING",
     )
     .bind(reply.reply_id.as_str())
     .bind(reply.account_id)
@@ -189,15 +197,18 @@ async fn ingest_tx(
     .bind(&reply.content)
     .bind(reply.private)
     .bind(&reply.approved_by)
-    .bind(reply.draft.as_ref().map(|v| v.to_string()))
-    .bind(serde_json::Value::from(reply.tags.clone()).to_string())
-    .bind(reply.metadata.as_ref().map(|v| v.to_string()))
-    .bind(&fingerprint)
+    .bind(&new.draft)
+    .bind(&new.tags)
+    .bind(&new.metadata)
+    .bind(&new.fingerprint)
     .bind(status.as_str())
     .bind(now_ms)
     .bind(sends.then_some(now_ms))
     .execute(&mut *conn)
     .await?;
+    if inserted.rows_affected() == 0 {
+        return existing(conn, reply.reply_id.as_str(), &new.fingerprint).await;
+    }
     if sends {
         sqlx::query(
             "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) VALUES (?, ?, ?, ?)",
@@ -209,7 +220,8 @@ async fn ingest_tx(
         .execute(&mut *conn)
         .await?;
     }
-    let record = ReplyRecord {
+    let at = time(Some(now_ms)).unwrap_or(now);
+    Ok(Ingested::Created(ReplyRecord {
         reply_id: reply.reply_id.to_string(),
         account_id: reply.account_id,
         conversation_id: reply.conversation_id,
@@ -218,14 +230,33 @@ async fn ingest_tx(
         attempts: 0,
         last_error: None,
         chatwoot_message_id: None,
-        received_at: time(Some(now_ms)).unwrap_or(now),
-        next_attempt_at: sends.then(|| time(Some(now_ms)).unwrap_or(now)),
+        received_at: at,
+        next_attempt_at: sends.then_some(at),
         delivered_at: None,
         confirmed_at: None,
         channel_status: None,
         channel_error: None,
-    };
-    Ok(Ingested::Created(record))
+    }))
+}
+
+/// The reply id is taken: the same reply again, or a conflicting one.
+async fn existing(
+    conn: &mut SqliteConnection,
+    reply_id: &str,
+    fingerprint: &str,
+) -> Result<Ingested, StoreError> {
+    let stored: String = sqlx::query_scalar("SELECT fingerprint FROM gold_replies WHERE reply_id = ?")
+        .bind(reply_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let record = fetch_record(conn, reply_id)
+        .await?
+        .ok_or(StoreError::Unavailable)?;
+    Ok(if stored == fingerprint {
+        Ingested::Existing(record)
+    } else {
+        Ingested::Conflict(record)
+    })
 }
 
 /// The head job of each conversation: only it may be sent, which keeps order.
@@ -575,9 +606,8 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
-        let reply = reply.clone();
-        self.write(move |c| Box::pin(ingest_tx(c, reply, now)))
-            .await
+        let new = NewReply::new(reply);
+        self.write(move |c| Box::pin(ingest_tx(c, new, now))).await
     }
 
     async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {

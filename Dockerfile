@@ -43,15 +43,17 @@ RUN useradd --system --user-group --uid 10001 --home-dir /data --no-create-home 
 
 COPY --from=builder /app/target/release/goldrelay /app/target/release/smoke /usr/local/bin/
 
-# The default DATABASE_URL (sqlite://goldrelay.db) is relative to this directory,
-# which is where fly.toml mounts the volume.
+# fly.toml's SQLite alternative mounts its volume here, and the default
+# DATABASE_URL (sqlite://goldrelay.db) is relative to this directory. With
+# PostgreSQL nothing is written here.
 WORKDIR /data
 EXPOSE 8080
 
-# Fly mounts a volume at /data owned by root, where the goldrelay user could not
-# write. So the container starts as root only to hand /data to goldrelay, then
-# runs the command as goldrelay: `setpriv` (util-linux, in every Debian image)
-# switches user and `exec` keeps goldrelay the process that receives SIGTERM.
+# For the SQLite alternative, Fly mounts a volume at /data owned by root, where
+# the goldrelay user could not write. So the container starts as root only to
+# hand /data to goldrelay, then runs the command as goldrelay: `setpriv`
+# (util-linux, in every Debian image) switches user and `exec` keeps goldrelay
+# the process that receives SIGTERM.
 # Started as another user already (docker run --user), it runs the command as is.
 ENTRYPOINT ["/bin/sh", "-c", "if [ \"$(id -u)\" = 0 ]; then chown -R goldrelay:goldrelay /data && exec setpriv --reuid=goldrelay --regid=goldrelay --init-groups -- \"$@\"; else exec \"$@\"; fi", "goldrelay-entrypoint"]
 CMD ["goldrelay", "serve"]

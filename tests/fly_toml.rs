@@ -1,7 +1,10 @@
 //! Holds fly.toml and the Dockerfile to the code. Neither Fly nor Docker runs
 //! here, so each test takes one promise those files make and checks it against
 //! the real goldrelay: the health check, the port, the shutdown timing, the
-//! release command, the secrets, and the build.
+//! release command, the secrets, the build, and the database layout (one shared
+//! PostgreSQL as written; the commented SQLite volume as the alternative). The
+//! app runs on SQLite here: these tests hold the files to the code, not to a
+//! database.
 
 use assert_cmd::Command;
 use goldrelay::config::{parse_duration, Settings};
@@ -25,6 +28,10 @@ const SECRETS: [&str; 5] = [
 
 /// Stands in for the Chatwoot URL the operator writes into fly.toml.
 const OPERATOR_CHATWOOT_URL: &str = "https://chat.example.com";
+
+/// What goldrelay still does after the drain before it exits: the worker hands
+/// the jobs it holds back to the queue.
+const AFTER_DRAIN: Duration = Duration::from_secs(5);
 
 fn read(path: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
@@ -232,11 +239,13 @@ fn fly_waits_for_goldrelay_to_finish_its_work_before_killing_it() {
     let kill_timeout = duration(fly.get("kill_timeout").expect("fly.toml sets kill_timeout"));
     let env = machine_env(&fly, OPERATOR_CHATWOOT_URL, "sqlite://goldrelay.db");
     let drain = settings(&env).shutdown_drain;
-    // Application::run_until drains the HTTP server and then the delivery
-    // worker, each for up to the drain.
+    // Application::run_until drains the HTTP server and the delivery worker at
+    // the same time, both within one drain.
     assert!(
-        kill_timeout > drain * 2,
-        "kill_timeout {kill_timeout:?} must exceed twice GOLDRELAY_SHUTDOWN_DRAIN ({drain:?})"
+        kill_timeout >= drain + AFTER_DRAIN,
+        "kill_timeout {kill_timeout:?} must exceed GOLDRELAY_SHUTDOWN_DRAIN ({drain:?}) by at \
+         least {AFTER_DRAIN:?}: the server and the worker drain together, then the worker \
+         hands its jobs back"
     );
 }
 
@@ -247,16 +256,99 @@ fn the_release_command_is_a_goldrelay_subcommand_that_succeeds() {
     let mut words = release.split_whitespace();
     assert_eq!(words.next(), Some("goldrelay"), "{release}");
     let dir = tempfile::tempdir().unwrap();
-    let env = machine_env(&fly, OPERATOR_CHATWOOT_URL, &sqlite_url(dir.path()));
+    let database = sqlite_url(dir.path());
+    let env = machine_env(&fly, OPERATOR_CHATWOOT_URL, &database);
+    // docs/deploy.md has the operator read the release command's output to
+    // see which database it migrated.
     Command::new(env!("CARGO_BIN_EXE_goldrelay"))
         .args(words)
         .env_clear()
         .envs(&env)
         .assert()
-        .success();
+        .success()
+        .stdout(predicates::str::contains(database));
     assert!(
         dir.path().join("goldrelay.db").exists(),
         "`{release}` did not create the database"
+    );
+}
+
+#[test]
+fn fly_toml_mounts_no_volume_so_every_machine_shares_one_database() {
+    let fly = toml_file("fly.toml");
+    assert!(
+        !fly.contains_key("mounts"),
+        "fly.toml mounts a volume: each machine would keep its own SQLite database, and \
+         scaling out would split the replies between them. As written, the machines share \
+         the PostgreSQL database DATABASE_URL names; keep [mounts] commented as the \
+         single-machine alternative"
+    );
+}
+
+/// fly.toml as its SQLite alternative says to edit it: the commented `[mounts]`
+/// and the commented lines right under it, uncommented.
+fn with_sqlite_alternative(fly_toml: &str) -> Table {
+    let mut in_block = false;
+    let lines: Vec<&str> = fly_toml
+        .lines()
+        .map(|line| {
+            if line.trim_end() == "# [mounts]" {
+                in_block = true;
+            } else if !line.starts_with("#   ") {
+                in_block = false;
+            }
+            if in_block {
+                &line[2..]
+            } else {
+                line
+            }
+        })
+        .collect();
+    lines
+        .join("\n")
+        .parse()
+        .unwrap_or_else(|e| panic!("fly.toml with [mounts] uncommented is not valid TOML: {e}"))
+}
+
+#[test]
+fn the_sqlite_alternative_keeps_its_database_on_the_volume_goldrelay_can_write() {
+    let fly_toml = read("fly.toml");
+    let alternative = with_sqlite_alternative(&fly_toml);
+    let destination = string(table(&alternative, "mounts"), "destination");
+    let database = fly_toml
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("DATABASE_URL=sqlite:"))
+        .map(|path| format!("sqlite:{path}"))
+        .expect("fly.toml's comments name the SQLite alternative's DATABASE_URL");
+    assert!(
+        database.starts_with(&format!("sqlite://{destination}/")),
+        "{database} is not on the volume mounted at {destination}"
+    );
+    // Panics if goldrelay refuses that DATABASE_URL.
+    settings(&machine_env(&alternative, OPERATOR_CHATWOOT_URL, &database));
+    assert!(
+        read("docs/deploy.md").contains(&database),
+        "docs/deploy.md should tell the operator to set DATABASE_URL to {database}"
+    );
+
+    let dockerfile = read("Dockerfile");
+    // The last WORKDIR is the runtime image's.
+    let workdir = dockerfile
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix("WORKDIR "));
+    assert_eq!(
+        workdir,
+        Some(destination),
+        "the default DATABASE_URL (a relative path) should land on the volume"
+    );
+    let entrypoint = dockerfile
+        .lines()
+        .find(|line| line.starts_with("ENTRYPOINT "))
+        .expect("the Dockerfile has an ENTRYPOINT");
+    assert!(
+        entrypoint.contains(&format!("chown -R goldrelay:goldrelay {destination} ")),
+        "the entrypoint should hand {destination} (a root-owned volume) to the goldrelay user"
     );
 }
 

@@ -24,9 +24,6 @@ const CHANNEL: &str = "goldrelay_jobs";
 const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, status, attempts, \
      last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
      channel_status, channel_error";
-/// Each conversation's oldest job: only it may be sent, which keeps order.
-const HEADS: &str = "SELECT DISTINCT ON (account_id, conversation_id) seq FROM delivery_jobs \
-     ORDER BY account_id, conversation_id, seq";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -114,6 +111,21 @@ async fn insert_reply(
     Ok(inserted.rows_affected() == 1)
 }
 
+/// Serialises every change to one conversation's line of jobs, across instances.
+async fn lock_conversation(
+    conn: &mut PgConnection,
+    account_id: i64,
+    conversation_id: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("goldrelay:{account_id}:{conversation_id}"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Adds a job at the back of its conversation's line; it is the head when the
+/// line was empty.
 async fn enqueue(
     conn: &mut PgConnection,
     reply_id: &str,
@@ -121,8 +133,11 @@ async fn enqueue(
     conversation_id: i64,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    lock_conversation(conn, account_id, conversation_id).await?;
     sqlx::query(
-        "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
+         VALUES ($1, $2, $3, $4, NOT EXISTS (SELECT 1 FROM delivery_jobs \
+         WHERE account_id = $2 AND conversation_id = $3))",
     )
     .bind(reply_id)
     .bind(account_id)
@@ -138,19 +153,54 @@ async fn enqueue(
     Ok(())
 }
 
+/// Removes a reply's job (only if `owner` holds it, when given) and makes the
+/// next job of its conversation the head. Returns whether a job was removed.
+async fn remove_job(
+    conn: &mut PgConnection,
+    reply_id: &str,
+    owner: Option<&str>,
+) -> Result<bool, StoreError> {
+    let line: Option<(i64, i64)> =
+        sqlx::query_as("SELECT account_id, conversation_id FROM delivery_jobs WHERE reply_id = $1")
+            .bind(reply_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((account_id, conversation_id)) = line else {
+        return Ok(false);
+    };
+    lock_conversation(conn, account_id, conversation_id).await?;
+    let removed = sqlx::query(
+        "DELETE FROM delivery_jobs WHERE reply_id = $1 AND ($2::text IS NULL OR lease_owner = $2)",
+    )
+    .bind(reply_id)
+    .bind(owner)
+    .execute(&mut *conn)
+    .await?;
+    if removed.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE delivery_jobs SET is_head = true WHERE seq = (SELECT MIN(seq) FROM delivery_jobs \
+         WHERE account_id = $1 AND conversation_id = $2)",
+    )
+    .bind(account_id)
+    .bind(conversation_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
 async fn confirm(
     conn: &mut PgConnection,
     reply_id: &str,
     message_id: i64,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    // Locks are always taken job first, then reply (as claim and finish do),
-    // so a confirmation racing a delivery never deadlocks.
-    sqlx::query("SELECT seq FROM delivery_jobs WHERE reply_id = $1 FOR UPDATE")
-        .bind(reply_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let updated = sqlx::query(
+    // The message exists, so the job goes whatever the reply's status. Locks
+    // are taken job first, then reply, as claim and finish do, so a
+    // confirmation racing a delivery never deadlocks.
+    remove_job(conn, reply_id, None).await?;
+    sqlx::query(
         "UPDATE gold_replies SET status = 'confirmed', confirmed_at = $1, \
          chatwoot_message_id = COALESCE(chatwoot_message_id, $2), \
          delivered_at = COALESCE(delivered_at, $1), last_error = NULL, next_attempt_at = NULL \
@@ -161,12 +211,6 @@ async fn confirm(
     .bind(reply_id)
     .execute(&mut *conn)
     .await?;
-    if updated.rows_affected() > 0 {
-        sqlx::query("DELETE FROM delivery_jobs WHERE reply_id = $1")
-            .bind(reply_id)
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
 }
 
@@ -251,17 +295,15 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Job>, StoreError> {
         let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
         let mut tx = self.pool.begin().await?;
-        let sql = format!(
-            "WITH picked AS ( \
+        let sql = "WITH picked AS ( \
                SELECT j.seq, j.maybe_sent AS was_maybe_sent FROM delivery_jobs j \
-               WHERE j.seq IN ({HEADS}) AND j.due_at <= $1 \
+               WHERE j.is_head AND j.due_at <= $1 \
                AND (j.lease_until IS NULL OR j.lease_until <= $1) \
                ORDER BY j.due_at, j.seq LIMIT $2 FOR UPDATE OF j SKIP LOCKED) \
              UPDATE delivery_jobs j SET lease_owner = $3, lease_until = $4, maybe_sent = true \
              FROM picked WHERE j.seq = picked.seq \
-             RETURNING j.reply_id, j.account_id, j.conversation_id, picked.was_maybe_sent"
-        );
-        let leased = sqlx::query(&sql)
+             RETURNING j.reply_id, j.account_id, j.conversation_id, picked.was_maybe_sent";
+        let leased = sqlx::query(sql)
             .bind(now)
             .bind(limit as i64)
             .bind(owner)
@@ -303,10 +345,7 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         match outcome {
             Outcome::Delivered { message_id } => {
-                sqlx::query("DELETE FROM delivery_jobs WHERE reply_id = $1")
-                    .bind(reply_id)
-                    .execute(&mut *tx)
-                    .await?;
+                remove_job(&mut tx, reply_id, None).await?;
                 sqlx::query(
                     "UPDATE gold_replies SET \
                      status = CASE WHEN status = 'confirmed' THEN status ELSE 'delivered' END, \
@@ -346,14 +385,7 @@ impl Store for PostgresStore {
                 }
             }
             Outcome::Dead { error } => {
-                let held = sqlx::query(
-                    "DELETE FROM delivery_jobs WHERE reply_id = $1 AND lease_owner = $2",
-                )
-                .bind(reply_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
-                if held.rows_affected() > 0 {
+                if remove_job(&mut tx, reply_id, Some(owner)).await? {
                     sqlx::query(
                         "UPDATE gold_replies SET status = 'dead', last_error = $1, next_attempt_at = NULL \
                          WHERE reply_id = $2 AND status = 'queued'",
@@ -516,11 +548,11 @@ impl Store for PostgresStore {
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let sql = format!(
-            "SELECT MIN(GREATEST(due_at, COALESCE(lease_until, due_at))) FROM delivery_jobs \
-             WHERE seq IN ({HEADS})"
-        );
-        Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(GREATEST(due_at, COALESCE(lease_until, due_at))) FROM delivery_jobs WHERE is_head",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn queue_stats(&self) -> Result<QueueStats, StoreError> {

@@ -210,15 +210,8 @@ async fn ingest_tx(
         return existing(conn, reply.reply_id.as_str(), &new.fingerprint).await;
     }
     if sends {
-        sqlx::query(
-            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(reply.reply_id.as_str())
-        .bind(reply.account_id)
-        .bind(reply.conversation_id)
-        .bind(now_ms)
-        .execute(&mut *conn)
-        .await?;
+        let id = reply.reply_id.as_str();
+        enqueue(conn, id, reply.account_id, reply.conversation_id, now_ms).await?;
     }
     let at = time(Some(now_ms)).unwrap_or(now);
     Ok(Ingested::Created(ReplyRecord {
@@ -239,16 +232,69 @@ async fn ingest_tx(
     }))
 }
 
+/// Adds a job at the back of its conversation's line; it is the head when the
+/// line was empty.
+async fn enqueue(
+    conn: &mut SqliteConnection,
+    reply_id: &str,
+    account_id: i64,
+    conversation_id: i64,
+    due_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
+         VALUES (?1, ?2, ?3, ?4, NOT EXISTS (SELECT 1 FROM delivery_jobs \
+         WHERE account_id = ?2 AND conversation_id = ?3))",
+    )
+    .bind(reply_id)
+    .bind(account_id)
+    .bind(conversation_id)
+    .bind(due_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Removes a reply's job (only if `owner` holds it, when given) and makes the
+/// next job of its conversation the head. Returns whether a job was removed.
+async fn remove_job(
+    conn: &mut SqliteConnection,
+    reply_id: &str,
+    owner: Option<&str>,
+) -> Result<bool, StoreError> {
+    let removed: Option<(i64, i64)> = sqlx::query_as(
+        "DELETE FROM delivery_jobs WHERE reply_id = ?1 AND (?2 IS NULL OR lease_owner = ?2) \
+         RETURNING account_id, conversation_id",
+    )
+    .bind(reply_id)
+    .bind(owner)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((account_id, conversation_id)) = removed else {
+        return Ok(false);
+    };
+    sqlx::query(
+        "UPDATE delivery_jobs SET is_head = 1 WHERE seq = (SELECT MIN(seq) FROM delivery_jobs \
+         WHERE account_id = ? AND conversation_id = ?)",
+    )
+    .bind(account_id)
+    .bind(conversation_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
 /// The reply id is taken: the same reply again, or a conflicting one.
 async fn existing(
     conn: &mut SqliteConnection,
     reply_id: &str,
     fingerprint: &str,
 ) -> Result<Ingested, StoreError> {
-    let stored: String = sqlx::query_scalar("SELECT fingerprint FROM gold_replies WHERE reply_id = ?")
-        .bind(reply_id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let stored: String =
+        sqlx::query_scalar("SELECT fingerprint FROM gold_replies WHERE reply_id = ?")
+            .bind(reply_id)
+            .fetch_one(&mut *conn)
+            .await?;
     let record = fetch_record(conn, reply_id)
         .await?
         .ok_or(StoreError::Unavailable)?;
@@ -259,9 +305,6 @@ async fn existing(
     })
 }
 
-/// The head job of each conversation: only it may be sent, which keeps order.
-const HEADS: &str = "SELECT MIN(seq) FROM delivery_jobs GROUP BY account_id, conversation_id";
-
 async fn claim_tx(
     conn: &mut SqliteConnection,
     owner: String,
@@ -270,19 +313,18 @@ async fn claim_tx(
     limit: usize,
 ) -> Result<Vec<Job>, StoreError> {
     let now_ms = millis(now);
-    let sql = format!(
+    let rows = sqlx::query(
         "SELECT j.seq, j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
          r.content, r.private, r.attempts, COALESCE(r.requeued_at, r.received_at) AS age_from \
          FROM delivery_jobs j JOIN gold_replies r ON r.reply_id = j.reply_id \
-         WHERE j.seq IN ({HEADS}) AND j.due_at <= ?1 \
+         WHERE j.is_head = 1 AND j.due_at <= ?1 \
          AND (j.lease_until IS NULL OR j.lease_until <= ?1) \
-         ORDER BY j.due_at, j.seq LIMIT ?2"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(now_ms)
-        .bind(limit as i64)
-        .fetch_all(&mut *conn)
-        .await?;
+         ORDER BY j.due_at, j.seq LIMIT ?2",
+    )
+    .bind(now_ms)
+    .bind(limit as i64)
+    .fetch_all(&mut *conn)
+    .await?;
     let lease_until = now_ms + lease.as_millis() as i64;
     let mut jobs = Vec::with_capacity(rows.len());
     for row in rows {
@@ -327,10 +369,7 @@ async fn finish_tx(
     match outcome {
         Outcome::Delivered { message_id } => {
             // Recorded whoever holds the lease: the message exists either way.
-            sqlx::query("DELETE FROM delivery_jobs WHERE reply_id = ?")
-                .bind(&reply_id)
-                .execute(&mut *conn)
-                .await?;
+            remove_job(conn, &reply_id, None).await?;
             sqlx::query(
                 "UPDATE gold_replies SET \
                  status = CASE WHEN status = 'confirmed' THEN status ELSE 'delivered' END, \
@@ -370,13 +409,7 @@ async fn finish_tx(
             }
         }
         Outcome::Dead { error } => {
-            let held =
-                sqlx::query("DELETE FROM delivery_jobs WHERE reply_id = ? AND lease_owner = ?")
-                    .bind(&reply_id)
-                    .bind(&owner)
-                    .execute(&mut *conn)
-                    .await?;
-            if held.rows_affected() > 0 {
+            if remove_job(conn, &reply_id, Some(&owner)).await? {
                 sqlx::query(
                     "UPDATE gold_replies SET status = 'dead', last_error = ?, next_attempt_at = NULL \
                      WHERE reply_id = ? AND status = 'queued'",
@@ -414,14 +447,13 @@ async fn requeue_tx(
     .await?;
     // A new job goes to the back of its conversation's line. The operator
     // decided to send again, so no lookup first (maybe_sent = 0).
-    sqlx::query(
-        "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) VALUES (?, ?, ?, ?)",
+    enqueue(
+        conn,
+        &reply_id,
+        record.account_id,
+        record.conversation_id,
+        now_ms,
     )
-    .bind(&reply_id)
-    .bind(record.account_id)
-    .bind(record.conversation_id)
-    .bind(now_ms)
-    .execute(&mut *conn)
     .await?;
     let record = fetch_record(conn, &reply_id)
         .await?
@@ -491,10 +523,7 @@ async fn confirm(
     .execute(&mut *conn)
     .await?;
     if updated.rows_affected() > 0 {
-        sqlx::query("DELETE FROM delivery_jobs WHERE reply_id = ?")
-            .bind(reply_id)
-            .execute(&mut *conn)
-            .await?;
+        remove_job(conn, reply_id, None).await?;
     }
     Ok(())
 }
@@ -656,10 +685,11 @@ impl Store for SqliteStore {
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let sql = format!(
-            "SELECT MIN(MAX(due_at, COALESCE(lease_until, 0))) FROM delivery_jobs WHERE seq IN ({HEADS})"
-        );
-        let ms: Option<i64> = sqlx::query_scalar(&sql).fetch_one(&self.reads).await?;
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(MAX(due_at, COALESCE(lease_until, 0))) FROM delivery_jobs WHERE is_head = 1",
+        )
+        .fetch_one(&self.reads)
+        .await?;
         Ok(time(ms))
     }
 

@@ -1,0 +1,406 @@
+//! Two `goldrelay serve` processes on one PostgreSQL database. Replies posted
+//! to either of them, while Chatwoot stalls and one process is killed and
+//! started again, each reach Chatwoot exactly once and in the order they were
+//! accepted, per conversation.
+//!
+//! Runs only when `TEST_DATABASE_URL` names a PostgreSQL server; the test gets
+//! a database of its own there.
+
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use goldrelay::sandbox::{self, Faults, SandboxConfig, SandboxHandle};
+use helpers::{reply, Api, TOKEN};
+use serde_json::Value;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::time::Instant;
+
+/// The conversations replies are spread over.
+const CONVERSATIONS: [i64; 5] = [61, 62, 63, 64, 65];
+/// Replies per conversation: well under the sandbox's flood guard of 200 a minute.
+const PER_CONVERSATION: usize = 60;
+/// The pause between two posts to one conversation, so posting lasts long
+/// enough for a kill and a restart to happen in the middle of it.
+const POST_PACE: Duration = Duration::from_millis(40);
+/// The processes' Chatwoot timeout. Their lease is 3 × this + 5 s, so jobs a
+/// killed process held are taken over after about 8 s.
+const CHATWOOT_TIMEOUT: &str = "1s";
+/// How long one reply may be refused by both instances before the test gives up.
+const POST_PATIENCE: Duration = Duration::from_secs(20);
+/// How long every accepted reply may take to reach Chatwoot.
+const DELIVERY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// What every process is started with.
+struct Setup {
+    database_url: String,
+    chatwoot_url: String,
+    logs: PathBuf,
+}
+
+impl Setup {
+    fn log_of(&self, name: &str) -> PathBuf {
+        self.logs.join(format!("{name}.log"))
+    }
+}
+
+/// A running `goldrelay serve`, killed when dropped so a failed test leaves nothing behind.
+struct Relay {
+    child: Child,
+}
+
+impl Relay {
+    /// Starts `name` on `port`, appending its output to `<name>.log`, and
+    /// waits until it is healthy.
+    async fn start(setup: &Setup, name: &str, port: u16) -> Self {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(setup.log_of(name))
+            .expect("log file opens");
+        let child = Command::new(env!("CARGO_BIN_EXE_goldrelay"))
+            .arg("serve")
+            .env_clear()
+            .env("GOLDRELAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("GOLDRELAY_TOKENS", TOKEN)
+            .env("DATABASE_URL", &setup.database_url)
+            .env("CHATWOOT_BASE_URL", &setup.chatwoot_url)
+            .env("CHATWOOT_API_TOKEN", SandboxConfig::default().user_token)
+            .env("GOLDRELAY_CHATWOOT_TIMEOUT", CHATWOOT_TIMEOUT)
+            .env("GOLDRELAY_RETRY_BASE", "50ms")
+            .env("GOLDRELAY_RETRY_MAX", "200ms")
+            .env("GOLDRELAY_SEND_RATE", "0")
+            .env("GOLDRELAY_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log)
+            .spawn()
+            .expect("goldrelay starts");
+        let mut relay = Relay { child };
+        relay.wait_until_healthy(&setup.log_of(name), port).await;
+        relay
+    }
+
+    async fn wait_until_healthy(&mut self, log: &Path, port: u16) {
+        let deadline = Instant::now() + helpers::PATIENCE;
+        let url = format!("http://127.0.0.1:{port}/hc");
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("goldrelay waited for") {
+                panic!("goldrelay exited with {exit}:\n{}", read_log(log));
+            }
+            let answer = client.get(&url).send().await;
+            if answer.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "goldrelay on port {port} never became healthy:\n{}",
+                read_log(log)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no drain, no lease handed back.
+    fn kill(mut self) {
+        self.child.kill().expect("goldrelay killed");
+        self.child.wait().expect("goldrelay reaped");
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keeps the processes' logs when the test fails, and says where they are.
+struct KeepLogsOnPanic(Option<TempDir>);
+
+impl Drop for KeepLogsOnPanic {
+    fn drop(&mut self) {
+        if let (true, Some(dir)) = (std::thread::panicking(), self.0.take()) {
+            eprintln!("goldrelay logs kept in {}", dir.keep().display());
+        }
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn api_at(port: u16) -> Api {
+    Api {
+        address: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap(),
+    }
+}
+
+/// Posts `body` until an instance accepts it, starting with `apis[first]` and
+/// turning to the other one after a failed connection or a 5xx. A 200 counts
+/// too: an earlier attempt cut short by the kill had stored the reply.
+/// Returns how many attempts failed.
+async fn post_until_accepted(apis: &[Api; 2], first: usize, body: &Value) -> usize {
+    let deadline = Instant::now() + POST_PATIENCE;
+    for (failed, turn) in (first..).enumerate() {
+        let sent = apis[turn % 2]
+            .webhook()
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if matches!(r.status().as_u16(), 200 | 202) => return failed,
+            Ok(r) if r.status().is_client_error() => {
+                let status = r.status();
+                panic!(
+                    "{body} was refused with {status}: {}",
+                    r.text().await.unwrap()
+                )
+            }
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "neither instance accepted {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unreachable!("the loop above returns or panics")
+}
+
+/// What one conversation's poster did.
+struct Posted {
+    /// Reply ids in the order they were accepted.
+    accepted: Vec<String>,
+    failed_attempts: usize,
+}
+
+/// Posts one conversation's replies one after another, alternating between
+/// the instances, so their acceptance order is well defined.
+async fn post_conversation(
+    apis: Arc<[Api; 2]>,
+    conversation: i64,
+    progress: Arc<AtomicUsize>,
+) -> Posted {
+    let mut posted = Posted {
+        accepted: Vec::with_capacity(PER_CONVERSATION),
+        failed_attempts: 0,
+    };
+    for i in 0..PER_CONVERSATION {
+        let id = format!("gr-c{conversation}-{i:03}");
+        let first = (i + conversation as usize) % 2;
+        posted.failed_attempts +=
+            post_until_accepted(&apis, first, &reply(&id, conversation)).await;
+        posted.accepted.push(id);
+        progress.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(POST_PACE).await;
+    }
+    posted
+}
+
+async fn wait_for_accepted(progress: &AtomicUsize, count: usize) {
+    let deadline = Instant::now() + POST_PATIENCE;
+    while progress.load(Ordering::SeqCst) < count {
+        assert!(
+            Instant::now() < deadline,
+            "posting stalled before {count} replies were accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Ids of the replies the sandbox holds messages for in `conversation`, oldest first.
+fn delivered_ids(chatwoot: &SandboxHandle, conversation: i64) -> Vec<String> {
+    chatwoot
+        .messages(1, conversation)
+        .iter()
+        .map(|m| {
+            let id = m.content_attributes["gold_reply_id"].as_str();
+            id.unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// Ids of (at most 20) replies goldrelay holds with `status`.
+async fn replies_with_status(api: &Api, status: &str) -> Vec<String> {
+    let listed: Value = api
+        .client
+        .get(format!(
+            "{}/api/gold-replies?status={status}&limit=20",
+            api.address
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("the surviving instance answers")
+        .json()
+        .await
+        .expect("a reply list");
+    let items = listed["items"].as_array().expect("items");
+    items
+        .iter()
+        .map(|r| r["reply_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Waits until the sandbox holds every accepted reply and no job is left, so
+/// no late duplicate can still arrive.
+async fn wait_until_all_delivered(chatwoot: &SandboxHandle, api: &Api, accepted: &[Vec<String>]) {
+    let deadline = Instant::now() + DELIVERY_PATIENCE;
+    loop {
+        let missing: Vec<&String> = CONVERSATIONS
+            .iter()
+            .zip(accepted)
+            .flat_map(|(&c, ids)| {
+                let delivered = delivered_ids(chatwoot, c);
+                ids.iter().filter(move |id| !delivered.contains(id))
+            })
+            .collect();
+        let dead = replies_with_status(api, "dead").await;
+        assert!(dead.is_empty(), "goldrelay gave up on {dead:?}");
+        let queued = replies_with_status(api, "queued").await;
+        if missing.is_empty() && queued.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} accepted replies never reached Chatwoot (first: {:?}); still queued: {queued:?}",
+            missing.len(),
+            missing.iter().take(10).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits, for a few seconds at most, until both processes hold a delivery job
+/// (two lease owners in the documented `delivery_jobs` table), so a kill now
+/// lands in the middle of a delivery. Returns the owners and jobs it last saw.
+async fn wait_until_both_hold_jobs(database_url: &str) -> (i64, i64) {
+    use sqlx::Connection;
+    let mut db = sqlx::PgConnection::connect(database_url)
+        .await
+        .expect("the test database accepts connections");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (owners, jobs): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT lease_owner), COUNT(lease_owner) FROM delivery_jobs \
+             WHERE lease_until > now()",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("delivery_jobs can be read");
+        if owners >= 2 || Instant::now() > deadline {
+            return (owners, jobs);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// How many delivery attempts ended in "delivered" according to one log.
+fn deliveries_logged(log: &Path) -> usize {
+    read_log(log)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["message"] == "delivery attempt" && event["outcome"] == "delivered")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_posted_to_two_instances_while_one_is_killed_reach_chatwoot_once_each_in_order() {
+    if std::env::var("TEST_DATABASE_URL").map_or(true, |url| url.is_empty()) {
+        eprintln!("skipped: set TEST_DATABASE_URL to a PostgreSQL server to run this test");
+        return;
+    }
+    let chatwoot =
+        sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Setup {
+        database_url: helpers::database_url(&dir),
+        chatwoot_url: chatwoot.base_url(),
+        logs: dir.path().to_owned(),
+    };
+    let _keep = KeepLogsOnPanic(Some(dir));
+    let ports = [free_port(), free_port()];
+    let a = Relay::start(&setup, "a", ports[0]).await;
+    let _b = Relay::start(&setup, "b", ports[1]).await;
+
+    let apis = Arc::new(ports.map(api_at));
+    let progress = Arc::new(AtomicUsize::new(0));
+    let posters: Vec<_> = CONVERSATIONS
+        .iter()
+        .map(|&c| tokio::spawn(post_conversation(apis.clone(), c, progress.clone())))
+        .collect();
+
+    // Chatwoot turns slow, and a few creates succeed but answer after the
+    // timeout, so both processes have attempts open when one of them dies.
+    wait_for_accepted(&progress, 60).await;
+    chatwoot.set_faults(Faults {
+        delay_ms: 300,
+        late_next: 3,
+        late_ms: 1500,
+        ..Faults::default()
+    });
+    wait_for_accepted(&progress, 100).await;
+    let (owners, held) = wait_until_both_hold_jobs(&setup.database_url).await;
+    assert_eq!(
+        owners, 2,
+        "the instances never both held a job to kill one in"
+    );
+    a.kill();
+    let _a = Relay::start(&setup, "a", ports[0]).await;
+    chatwoot.set_faults(Faults::default());
+    wait_for_accepted(&progress, 200).await;
+    chatwoot.set_faults(Faults {
+        fail_next: 8,
+        ..Faults::default()
+    });
+
+    let mut accepted = Vec::new();
+    let mut failed_attempts = 0;
+    for poster in posters {
+        let posted = poster.await.expect("a poster panicked");
+        failed_attempts += posted.failed_attempts;
+        accepted.push(posted.accepted);
+    }
+    wait_until_all_delivered(&chatwoot, &apis[1], &accepted).await;
+
+    for (&conversation, ids) in CONVERSATIONS.iter().zip(&accepted) {
+        assert_eq!(
+            &delivered_ids(&chatwoot, conversation),
+            ids,
+            "conversation {conversation}: Chatwoot's messages differ from the accepted replies, in order"
+        );
+    }
+    let (by_a, by_b) = (
+        deliveries_logged(&setup.log_of("a")),
+        deliveries_logged(&setup.log_of("b")),
+    );
+    eprintln!(
+        "{} replies accepted ({failed_attempts} posts failed and were retried); \
+         {held} jobs held by the two instances at the kill; \
+         deliveries logged by a: {by_a}, by b: {by_b}; {} creates seen by Chatwoot",
+        accepted.iter().map(Vec::len).sum::<usize>(),
+        chatwoot.creates().len()
+    );
+    assert!(
+        by_a > 0 && by_b > 0,
+        "one instance did all the work: a {by_a}, b {by_b}"
+    );
+}

@@ -1,0 +1,1130 @@
+//! One conformance suite for the `Store` trait: every behaviour the HTTP and
+//! delivery code rely on, written once and run against SQLite always and
+//! against PostgreSQL when `TEST_DATABASE_URL` names a server (a fresh database
+//! per test). Times are explicit `now` values, so nothing here sleeps to let a
+//! lease or a retry delay run out.
+
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use goldrelay::config::DatabaseUrl;
+use goldrelay::domain::{ChatwootEvent, Effect, GoldReply, Status};
+use goldrelay::store::{
+    self, Backend, Cursor, EventOutcome, Ingested, Job, Outcome, ReplyFilter, ReplyRecord,
+    Requeued, SharedStore,
+};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tempfile::TempDir;
+use tokio::sync::Notify;
+
+/// The lease every claim here takes, unless a test says otherwise.
+const LEASE: Duration = Duration::from_secs(60);
+/// Long enough for anything a store does; a test that hits it found a hang.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Generates one test per behaviour and backend: `sqlite::<behaviour>` and
+/// `postgres::<behaviour>`. `stores` behaviours take a `SharedStore`;
+/// `databases` ones take the whole `TestDb` (they open the database again).
+macro_rules! conformance {
+    (
+        stores: [$($store_test:ident),* $(,)?],
+        databases: [$($db_test:ident),* $(,)?],
+        postgres_only: [$($pg_test:ident),* $(,)?] $(,)?
+    ) => {
+        mod sqlite {
+            use super::TestDb;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $store_test() {
+                    let db = TestDb::sqlite().await;
+                    super::$store_test(db.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $db_test() {
+                    super::$db_test(TestDb::sqlite().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::TestDb;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $store_test() {
+                    let Some(db) = TestDb::postgres().await else { return };
+                    super::$store_test(db.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $db_test() {
+                    let Some(db) = TestDb::postgres().await else { return };
+                    super::$db_test(db).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $pg_test() {
+                    let Some(db) = TestDb::postgres().await else { return };
+                    super::$pg_test(db).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    stores: [
+        a_new_reply_is_created_a_repeat_is_existing_and_other_content_is_a_conflict,
+        approve_and_reject_are_recorded_without_a_delivery_job,
+        a_claim_leases_only_the_oldest_job_of_each_conversation,
+        a_leased_job_is_claimed_again_only_after_its_lease_and_then_as_maybe_sent,
+        every_claim_counts_one_attempt,
+        a_delivered_job_is_recorded_and_leaves_the_queue,
+        a_retry_sets_the_due_time_next_attempt_at_and_maybe_sent,
+        a_dead_job_records_its_error_and_unblocks_its_conversation,
+        retry_or_dead_from_an_owner_who_lost_the_lease_changes_nothing,
+        delivered_from_an_owner_who_lost_the_lease_is_recorded_anyway,
+        next_due_ignores_jobs_blocked_behind_their_conversations_head,
+        release_all_hands_back_only_that_owners_jobs,
+        requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts,
+        requeue_refuses_replies_that_are_not_dead_and_unknown_ids,
+        list_filters_by_status_account_and_conversation_newest_first,
+        list_pages_through_equal_timestamps_without_gaps_or_repeats,
+        count_by_status_and_queue_stats_follow_the_replies,
+        an_event_is_processed_once_by_delivery_id_and_by_dedupe_key,
+        a_confirmation_removes_a_queued_replys_job_for_good,
+        a_confirmation_outlives_the_attempt_in_flight,
+        a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recorded_ones,
+        a_channel_status_never_moves_backwards,
+        prune_events_deletes_only_events_received_before_the_cutoff,
+        concurrent_claims_from_two_owners_never_share_a_job,
+    ],
+    databases: [a_database_with_a_newer_schema_is_refused],
+    postgres_only: [a_new_job_from_another_instance_wakes_this_one],
+}
+
+/// A store on a fresh database, and what keeps that database alive.
+struct TestDb {
+    store: SharedStore,
+    url: DatabaseUrl,
+    _dir: TempDir,
+}
+
+impl TestDb {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/conformance.db", dir.path().display());
+        Self::open(DatabaseUrl::new(url), dir).await
+    }
+
+    /// A new database on the `TEST_DATABASE_URL` server, or `None` without one.
+    async fn postgres() -> Option<Self> {
+        if std::env::var("TEST_DATABASE_URL").map_or(true, |url| url.is_empty()) {
+            eprintln!("TEST_DATABASE_URL is not set: the PostgreSQL run is skipped");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let url = helpers::database_url(&dir);
+        assert_eq!(Backend::of(&url), Some(Backend::Postgres), "{url}");
+        Some(Self::open(DatabaseUrl::new(url), dir).await)
+    }
+
+    async fn open(url: DatabaseUrl, dir: TempDir) -> Self {
+        let store = store::open(&url).await.expect("the store opens");
+        Self {
+            store,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- builders
+
+/// A start time in whole seconds, which both backends store exactly.
+fn start() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(0)
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+fn body(reply_id: &str, account_id: i64, conversation_id: i64, action: &str) -> Value {
+    json!({
+        "reply_id": reply_id,
+        "account_id": account_id,
+        "conversation_id": conversation_id,
+        "action": action,
+        "content": format!("Reply {reply_id}"),
+        "approved_by": "priya@example.com",
+    })
+}
+
+fn parse(body: &Value) -> GoldReply {
+    GoldReply::parse(body).expect("a valid gold reply")
+}
+
+/// An `approve_send` reply for account 1.
+fn send(reply_id: &str, conversation_id: i64) -> GoldReply {
+    parse(&body(reply_id, 1, conversation_id, "approve_send"))
+}
+
+fn gold(reply_id: &str, account_id: i64, conversation_id: i64, action: &str) -> GoldReply {
+    parse(&body(reply_id, account_id, conversation_id, action))
+}
+
+fn event(delivery_id: Option<&str>, dedupe_key: &str, effect: Option<Effect>) -> ChatwootEvent {
+    ChatwootEvent {
+        delivery_id: delivery_id.map(str::to_owned),
+        kind: "message_created".into(),
+        dedupe_key: dedupe_key.into(),
+        message_id: None,
+        reply_id: None,
+        effect,
+    }
+}
+
+/// The `message_created` echo of a reply's message.
+fn confirmation(reply_id: &str, message_id: i64) -> ChatwootEvent {
+    let mut event = event(
+        None,
+        &format!("message_created:{message_id}"),
+        Some(Effect::Confirm {
+            reply_id: reply_id.into(),
+            message_id,
+        }),
+    );
+    event.message_id = Some(message_id);
+    event.reply_id = Some(reply_id.into());
+    event
+}
+
+/// A `message_updated` with the channel's status for a reply's message.
+fn channel_report(
+    reply_id: &str,
+    message_id: i64,
+    status: &str,
+    error: Option<&str>,
+) -> ChatwootEvent {
+    let mut event = event(
+        None,
+        &format!(
+            "message_updated:{message_id}:{status}:{}",
+            error.unwrap_or("-")
+        ),
+        Some(Effect::ChannelStatus {
+            reply_id: reply_id.into(),
+            message_id,
+            status: Some(status.into()),
+            error: error.map(str::to_owned),
+        }),
+    );
+    event.kind = "message_updated".into();
+    event.message_id = Some(message_id);
+    event.reply_id = Some(reply_id.into());
+    event
+}
+
+fn retry(at: DateTime<Utc>, error: &str, maybe_sent: bool) -> Outcome {
+    Outcome::Retry {
+        at,
+        error: error.into(),
+        maybe_sent,
+    }
+}
+
+fn dead(error: &str) -> Outcome {
+    Outcome::Dead {
+        error: error.into(),
+    }
+}
+
+// ------------------------------------------------------------ store calls
+
+/// Ingests a reply that must be new.
+async fn ingest(store: &SharedStore, reply: &GoldReply, now: DateTime<Utc>) -> ReplyRecord {
+    match store.ingest(reply, now).await.expect("ingest") {
+        Ingested::Created(record) => record,
+        other => panic!("{} was not created: {other:?}", reply.reply_id),
+    }
+}
+
+async fn record(store: &SharedStore, reply_id: &str) -> ReplyRecord {
+    store
+        .reply(reply_id)
+        .await
+        .expect("reply")
+        .unwrap_or_else(|| panic!("no record for {reply_id}"))
+}
+
+/// Every due job `owner` can lease at `now`, under the standard lease.
+async fn claim(store: &SharedStore, owner: &str, now: DateTime<Utc>) -> Vec<Job> {
+    store.claim(owner, now, LEASE, 100).await.expect("claim")
+}
+
+/// Claims at `now` and asserts exactly `expected` (in any order) came back.
+async fn claim_exactly(
+    store: &SharedStore,
+    owner: &str,
+    now: DateTime<Utc>,
+    expected: &[&str],
+) -> Vec<Job> {
+    let jobs = claim(store, owner, now).await;
+    assert_eq!(ids(&jobs), set(expected), "claimed by {owner} at {now}");
+    jobs
+}
+
+async fn finish(
+    store: &SharedStore,
+    reply_id: &str,
+    owner: &str,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+) {
+    store
+        .finish(reply_id, owner, outcome, now)
+        .await
+        .expect("finish");
+}
+
+async fn deliver(store: &SharedStore, reply_id: &str, owner: &str, now: DateTime<Utc>) {
+    let outcome = Outcome::Delivered { message_id: 9000 };
+    finish(store, reply_id, owner, outcome, now).await;
+}
+
+async fn record_event(
+    store: &SharedStore,
+    event: &ChatwootEvent,
+    now: DateTime<Utc>,
+) -> EventOutcome {
+    let payload = json!({ "event": event.kind, "id": event.message_id }).to_string();
+    store
+        .record_event(event, &payload, now)
+        .await
+        .expect("record_event")
+}
+
+async fn listed(store: &SharedStore, filter: ReplyFilter) -> Vec<String> {
+    let records = store.list(&filter).await.expect("list");
+    records.into_iter().map(|r| r.reply_id).collect()
+}
+
+fn ids(jobs: &[Job]) -> BTreeSet<String> {
+    jobs.iter().map(|j| j.reply_id.clone()).collect()
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|id| id.to_string()).collect()
+}
+
+fn everything() -> ReplyFilter {
+    ReplyFilter {
+        limit: 100,
+        ..ReplyFilter::default()
+    }
+}
+
+// ---------------------------------------------------------------- ingest
+
+async fn a_new_reply_is_created_a_repeat_is_existing_and_other_content_is_a_conflict(
+    store: SharedStore,
+) {
+    let t0 = start();
+    let created = ingest(&store, &send("r1", 7), t0).await;
+    assert_eq!(created.reply_id, "r1");
+    assert_eq!((created.account_id, created.conversation_id), (1, 7));
+    assert_eq!(created.action, "approve_send");
+    assert_eq!(created.status, Status::Queued);
+    assert_eq!(created.attempts, 0);
+    assert_eq!(created.received_at, t0);
+    assert_eq!(created.next_attempt_at, Some(t0));
+    assert_eq!(record(&store, "r1").await, created);
+
+    // The same reply, spelled with explicit defaults, later: nothing changes.
+    let mut same = body("r1", 1, 7, "approve_send");
+    same["private"] = json!(false);
+    same["tags"] = json!([]);
+    match store.ingest(&parse(&same), t0 + secs(5)).await.unwrap() {
+        Ingested::Existing(existing) => assert_eq!(existing, created),
+        other => panic!("a repeat is not Existing: {other:?}"),
+    }
+    let mut other = body("r1", 1, 7, "approve_send");
+    other["content"] = json!("Something else entirely");
+    match store.ingest(&parse(&other), t0 + secs(6)).await.unwrap() {
+        Ingested::Conflict(stored) => assert_eq!(stored, created),
+        other => panic!("other content under a taken id is not a Conflict: {other:?}"),
+    }
+
+    // A recorded reply's id cannot be reused to send something.
+    ingest(&store, &gold("r2", 1, 8, "approve"), t0).await;
+    match store.ingest(&send("r2", 8), t0 + secs(7)).await.unwrap() {
+        Ingested::Conflict(stored) => assert_eq!(stored.status, Status::Recorded),
+        other => panic!("approve_send over an approve is not a Conflict: {other:?}"),
+    }
+
+    // Still one job in all, carrying the first content.
+    let jobs = claim_exactly(&store, "w", t0 + secs(10), &["r1"]).await;
+    assert_eq!(jobs[0].content, "Reply r1");
+    assert_eq!((jobs[0].account_id, jobs[0].conversation_id), (1, 7));
+    assert!(!jobs[0].private);
+}
+
+async fn approve_and_reject_are_recorded_without_a_delivery_job(store: SharedStore) {
+    let t0 = start();
+    for (reply_id, action) in [("a1", "approve"), ("j1", "reject")] {
+        let created = ingest(&store, &gold(reply_id, 1, 7, action), t0).await;
+        assert_eq!(created.status, Status::Recorded, "{action}");
+        assert_eq!(created.action, action);
+        assert_eq!(created.next_attempt_at, None, "{action}");
+    }
+    assert!(claim(&store, "w", t0 + secs(3600)).await.is_empty());
+    assert_eq!(store.next_due().await.unwrap(), None);
+    assert_eq!(store.queue_stats().await.unwrap().queued, 0);
+}
+
+// ---------------------------------------------------------------- claims
+
+async fn a_claim_leases_only_the_oldest_job_of_each_conversation(store: SharedStore) {
+    let t0 = start();
+    for (i, (reply_id, conversation)) in [("a1", 1), ("a2", 1), ("b1", 2), ("c1", 3), ("c2", 3)]
+        .into_iter()
+        .enumerate()
+    {
+        ingest(&store, &send(reply_id, conversation), t0 + secs(i as i64)).await;
+    }
+    let now = t0 + secs(10);
+    let first = store.claim("w1", now, LEASE, 2).await.unwrap();
+    assert_eq!(first.len(), 2, "the limit caps a claim");
+    let rest = claim(&store, "w1", now).await;
+    let heads: BTreeSet<_> = ids(&first).union(&ids(&rest)).cloned().collect();
+    assert_eq!(heads, set(&["a1", "b1", "c1"]));
+
+    // a2 and c2 wait behind their leased heads.
+    claim_exactly(&store, "w2", now + secs(1), &[]).await;
+    deliver(&store, "a1", "w1", now + secs(2)).await;
+    claim_exactly(&store, "w2", now + secs(3), &["a2"]).await;
+    deliver(&store, "a2", "w2", now + secs(3)).await;
+    deliver(&store, "b1", "w1", now + secs(3)).await;
+
+    // c1 retries late; c2, though due long before, still waits behind it.
+    finish(
+        &store,
+        "c1",
+        "w1",
+        retry(now + secs(100), "503", false),
+        now + secs(4),
+    )
+    .await;
+    claim_exactly(&store, "w2", now + secs(50), &[]).await;
+    claim_exactly(&store, "w2", now + secs(100), &["c1"]).await;
+}
+
+async fn a_leased_job_is_claimed_again_only_after_its_lease_and_then_as_maybe_sent(
+    store: SharedStore,
+) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    let lease = Duration::from_secs(30);
+    let first = store.claim("w1", t0, lease, 10).await.unwrap();
+    assert_eq!(ids(&first), set(&["r1"]));
+    assert!(!first[0].maybe_sent, "a first attempt has sent nothing");
+
+    let during = store.claim("w2", t0 + secs(29), lease, 10).await.unwrap();
+    assert!(during.is_empty(), "claimed during the lease: {during:?}");
+    let after = store.claim("w2", t0 + secs(31), lease, 10).await.unwrap();
+    assert_eq!(ids(&after), set(&["r1"]));
+    assert!(
+        after[0].maybe_sent,
+        "the dead owner may have sent it: look first"
+    );
+    assert_eq!(after[0].attempt, 2);
+}
+
+async fn every_claim_counts_one_attempt(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    for attempt in 1..=3 {
+        let now = t0 + secs(attempt * 10);
+        let jobs = claim_exactly(&store, "w", now, &["r1"]).await;
+        assert_eq!(jobs[0].attempt, attempt);
+        assert_eq!(record(&store, "r1").await.attempts, attempt);
+        // An empty claim counts nothing.
+        claim_exactly(&store, "w", now, &[]).await;
+        finish(&store, "r1", "w", retry(now + secs(1), "503", false), now).await;
+        assert_eq!(record(&store, "r1").await.attempts, attempt);
+    }
+}
+
+// ---------------------------------------------------------------- finish
+
+async fn a_delivered_job_is_recorded_and_leaves_the_queue(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    claim_exactly(&store, "w", t0, &["r1"]).await;
+    finish(
+        &store,
+        "r1",
+        "w",
+        retry(t0 + secs(5), "503", false),
+        t0 + secs(1),
+    )
+    .await;
+    claim_exactly(&store, "w", t0 + secs(5), &["r1"]).await;
+    let delivered = Outcome::Delivered { message_id: 4242 };
+    finish(&store, "r1", "w", delivered, t0 + secs(6)).await;
+
+    let r1 = record(&store, "r1").await;
+    assert_eq!(r1.status, Status::Delivered);
+    assert_eq!(r1.chatwoot_message_id, Some(4242));
+    assert_eq!(r1.delivered_at, Some(t0 + secs(6)));
+    assert_eq!(r1.last_error, None, "a delivery clears the last error");
+    assert_eq!(r1.next_attempt_at, None);
+    assert_eq!(r1.attempts, 2);
+    claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
+    assert_eq!(store.next_due().await.unwrap(), None);
+    assert_eq!(store.queue_stats().await.unwrap().queued, 0);
+}
+
+async fn a_retry_sets_the_due_time_next_attempt_at_and_maybe_sent(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    claim_exactly(&store, "w", t0, &["r1"]).await;
+    finish(
+        &store,
+        "r1",
+        "w",
+        retry(t0 + secs(30), "HTTP 503", false),
+        t0 + secs(1),
+    )
+    .await;
+
+    let r1 = record(&store, "r1").await;
+    assert_eq!(r1.status, Status::Queued);
+    assert_eq!(r1.last_error.as_deref(), Some("HTTP 503"));
+    assert_eq!(r1.next_attempt_at, Some(t0 + secs(30)));
+    assert_eq!(store.next_due().await.unwrap(), Some(t0 + secs(30)));
+    claim_exactly(&store, "w", t0 + secs(29), &[]).await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(30), &["r1"]).await;
+    assert!(!jobs[0].maybe_sent, "the worker knew nothing was created");
+
+    finish(
+        &store,
+        "r1",
+        "w",
+        retry(t0 + secs(60), "timeout", true),
+        t0 + secs(31),
+    )
+    .await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(60), &["r1"]).await;
+    assert!(jobs[0].maybe_sent, "a timed-out create may have happened");
+}
+
+async fn a_dead_job_records_its_error_and_unblocks_its_conversation(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("a1", 7), t0).await;
+    ingest(&store, &send("a2", 7), t0 + secs(1)).await;
+    claim_exactly(&store, "w", t0 + secs(2), &["a1"]).await;
+    finish(&store, "a1", "w", dead("HTTP 422"), t0 + secs(3)).await;
+
+    let a1 = record(&store, "a1").await;
+    assert_eq!(a1.status, Status::Dead);
+    assert_eq!(a1.last_error.as_deref(), Some("HTTP 422"));
+    assert_eq!(a1.next_attempt_at, None);
+    claim_exactly(&store, "w", t0 + secs(4), &["a2"]).await;
+}
+
+async fn retry_or_dead_from_an_owner_who_lost_the_lease_changes_nothing(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    claim_exactly(&store, "slow", t0, &["r1"]).await;
+    claim_exactly(&store, "fast", t0 + secs(61), &["r1"]).await;
+    let before = record(&store, "r1").await;
+
+    let late = t0 + secs(62);
+    finish(&store, "r1", "slow", retry(late, "late retry", false), late).await;
+    finish(&store, "r1", "slow", dead("late dead"), late).await;
+    assert_eq!(record(&store, "r1").await, before);
+    // "fast" still holds the job, and its own outcome still counts.
+    claim_exactly(&store, "other", late, &[]).await;
+    finish(
+        &store,
+        "r1",
+        "fast",
+        retry(t0 + secs(70), "fast's error", false),
+        late,
+    )
+    .await;
+    let r1 = record(&store, "r1").await;
+    assert_eq!(r1.last_error.as_deref(), Some("fast's error"));
+    assert_eq!(r1.next_attempt_at, Some(t0 + secs(70)));
+}
+
+async fn delivered_from_an_owner_who_lost_the_lease_is_recorded_anyway(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    claim_exactly(&store, "slow", t0, &["r1"]).await;
+    claim_exactly(&store, "fast", t0 + secs(61), &["r1"]).await;
+    let delivered = Outcome::Delivered { message_id: 77 };
+    finish(&store, "r1", "slow", delivered, t0 + secs(62)).await;
+
+    let r1 = record(&store, "r1").await;
+    assert_eq!(
+        r1.status,
+        Status::Delivered,
+        "the message exists either way"
+    );
+    assert_eq!(r1.chatwoot_message_id, Some(77));
+    claim_exactly(&store, "other", t0 + secs(3600), &[]).await;
+}
+
+async fn next_due_ignores_jobs_blocked_behind_their_conversations_head(store: SharedStore) {
+    let t0 = start();
+    assert_eq!(store.next_due().await.unwrap(), None);
+    ingest(&store, &send("a1", 1), t0).await;
+    ingest(&store, &send("a2", 1), t0 + secs(1)).await;
+    assert_eq!(store.next_due().await.unwrap(), Some(t0));
+
+    // a2 is due, but it waits behind a1: a1's lease end is what counts.
+    claim_exactly(&store, "w", t0 + secs(2), &["a1"]).await;
+    assert_eq!(store.next_due().await.unwrap(), Some(t0 + secs(62)));
+    finish(
+        &store,
+        "a1",
+        "w",
+        retry(t0 + secs(100), "503", false),
+        t0 + secs(3),
+    )
+    .await;
+    assert_eq!(store.next_due().await.unwrap(), Some(t0 + secs(100)));
+
+    ingest(&store, &send("b1", 2), t0 + secs(5)).await;
+    assert_eq!(store.next_due().await.unwrap(), Some(t0 + secs(5)));
+}
+
+async fn release_all_hands_back_only_that_owners_jobs(store: SharedStore) {
+    let t0 = start();
+    for (reply_id, conversation) in [("a1", 1), ("b1", 2), ("c1", 3)] {
+        ingest(&store, &send(reply_id, conversation), t0).await;
+    }
+    let mine = store.claim("leaving", t0, LEASE, 2).await.unwrap();
+    assert_eq!(mine.len(), 2);
+    let theirs = claim(&store, "staying", t0).await;
+    assert_eq!(theirs.len(), 1);
+
+    store.release_all("leaving").await.unwrap();
+    store.release_all("nobody").await.unwrap();
+    let taken = claim(&store, "next", t0 + secs(1)).await;
+    assert_eq!(ids(&taken), ids(&mine), "only the leaver's jobs come back");
+    assert!(
+        taken.iter().all(|j| j.maybe_sent),
+        "released mid-attempt: look first"
+    );
+}
+
+// ---------------------------------------------------------------- requeue
+
+async fn requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("a1", 7), t0).await;
+    ingest(&store, &send("a2", 7), t0 + secs(1)).await;
+    claim_exactly(&store, "w", t0 + secs(2), &["a1"]).await;
+    finish(&store, "a1", "w", dead("HTTP 422"), t0 + secs(3)).await;
+
+    let t1 = t0 + secs(10);
+    let requeued = match store.requeue("a1", t1).await.unwrap() {
+        Requeued::Queued(record) => record,
+        other => panic!("a dead reply was not requeued: {other:?}"),
+    };
+    assert_eq!(requeued.status, Status::Queued);
+    assert_eq!(requeued.attempts, 0);
+    assert_eq!(requeued.next_attempt_at, Some(t1));
+    assert_eq!(record(&store, "a1").await, requeued);
+
+    // a2 was accepted before the requeue, so it goes first.
+    claim_exactly(&store, "w", t1 + secs(1), &["a2"]).await;
+    deliver(&store, "a2", "w", t1 + secs(2)).await;
+    let jobs = claim_exactly(&store, "w", t1 + secs(3), &["a1"]).await;
+    assert_eq!(jobs[0].attempt, 1, "a fresh attempt budget");
+    assert!(!jobs[0].maybe_sent, "the operator chose to send again");
+    assert_eq!(jobs[0].received_at, t1, "its age counts from the requeue");
+}
+
+async fn requeue_refuses_replies_that_are_not_dead_and_unknown_ids(store: SharedStore) {
+    let t0 = start();
+    assert!(matches!(
+        store.requeue("nope", t0).await.unwrap(),
+        Requeued::NotFound
+    ));
+    ingest(&store, &send("queued", 1), t0).await;
+    ingest(&store, &send("delivered", 2), t0).await;
+    ingest(&store, &gold("recorded", 1, 3, "approve"), t0).await;
+    claim_exactly(&store, "w", t0, &["queued", "delivered"]).await;
+    deliver(&store, "delivered", "w", t0 + secs(1)).await;
+
+    for (reply_id, status) in [
+        ("queued", Status::Queued),
+        ("delivered", Status::Delivered),
+        ("recorded", Status::Recorded),
+    ] {
+        match store.requeue(reply_id, t0 + secs(2)).await.unwrap() {
+            Requeued::NotDead(record) => assert_eq!(record.status, status, "{reply_id}"),
+            other => panic!("{reply_id} was requeued: {other:?}"),
+        }
+    }
+    // No second job appeared for any of them.
+    finish(
+        &store,
+        "queued",
+        "w",
+        retry(t0 + secs(5), "503", false),
+        t0 + secs(3),
+    )
+    .await;
+    claim_exactly(&store, "w", t0 + secs(3600), &["queued"]).await;
+    deliver(&store, "queued", "w", t0 + secs(3601)).await;
+    claim_exactly(&store, "w", t0 + secs(7200), &[]).await;
+}
+
+// ---------------------------------------------------------------- reading
+
+async fn list_filters_by_status_account_and_conversation_newest_first(store: SharedStore) {
+    let t0 = start();
+    let replies = [
+        ("x1", 1, 1, "approve_send"),
+        ("x2", 1, 2, "approve"),
+        ("x3", 2, 1, "approve_send"),
+        ("x4", 2, 3, "reject"),
+        ("x5", 1, 1, "approve_send"),
+    ];
+    for (i, (reply_id, account, conversation, action)) in replies.into_iter().enumerate() {
+        let reply = gold(reply_id, account, conversation, action);
+        ingest(&store, &reply, t0 + secs(i as i64)).await;
+    }
+    let filter = |status, account_id, conversation_id, limit| ReplyFilter {
+        status,
+        account_id,
+        conversation_id,
+        after: None,
+        limit,
+    };
+    let cases = [
+        (
+            filter(None, None, None, 100),
+            vec!["x5", "x4", "x3", "x2", "x1"],
+        ),
+        (filter(None, None, None, 2), vec!["x5", "x4"]),
+        (
+            filter(Some(Status::Recorded), None, None, 100),
+            vec!["x4", "x2"],
+        ),
+        (
+            filter(Some(Status::Queued), None, None, 100),
+            vec!["x5", "x3", "x1"],
+        ),
+        (filter(Some(Status::Dead), None, None, 100), vec![]),
+        (filter(None, Some(2), None, 100), vec!["x4", "x3"]),
+        (filter(None, None, Some(1), 100), vec!["x5", "x3", "x1"]),
+        (filter(None, Some(1), Some(1), 100), vec!["x5", "x1"]),
+        (filter(Some(Status::Queued), Some(2), None, 100), vec!["x3"]),
+    ];
+    for (filter, expected) in cases {
+        assert_eq!(listed(&store, filter.clone()).await, expected, "{filter:?}");
+    }
+}
+
+async fn list_pages_through_equal_timestamps_without_gaps_or_repeats(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("p-f", 1), t0).await;
+    // Five replies in one second, stored in an order unlike their ids.
+    for reply_id in ["p-c", "p-a", "p-e", "p-b", "p-d"] {
+        ingest(&store, &send(reply_id, 2), t0 + secs(5)).await;
+    }
+    ingest(&store, &send("p-g", 3), t0 + secs(9)).await;
+    let newest_first = ["p-g", "p-a", "p-b", "p-c", "p-d", "p-e", "p-f"];
+    assert_eq!(listed(&store, everything()).await, newest_first);
+
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let filter = ReplyFilter {
+            after: after.clone(),
+            limit: 2,
+            ..ReplyFilter::default()
+        };
+        let page = store.list(&filter).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(Cursor {
+            received_at: last.received_at,
+            reply_id: last.reply_id.clone(),
+        });
+        pages.push(page.iter().map(|r| r.reply_id.clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(pages.len(), 4, "{pages:?}");
+    assert_eq!(pages.concat(), newest_first);
+}
+
+async fn count_by_status_and_queue_stats_follow_the_replies(store: SharedStore) {
+    let counts = |store: SharedStore| async move {
+        let counts = store.count_by_status().await.unwrap();
+        let counts: BTreeMap<_, _> = counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect();
+        let count = |s: Status| counts.get(s.as_str()).copied().unwrap_or(0);
+        [
+            Status::Recorded,
+            Status::Queued,
+            Status::Delivered,
+            Status::Confirmed,
+            Status::Dead,
+        ]
+        .map(count)
+    };
+    let t0 = start();
+    assert_eq!(counts(store.clone()).await, [0; 5]);
+    let empty = store.queue_stats().await.unwrap();
+    assert_eq!((empty.queued, empty.oldest_queued_at), (0, None));
+
+    for (i, reply_id) in ["q1", "q2", "q3"].into_iter().enumerate() {
+        ingest(&store, &send(reply_id, i as i64 + 1), t0 + secs(i as i64)).await;
+    }
+    ingest(&store, &gold("ok", 1, 9, "approve"), t0 + secs(3)).await;
+    ingest(&store, &gold("no", 1, 9, "reject"), t0 + secs(4)).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats.queued, stats.oldest_queued_at), (3, Some(t0)));
+
+    claim_exactly(&store, "w", t0 + secs(5), &["q1", "q2", "q3"]).await;
+    deliver(&store, "q1", "w", t0 + secs(6)).await;
+    finish(&store, "q2", "w", dead("HTTP 404"), t0 + secs(6)).await;
+    finish(
+        &store,
+        "q3",
+        "w",
+        retry(t0 + secs(9), "503", false),
+        t0 + secs(6),
+    )
+    .await;
+    assert_eq!(counts(store.clone()).await, [2, 1, 1, 0, 1]);
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(
+        (stats.queued, stats.oldest_queued_at),
+        (1, Some(t0 + secs(2)))
+    );
+}
+
+// ---------------------------------------------------------------- Chatwoot events
+
+async fn an_event_is_processed_once_by_delivery_id_and_by_dedupe_key(store: SharedStore) {
+    let t0 = start();
+    let cases = [
+        (Some("d-1"), "message_created:1", EventOutcome::Processed),
+        (Some("d-1"), "message_created:2", EventOutcome::Duplicate),
+        (Some("d-2"), "message_created:1", EventOutcome::Duplicate),
+        (None, "message_created:3", EventOutcome::Processed),
+        (None, "message_created:3", EventOutcome::Duplicate),
+        // Events without a delivery id never collide on it.
+        (None, "message_created:4", EventOutcome::Processed),
+        (Some("d-3"), "message_created:5", EventOutcome::Processed),
+    ];
+    for (delivery_id, dedupe_key, expected) in cases {
+        let outcome = record_event(&store, &event(delivery_id, dedupe_key, None), t0).await;
+        assert_eq!(outcome, expected, "{delivery_id:?} {dedupe_key}");
+    }
+}
+
+async fn a_confirmation_removes_a_queued_replys_job_for_good(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("a1", 7), t0).await;
+    ingest(&store, &send("a2", 7), t0 + secs(1)).await;
+    let outcome = record_event(&store, &confirmation("a1", 501), t0 + secs(2)).await;
+    assert_eq!(outcome, EventOutcome::Processed);
+
+    let a1 = record(&store, "a1").await;
+    assert_eq!(a1.status, Status::Confirmed);
+    assert_eq!(a1.chatwoot_message_id, Some(501));
+    assert_eq!(a1.confirmed_at, Some(t0 + secs(2)));
+    assert_eq!(a1.next_attempt_at, None);
+    // a1 is never claimed; a2 no longer waits for it.
+    claim_exactly(&store, "w", t0 + secs(3), &["a2"]).await;
+    deliver(&store, "a2", "w", t0 + secs(4)).await;
+    claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
+    assert_eq!(record(&store, "a1").await.status, Status::Confirmed);
+}
+
+async fn a_confirmation_outlives_the_attempt_in_flight(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    claim_exactly(&store, "w", t0, &["r1"]).await;
+    record_event(&store, &confirmation("r1", 601), t0 + secs(1)).await;
+
+    finish(
+        &store,
+        "r1",
+        "w",
+        retry(t0 + secs(5), "timeout", true),
+        t0 + secs(2),
+    )
+    .await;
+    finish(&store, "r1", "w", dead("gave up"), t0 + secs(2)).await;
+    claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
+    let r1 = record(&store, "r1").await;
+    assert_eq!(r1.status, Status::Confirmed);
+    assert_eq!(r1.last_error, None);
+
+    let delivered = Outcome::Delivered { message_id: 601 };
+    finish(&store, "r1", "w", delivered, t0 + secs(3)).await;
+    assert_eq!(record(&store, "r1").await.status, Status::Confirmed);
+}
+
+async fn a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recorded_ones(
+    store: SharedStore,
+) {
+    let t0 = start();
+    ingest(&store, &send("sent", 1), t0).await;
+    ingest(&store, &send("lost", 2), t0).await;
+    ingest(&store, &gold("kept", 1, 3, "approve"), t0).await;
+    claim_exactly(&store, "w", t0, &["sent", "lost"]).await;
+    let delivered = Outcome::Delivered { message_id: 11 };
+    finish(&store, "sent", "w", delivered, t0 + secs(1)).await;
+    finish(&store, "lost", "w", dead("timeout"), t0 + secs(1)).await;
+
+    let at = t0 + secs(5);
+    for (reply_id, message_id) in [("sent", 11), ("lost", 12), ("kept", 13), ("unknown", 14)] {
+        let outcome = record_event(&store, &confirmation(reply_id, message_id), at).await;
+        assert_eq!(outcome, EventOutcome::Processed, "{reply_id}");
+    }
+    let sent = record(&store, "sent").await;
+    assert_eq!(sent.status, Status::Confirmed);
+    assert_eq!(sent.chatwoot_message_id, Some(11));
+    assert_eq!(
+        sent.delivered_at,
+        Some(t0 + secs(1)),
+        "delivery time is kept"
+    );
+    assert_eq!(sent.confirmed_at, Some(at));
+    let lost = record(&store, "lost").await;
+    assert_eq!(lost.status, Status::Confirmed, "it arrived after all");
+    assert_eq!(lost.chatwoot_message_id, Some(12));
+    assert_eq!(lost.confirmed_at, Some(at));
+    assert!(matches!(
+        store.requeue("lost", at).await.unwrap(),
+        Requeued::NotDead(_)
+    ));
+    let kept = record(&store, "kept").await;
+    assert_eq!((kept.status, kept.confirmed_at), (Status::Recorded, None));
+    assert!(store.reply("unknown").await.unwrap().is_none());
+    claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
+}
+
+async fn a_channel_status_never_moves_backwards(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 1), t0).await;
+    ingest(&store, &send("r2", 2), t0).await;
+    claim_exactly(&store, "w", t0, &["r1", "r2"]).await;
+    deliver(&store, "r2", "w", t0 + secs(1)).await;
+    let channel = |store: SharedStore, reply_id: &'static str| async move {
+        let r = record(&store, reply_id).await;
+        (r.channel_status, r.channel_error)
+    };
+
+    // A report on a message proves it exists: the queued r1 is confirmed too.
+    record_event(
+        &store,
+        &channel_report("r1", 31, "sent", None),
+        t0 + secs(2),
+    )
+    .await;
+    let r1 = record(&store, "r1").await;
+    assert_eq!(r1.status, Status::Confirmed);
+    assert_eq!(r1.channel_status.as_deref(), Some("sent"));
+    claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
+    for (status, expected) in [("read", "read"), ("delivered", "read"), ("sent", "read")] {
+        record_event(
+            &store,
+            &channel_report("r1", 31, status, None),
+            t0 + secs(3),
+        )
+        .await;
+        let now = channel(store.clone(), "r1").await;
+        assert_eq!(now, (Some(expected.to_owned()), None), "after {status}");
+    }
+
+    let error = "Message failed to send: more than 24 hours";
+    record_event(
+        &store,
+        &channel_report("r2", 32, "failed", Some(error)),
+        t0 + secs(4),
+    )
+    .await;
+    record_event(
+        &store,
+        &channel_report("r2", 32, "delivered", None),
+        t0 + secs(5),
+    )
+    .await;
+    let r2 = channel(store.clone(), "r2").await;
+    assert_eq!(r2, (Some("failed".to_owned()), Some(error.to_owned())));
+}
+
+async fn prune_events_deletes_only_events_received_before_the_cutoff(store: SharedStore) {
+    let t0 = start();
+    let events: Vec<_> = (0..3)
+        .map(|i| {
+            event(
+                Some(&format!("d-{i}")),
+                &format!("message_created:{i}"),
+                None,
+            )
+        })
+        .collect();
+    for (i, e) in events.iter().enumerate() {
+        record_event(&store, e, t0 + secs(10 * i as i64)).await;
+    }
+    assert_eq!(store.prune_events(t0 + secs(10)).await.unwrap(), 1);
+    assert_eq!(store.prune_events(t0 + secs(15)).await.unwrap(), 1);
+    assert_eq!(store.prune_events(t0 + secs(15)).await.unwrap(), 0);
+
+    // The kept event is still known; a pruned one is forgotten.
+    let again = t0 + secs(30);
+    assert_eq!(
+        record_event(&store, &events[2], again).await,
+        EventOutcome::Duplicate
+    );
+    assert_eq!(
+        record_event(&store, &events[0], again).await,
+        EventOutcome::Processed
+    );
+}
+
+// ---------------------------------------------------------------- several instances
+
+async fn concurrent_claims_from_two_owners_never_share_a_job(store: SharedStore) {
+    const CONVERSATIONS: i64 = 8;
+    const PER_CONVERSATION: usize = 25;
+    let t0 = start();
+    // One round per position, each ingested at once across conversations
+    // (fewer at once than PostgreSQL's pool has connections).
+    for position in 0..PER_CONVERSATION {
+        let round = (1..=CONVERSATIONS).map(|conversation| {
+            let store = store.clone();
+            let reply = send(&format!("c{conversation}-{position}"), conversation);
+            async move { ingest(&store, &reply, t0).await }
+        });
+        futures_util::future::join_all(round).await;
+    }
+    let total = CONVERSATIONS as usize * PER_CONVERSATION;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let workers = ["owner-a", "owner-b"].map(|owner| {
+        tokio::spawn(drain(
+            store.clone(),
+            owner,
+            t0 + secs(1),
+            log.clone(),
+            total,
+        ))
+    });
+    for worker in workers {
+        tokio::time::timeout(PATIENCE, worker)
+            .await
+            .expect("the queue drains")
+            .unwrap();
+    }
+
+    let log = log.lock().unwrap().clone();
+    let claimed: BTreeSet<_> = log.iter().map(|(_, id)| id.clone()).collect();
+    assert_eq!(claimed.len(), total, "not every job was claimed");
+    assert_eq!(log.len(), total, "some job was claimed twice: {log:?}");
+    for conversation in 1..=CONVERSATIONS {
+        let prefix = format!("c{conversation}-");
+        let order: Vec<_> = log
+            .iter()
+            .filter(|(_, id)| id.starts_with(&prefix))
+            .map(|(_, id)| id.clone())
+            .collect();
+        let expected: Vec<_> = (0..PER_CONVERSATION)
+            .map(|p| format!("{prefix}{p}"))
+            .collect();
+        assert_eq!(order, expected, "conversation {conversation} out of order");
+    }
+}
+
+/// Claims and delivers as `owner` until `total` jobs are logged, logging each
+/// claim (before its delivery, so the log keeps each conversation's order).
+async fn drain(
+    store: SharedStore,
+    owner: &'static str,
+    now: DateTime<Utc>,
+    log: Arc<Mutex<Vec<(&'static str, String)>>>,
+    total: usize,
+) {
+    while log.lock().unwrap().len() < total {
+        let jobs = store.claim(owner, now, LEASE, 4).await.expect("claim");
+        if jobs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for job in jobs {
+            log.lock().unwrap().push((owner, job.reply_id.clone()));
+            deliver(&store, &job.reply_id, owner, now).await;
+        }
+    }
+}
+
+async fn a_new_job_from_another_instance_wakes_this_one(db: TestDb) {
+    let wake = Arc::new(Notify::new());
+    db.store.wake_on_new_jobs(wake.clone());
+    // The listener wakes once as it starts, for jobs committed before it listened.
+    tokio::time::timeout(PATIENCE, wake.notified())
+        .await
+        .expect("the listener starts");
+
+    let other = store::open(&db.url).await.expect("a second instance opens");
+    ingest(&other, &send("r1", 7), start()).await;
+    tokio::time::timeout(Duration::from_secs(5), wake.notified())
+        .await
+        .expect("the other instance's new job wakes this one");
+}
+
+// ---------------------------------------------------------------- schema
+
+const FUTURE_VERSION: i64 = 99990101000000;
+
+async fn a_database_with_a_newer_schema_is_refused(db: TestDb) {
+    pretend_a_newer_build_migrated(&db.url).await;
+    let error = match store::open(&db.url).await {
+        Ok(_) => panic!("a database from a newer build was opened"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("migration") && error.contains(&FUTURE_VERSION.to_string()),
+        "the error does not name the unknown migration: {error}"
+    );
+}
+
+/// Records a migration this build does not have, as a newer goldrelay would.
+async fn pretend_a_newer_build_migrated(url: &DatabaseUrl) {
+    use sqlx::{Connection, Executor};
+    let insert = |checksum: &str| {
+        format!(
+            "INSERT INTO _sqlx_migrations \
+             (version, description, installed_on, success, checksum, execution_time) \
+             VALUES ({FUTURE_VERSION}, 'from a newer goldrelay', CURRENT_TIMESTAMP, TRUE, {checksum}, 0)"
+        )
+    };
+    match Backend::of(url.expose()) {
+        Some(Backend::Postgres) => {
+            let mut conn = sqlx::PgConnection::connect(url.expose()).await.unwrap();
+            conn.execute(insert("decode('00', 'hex')").as_str())
+                .await
+                .unwrap();
+        }
+        _ => {
+            let mut conn = sqlx::SqliteConnection::connect(url.expose()).await.unwrap();
+            conn.execute(insert("X'00'").as_str()).await.unwrap();
+        }
+    }
+}

@@ -25,9 +25,9 @@ pub struct Drain {
     /// `GOLDRELAY_SEND_RATE`; 0 lifts the cap.
     pub send_rate: u32,
     pub delivered: usize,
-    /// From the sandbox answering to the first delivery: the retry backoff
-    /// the outage left behind.
-    pub first_after: Duration,
+    /// From the sandbox answering to the last delivery: the drain itself plus
+    /// whatever retry backoff the outage left behind.
+    pub back_to_last: Duration,
     /// From the first delivery to the last.
     pub span: Duration,
 }
@@ -39,6 +39,14 @@ impl Drain {
             return 0.0;
         }
         (self.delivered - 1) as f64 / self.span.as_secs_f64()
+    }
+
+    /// Deliveries per second from Chatwoot's return to the last delivery.
+    pub fn overall_per_sec(&self) -> f64 {
+        if self.back_to_last.is_zero() {
+            return 0.0;
+        }
+        self.delivered as f64 / self.back_to_last.as_secs_f64()
     }
 
     pub fn complete(&self) -> bool {
@@ -94,7 +102,7 @@ pub async fn measure(
         conversations,
         send_rate,
         delivered: arrived.len(),
-        first_after: ms((first - back_at).max(0.0)),
+        back_to_last: ms(last - back_at),
         span: ms(last - first),
     })
 }

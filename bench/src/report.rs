@@ -55,7 +55,13 @@ impl Goal {
         };
         match self {
             _ if met => "met".into(),
+            Goal::AtLeast(t) if value > t / 2.0 => {
+                format!("**missed** by {:.1} %", (1.0 - value / t) * 100.0)
+            }
             Goal::AtLeast(t) => format!("**missed**: needs {:.1}×", t / value),
+            Goal::Below(t) if value < t * 2.0 => {
+                format!("**missed**: {:.0} % over", (value / t - 1.0) * 100.0)
+            }
             Goal::Below(t) => format!("**missed**: {:.1}× over", value / t),
             Goal::Near(t, _) => format!("**missed**: {:+.0} %", (value / t - 1.0) * 100.0),
         }
@@ -198,10 +204,14 @@ impl Report {
         for d in [u, c] {
             rows.push(Row::new(
                 format!(
-                    "drain, GOLDRELAY_SEND_RATE={}: Chatwoot back → first delivery",
+                    "drain, GOLDRELAY_SEND_RATE={}: Chatwoot back → last delivery",
                     d.send_rate
                 ),
-                format!("{:.1} s (retry backoff)", d.first_after.as_secs_f64()),
+                format!(
+                    "{:.1} s ({} overall)",
+                    d.back_to_last.as_secs_f64(),
+                    rate(d.overall_per_sec())
+                ),
             ));
         }
         rows
@@ -366,7 +376,8 @@ fn latency_row(figure: &str, relay: Duration, bare: Duration) -> Row {
 fn drain_row(how: &str, d: &Drain) -> Row {
     let figure = format!(
         "drain, {how}: {} replies over {} conversations ({PER_CONVERSATION} each)",
-        d.replies, d.conversations
+        grouped(d.replies as f64),
+        d.conversations
     );
     let value = if d.complete() {
         format!("{} (first → last delivery)", rate(d.per_sec()))
@@ -401,15 +412,20 @@ fn rate(per_sec: f64) -> String {
     if per_sec < 100.0 {
         return format!("{per_sec:.1}/s");
     }
-    let digits = format!("{per_sec:.0}");
-    let mut grouped = String::new();
+    format!("{}/s", grouped(per_sec))
+}
+
+/// A whole number with its thousands apart: `10 000`.
+fn grouped(value: f64) -> String {
+    let digits = format!("{value:.0}");
+    let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(' ');
+            out.push(' ');
         }
-        grouped.push(c);
+        out.push(c);
     }
-    format!("{grouped}/s")
+    out
 }
 
 fn percent(share: f64) -> String {
@@ -469,8 +485,10 @@ mod tests {
 
     #[test]
     fn a_missed_target_says_by_how_much() {
-        assert_eq!(Goal::AtLeast(0.40).verdict(0.20), "**missed**: needs 2.0×");
-        assert_eq!(Goal::Below(10.0).verdict(15.0), "**missed**: 1.5× over");
+        assert_eq!(Goal::AtLeast(0.40).verdict(0.10), "**missed**: needs 4.0×");
+        assert_eq!(Goal::AtLeast(1000.0).verdict(996.0), "**missed** by 0.4 %");
+        assert_eq!(Goal::Below(10.0).verdict(15.0), "**missed**: 50 % over");
+        assert_eq!(Goal::Below(10.0).verdict(59.0), "**missed**: 5.9× over");
         assert_eq!(Goal::Near(40.0, 0.1).verdict(41.0), "met");
     }
 }

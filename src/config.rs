@@ -189,8 +189,9 @@ impl Settings {
         }
     }
 
-    /// How long a claimed job stays with its worker: longer than the worst
-    /// attempt (a lookup and a create, each up to the Chatwoot timeout).
+    /// How long a claimed job stays with its worker. The worker cuts an attempt
+    /// off 5 s before this (a lookup page or two and a create fit in it) and
+    /// retries it later, looking the message up first.
     pub fn lease(&self) -> Duration {
         self.chatwoot_timeout * 3 + Duration::from_secs(5)
     }

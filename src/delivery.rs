@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 /// The longest the worker sleeps without looking at the queue, so jobs whose
 /// lease ran out on another instance are picked up.
 const MAX_IDLE: Duration = Duration::from_secs(2);
+/// How much sooner than its lease an attempt is cut off, so the outcome is
+/// recorded while the job is still ours.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// The wait after the store failed, before trying again.
 const STORE_RETRY: Duration = Duration::from_millis(500);
 
@@ -204,7 +207,26 @@ impl Worker {
     }
 
     async fn deliver(&self, job: Job) {
-        let (outcome, chatwoot_status) = self.attempt(&job).await;
+        // An attempt never outlives its lease: past it, another instance may
+        // claim the job, and two senders could both create the message.
+        let deadline = self.policy.lease.saturating_sub(LEASE_MARGIN);
+        let (outcome, chatwoot_status) = match tokio::time::timeout(deadline, self.attempt(&job))
+            .await
+        {
+            Ok(attempted) => attempted,
+            Err(_) => {
+                let overran = SendError::Transient {
+                        status: None,
+                        retry_after: None,
+                        maybe_created: true,
+                        detail: format!(
+                            "the attempt took longer than {} (its lease); it is looked up before any resend",
+                            humantime::format_duration(deadline)
+                        ),
+                    };
+                (self.retry_or_give_up(&job, overran, true), None)
+            }
+        };
         self.observe(&job, &outcome, chatwoot_status);
         let now = Utc::now();
         // The outcome must be recorded: a lost "delivered" would send twice.

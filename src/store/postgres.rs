@@ -27,6 +27,8 @@ const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, stat
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Asks the announcer to tell every instance that new jobs exist.
+    announce: Arc<Notify>,
 }
 
 impl PostgresStore {
@@ -40,7 +42,9 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let announce = Arc::new(Notify::new());
+        tokio::spawn(announce_new_jobs(pool.clone(), announce.clone()));
+        Ok(Self { pool, announce })
     }
 }
 
@@ -145,11 +149,6 @@ async fn enqueue(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    // Delivered to every listening instance when the transaction commits.
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 
@@ -278,6 +277,9 @@ impl Store for PostgresStore {
             .await?
             .ok_or(StoreError::Unavailable)?;
         tx.commit().await?;
+        if sends {
+            self.announce.notify_one();
+        }
         Ok(Ingested::Created(created))
     }
 
@@ -472,6 +474,7 @@ impl Store for PostgresStore {
             .await?
             .ok_or(StoreError::Unavailable)?;
         tx.commit().await?;
+        self.announce.notify_one();
         Ok(Requeued::Queued(record))
     }
 
@@ -582,6 +585,24 @@ impl Store for PostgresStore {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+    }
+}
+
+/// Sends `NOTIFY goldrelay_jobs` after new jobs were committed, at most once
+/// per `COALESCE` period. NOTIFY takes a database-wide lock at commit, so it is
+/// kept out of the ingest transaction, where it would serialise every commit.
+async fn announce_new_jobs(pool: PgPool, announce: Arc<Notify>) {
+    const COALESCE: Duration = Duration::from_millis(10);
+    loop {
+        announce.notified().await;
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not NOTIFY other instances; they will poll");
+        }
+        tokio::time::sleep(COALESCE).await;
     }
 }
 

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, Row};
+use sqlx::{Connection, QueryBuilder, Row};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -33,8 +33,19 @@ type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type WriteOp =
     Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Completion> + Send>;
 
+/// One write for the writer task. Ingests are data, not closures, so a whole
+/// batch of them becomes one multi-row INSERT.
+enum Write {
+    Ingest {
+        new: NewReply,
+        now: DateTime<Utc>,
+        answer: oneshot::Sender<Result<Ingested, StoreError>>,
+    },
+    Op(WriteOp),
+}
+
 pub struct SqliteStore {
-    writes: mpsc::Sender<WriteOp>,
+    writes: mpsc::Sender<Write>,
     reads: SqlitePool,
 }
 
@@ -78,7 +89,7 @@ impl SqliteStore {
             })
         });
         self.writes
-            .send(boxed)
+            .send(Write::Op(boxed))
             .await
             .map_err(|_| StoreError::Unavailable)?;
         rx.await.map_err(|_| StoreError::Unavailable)?
@@ -86,22 +97,34 @@ impl SqliteStore {
 }
 
 /// Takes every queued write, runs them in one transaction, commits once, then answers them all.
-async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<WriteOp>) {
+async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // If the transaction cannot even begin, the ops are dropped unrun and
-        // their callers see `StoreError::Unavailable`.
+        // If the transaction cannot even begin, the writes are dropped unrun
+        // and their callers see `StoreError::Unavailable`.
         let Ok(mut tx) = conn.begin().await else {
             batch.clear();
             continue;
         };
+        let (mut ingests, mut answers) = (Vec::new(), Vec::new());
         let mut completions = Vec::with_capacity(batch.len());
-        for op in batch.drain(..) {
-            completions.push(op(&mut tx).await);
+        for write in batch.drain(..) {
+            match write {
+                Write::Ingest { new, now, answer } => {
+                    ingests.push((new, now));
+                    answers.push(answer);
+                }
+                Write::Op(op) => completions.push(op(&mut tx).await),
+            }
         }
+        let ingested = ingest_batch(&mut tx, &ingests).await;
         let committed = tx.commit().await.map_err(|e| e.to_string());
         for complete in completions {
             complete(committed.clone().map_err(StoreError::Commit));
+        }
+        for (answer, result) in answers.into_iter().zip(ingested) {
+            let result = committed.clone().map_err(StoreError::Commit).and(result);
+            let _ = answer.send(result);
         }
     }
 }
@@ -171,65 +194,146 @@ impl NewReply {
     }
 }
 
-async fn ingest_tx(
+/// The most rows in one INSERT: 14 parameters each, far below SQLite's limit.
+const INSERT_CHUNK: usize = 256;
+
+/// Stores a batch of posted replies with one multi-row INSERT (and one more
+/// for their jobs), so a batch costs a few statements, not a few per reply.
+/// Answers in the order of `items`.
+async fn ingest_batch(
     conn: &mut SqliteConnection,
-    new: NewReply,
-    now: DateTime<Utc>,
-) -> Result<Ingested, StoreError> {
-    let reply = &new.reply;
-    let sends = reply.action.sends();
-    let status = if sends {
+    items: &[(NewReply, DateTime<Utc>)],
+) -> Vec<Result<Ingested, StoreError>> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    match try_ingest_batch(conn, items).await {
+        Ok(results) => results,
+        Err(e) => {
+            let text = e.to_string();
+            items
+                .iter()
+                .map(|_| Err(StoreError::Commit(text.clone())))
+                .collect()
+        }
+    }
+}
+
+async fn try_ingest_batch(
+    conn: &mut SqliteConnection,
+    items: &[(NewReply, DateTime<Utc>)],
+) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in items.chunks(INSERT_CHUNK) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, private, \
+             approved_by, draft, tags, metadata, fingerprint, status, received_at, next_attempt_at) ",
+        );
+        insert.push_values(chunk, |mut row, (new, now)| {
+            let reply = &new.reply;
+            let now_ms = millis(*now);
+            row.push_bind(reply.reply_id.as_str())
+                .push_bind(reply.account_id)
+                .push_bind(reply.conversation_id)
+                .push_bind(reply.action.as_str())
+                .push_bind(reply.content.as_str())
+                .push_bind(reply.private)
+                .push_bind(reply.approved_by.as_deref())
+                .push_bind(new.draft.as_deref())
+                .push_bind(new.tags.as_str())
+                .push_bind(new.metadata.as_deref())
+                .push_bind(new.fingerprint.as_str())
+                .push_bind(initial_status(reply).as_str())
+                .push_bind(now_ms)
+                .push_bind(reply.action.sends().then_some(now_ms));
+        });
+        insert.push(" ON CONFLICT (reply_id) DO NOTHING RETURNING reply_id");
+        let ids: Vec<String> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
+        inserted.extend(ids);
+    }
+    let mut results = Vec::with_capacity(items.len());
+    let mut jobs = Vec::new();
+    for (new, now) in items {
+        let id = new.reply.reply_id.as_str();
+        // The first of two posts of one id in a batch is the one inserted.
+        if inserted.remove(id) {
+            if new.reply.action.sends() {
+                jobs.push((&new.reply, millis(*now)));
+            }
+            results.push(Ok(Ingested::Created(created_record(&new.reply, *now))));
+        } else {
+            results.push(existing(conn, id, &new.fingerprint).await);
+        }
+    }
+    enqueue_batch(conn, &jobs).await?;
+    Ok(results)
+}
+
+fn initial_status(reply: &GoldReply) -> Status {
+    if reply.action.sends() {
         Status::Queued
     } else {
         Status::Recorded
-    };
-    let now_ms = millis(now);
-    // Insert first: a new reply (the common case) costs no lookup.
-    let inserted = sqlx::query(
-        "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, private, \
-         approved_by, draft, tags, metadata, fingerprint, status, received_at, next_attempt_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (reply_id) DO NOTHING",
-    )
-    .bind(reply.reply_id.as_str())
-    .bind(reply.account_id)
-    .bind(reply.conversation_id)
-    .bind(reply.action.as_str())
-    .bind(&reply.content)
-    .bind(reply.private)
-    .bind(&reply.approved_by)
-    .bind(&new.draft)
-    .bind(&new.tags)
-    .bind(&new.metadata)
-    .bind(&new.fingerprint)
-    .bind(status.as_str())
-    .bind(now_ms)
-    .bind(sends.then_some(now_ms))
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return existing(conn, reply.reply_id.as_str(), &new.fingerprint).await;
     }
-    if sends {
-        let id = reply.reply_id.as_str();
-        enqueue(conn, id, reply.account_id, reply.conversation_id, now_ms).await?;
-    }
-    let at = time(Some(now_ms)).unwrap_or(now);
-    Ok(Ingested::Created(ReplyRecord {
+}
+
+/// The record of a reply just inserted, without reading it back.
+fn created_record(reply: &GoldReply, now: DateTime<Utc>) -> ReplyRecord {
+    let at = time(Some(millis(now))).unwrap_or(now);
+    ReplyRecord {
         reply_id: reply.reply_id.to_string(),
         account_id: reply.account_id,
         conversation_id: reply.conversation_id,
         action: reply.action.as_str().to_owned(),
-        status,
+        status: initial_status(reply),
         attempts: 0,
         last_error: None,
         chatwoot_message_id: None,
         received_at: at,
-        next_attempt_at: sends.then_some(at),
+        next_attempt_at: reply.action.sends().then_some(at),
         delivered_at: None,
         confirmed_at: None,
         channel_status: None,
         channel_error: None,
-    }))
+    }
+}
+
+/// Adds the jobs of a batch at the back of their conversations' lines, then
+/// makes each touched conversation's oldest job its head (a no-op where the
+/// line already had one).
+async fn enqueue_batch(
+    conn: &mut SqliteConnection,
+    jobs: &[(&GoldReply, i64)],
+) -> Result<(), StoreError> {
+    let mut first_seq: Option<i64> = None;
+    for chunk in jobs.chunks(INSERT_CHUNK) {
+        let mut insert = QueryBuilder::new(
+            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) ",
+        );
+        insert.push_values(chunk, |mut row, (reply, due_ms)| {
+            row.push_bind(reply.reply_id.as_str())
+                .push_bind(reply.account_id)
+                .push_bind(reply.conversation_id)
+                .push_bind(*due_ms);
+        });
+        insert.push(" RETURNING seq");
+        let seqs: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
+        first_seq = first_seq.into_iter().chain(seqs).min();
+    }
+    let Some(first_seq) = first_seq else {
+        return Ok(());
+    };
+    sqlx::query(
+        "UPDATE delivery_jobs SET is_head = 1 WHERE is_head = 0 AND seq IN ( \
+           SELECT MIN(d.seq) FROM delivery_jobs d \
+           WHERE (d.account_id, d.conversation_id) IN \
+             (SELECT account_id, conversation_id FROM delivery_jobs WHERE seq >= ?) \
+           GROUP BY d.account_id, d.conversation_id)",
+    )
+    .bind(first_seq)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Adds a job at the back of its conversation's line; it is the head when the
@@ -635,8 +739,13 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
+        let (answer, answered) = oneshot::channel();
         let new = NewReply::new(reply);
-        self.write(move |c| Box::pin(ingest_tx(c, new, now))).await
+        self.writes
+            .send(Write::Ingest { new, now, answer })
+            .await
+            .map_err(|_| StoreError::Unavailable)?;
+        answered.await.map_err(|_| StoreError::Unavailable)?
     }
 
     async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {

@@ -36,12 +36,14 @@ type WriteOp =
 /// One write for the writer task. Ingests are data, not closures, so a whole
 /// batch of them becomes one multi-row INSERT.
 enum Write {
-    Ingest {
-        new: NewReply,
-        now: DateTime<Utc>,
-        answer: oneshot::Sender<Result<Ingested, StoreError>>,
-    },
+    Ingest(Box<PendingIngest>),
     Op(WriteOp),
+}
+
+struct PendingIngest {
+    new: NewReply,
+    now: DateTime<Utc>,
+    answer: oneshot::Sender<Result<Ingested, StoreError>>,
 }
 
 pub struct SqliteStore {
@@ -110,7 +112,8 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
         let mut completions = Vec::with_capacity(batch.len());
         for write in batch.drain(..) {
             match write {
-                Write::Ingest { new, now, answer } => {
+                Write::Ingest(pending) => {
+                    let PendingIngest { new, now, answer } = *pending;
                     ingests.push((new, now));
                     answers.push(answer);
                 }
@@ -742,7 +745,7 @@ impl Store for SqliteStore {
         let (answer, answered) = oneshot::channel();
         let new = NewReply::new(reply);
         self.writes
-            .send(Write::Ingest { new, now, answer })
+            .send(Write::Ingest(Box::new(PendingIngest { new, now, answer })))
             .await
             .map_err(|_| StoreError::Unavailable)?;
         answered.await.map_err(|_| StoreError::Unavailable)?

@@ -9,6 +9,7 @@ pub use event::{channel_rank, ChatwootEvent, Effect};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::Digest;
 use std::fmt;
 
 /// Chatwoot's own limit on a message's content (`validates :content, length: { maximum: 150_000 }`).
@@ -179,13 +180,14 @@ impl GoldReply {
         }
     }
 
-    /// A canonical JSON form: equal for requests that mean the same, whatever
-    /// their key order or spelling of defaults. Used for idempotency.
+    /// The SHA-256 (hex) of a canonical JSON form: equal for requests that
+    /// mean the same, whatever their key order or spelling of defaults. Used
+    /// for idempotency; a digest keeps every stored row small.
     pub fn fingerprint(&self) -> String {
-        // serde_json's Map is ordered by key, so this is canonical.
-        serde_json::to_value(self)
-            .map(|v| v.to_string())
-            .unwrap_or_default()
+        // Fields serialise in declaration order, and serde_json's Map is
+        // ordered by key, so the JSON is canonical.
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(canonical))
     }
 }
 

@@ -224,6 +224,36 @@ impl Backend {
     }
 }
 
+pub(crate) fn initial_status(reply: &GoldReply) -> Status {
+    if reply.action.sends() {
+        Status::Queued
+    } else {
+        Status::Recorded
+    }
+}
+
+/// The record of a reply just inserted, without reading it back.
+pub(crate) fn created_record(reply: &GoldReply, now: DateTime<Utc>) -> ReplyRecord {
+    // Stored times have millisecond precision; answer with what a read returns.
+    let at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+    ReplyRecord {
+        reply_id: reply.reply_id.to_string(),
+        account_id: reply.account_id,
+        conversation_id: reply.conversation_id,
+        action: reply.action.as_str().to_owned(),
+        status: initial_status(reply),
+        attempts: 0,
+        last_error: None,
+        chatwoot_message_id: None,
+        received_at: at,
+        next_attempt_at: reply.action.sends().then_some(at),
+        delivered_at: None,
+        confirmed_at: None,
+        channel_status: None,
+        channel_error: None,
+    }
+}
+
 /// Opens the store `url` names and applies its migrations. Refuses a database
 /// whose schema is newer than this build knows (sqlx reports the unknown migration).
 pub async fn open(url: &crate::config::DatabaseUrl) -> Result<SharedStore, StoreError> {

@@ -7,8 +7,8 @@
 //! concurrent commits into shared WAL flushes by itself.
 
 use super::{
-    Cursor, EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued,
-    Store, StoreError,
+    created_record, Cursor, EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyFilter,
+    ReplyRecord, Requeued, Store, StoreError,
 };
 use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
 use async_trait::async_trait;
@@ -246,6 +246,8 @@ async fn channel_status(
 #[async_trait]
 impl Store for PostgresStore {
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
+        // Millisecond precision, as the record answered without reading back.
+        let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         let sends = reply.action.sends();
         let status = if sends {
             Status::Queued
@@ -273,10 +275,8 @@ impl Store for PostgresStore {
             let id = reply.reply_id.as_str();
             enqueue(&mut tx, id, reply.account_id, reply.conversation_id, now).await?;
         }
-        let created = fetch_record(&mut tx, reply.reply_id.as_str())
-            .await?
-            .ok_or(StoreError::Unavailable)?;
         tx.commit().await?;
+        let created = created_record(reply, now);
         if sends {
             self.announce.notify_one();
         }

@@ -83,14 +83,17 @@ impl ChatwootClient {
         Ok(Self { http, base, token })
     }
 
-    fn messages_url(&self, account_id: i64, conversation_id: i64) -> Url {
+    /// `path` under the base URL, keeping any path prefix Chatwoot is served under.
+    fn url(&self, path: &str) -> Url {
         let mut url = self.base.clone();
-        let path = format!(
-            "{}/api/v1/accounts/{account_id}/conversations/{conversation_id}/messages",
-            self.base.path().trim_end_matches('/')
-        );
-        url.set_path(&path);
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
         url
+    }
+
+    fn messages_url(&self, account_id: i64, conversation_id: i64) -> Url {
+        self.url(&format!(
+            "/api/v1/accounts/{account_id}/conversations/{conversation_id}/messages"
+        ))
     }
 
     /// Creates an outgoing text message marked with `gold_reply_id`; returns its id.
@@ -196,11 +199,7 @@ impl ChatwootClient {
 
     /// `GET /health`, falling back to `GET /api` on versions before 4.11.
     pub async fn health(&self) -> Result<String, String> {
-        let get = |path: &str| {
-            let mut url = self.base.clone();
-            url.set_path(path);
-            self.http.get(url).send()
-        };
+        let get = |path: &str| self.http.get(self.url(path)).send();
         let response = get("/health").await.map_err(|e| describe_transport(&e))?;
         if response.status().is_success() {
             return Ok("/health answered 200".into());
@@ -372,6 +371,21 @@ mod tests {
         );
         let throttled = classify(StatusCode::TOO_MANY_REQUESTS, &h, "Retry later\n");
         assert_eq!(throttled.detail(), "Chatwoot answered 429: Retry later");
+    }
+
+    #[test]
+    fn a_path_prefix_in_the_base_url_is_kept() {
+        let base = Url::parse("https://example.com/chatwoot/").unwrap();
+        let client =
+            ChatwootClient::new(base, SecretString::from("t"), Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            client.url("/health").as_str(),
+            "https://example.com/chatwoot/health"
+        );
+        assert_eq!(
+            client.messages_url(1, 2).as_str(),
+            "https://example.com/chatwoot/api/v1/accounts/1/conversations/2/messages"
+        );
     }
 
     #[test]

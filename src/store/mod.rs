@@ -254,6 +254,21 @@ pub(crate) fn created_record(reply: &GoldReply, now: DateTime<Utc>) -> ReplyReco
     }
 }
 
+/// Reads a stored `status`; an unknown one is a decode error, not a panic.
+pub(crate) fn status_column(raw: &str) -> Result<Status, sqlx::Error> {
+    Status::parse(raw).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: "status".into(),
+        source: format!("unknown status {raw:?}").into(),
+    })
+}
+
+/// `(status, count)` rows, skipping statuses this build does not know.
+pub(crate) fn status_counts(rows: Vec<(String, i64)>) -> Vec<(Status, i64)> {
+    rows.into_iter()
+        .filter_map(|(s, n)| Status::parse(&s).map(|s| (s, n)))
+        .collect()
+}
+
 /// Opens the store `url` names and applies its migrations. Refuses a database
 /// whose schema is newer than this build knows (sqlx reports the unknown migration).
 pub async fn open(url: &crate::config::DatabaseUrl) -> Result<SharedStore, StoreError> {

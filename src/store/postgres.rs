@@ -7,8 +7,8 @@
 //! concurrent commits into shared WAL flushes by itself.
 
 use super::{
-    created_record, Cursor, EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyFilter,
-    ReplyRecord, Requeued, Store, StoreError,
+    created_record, status_column, status_counts, Cursor, EventOutcome, Ingested, Job, Outcome,
+    QueueStats, ReplyFilter, ReplyRecord, Requeued, Store, StoreError,
 };
 use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
 use async_trait::async_trait;
@@ -55,10 +55,7 @@ fn record(row: &PgRow) -> Result<ReplyRecord, sqlx::Error> {
         account_id: row.try_get("account_id")?,
         conversation_id: row.try_get("conversation_id")?,
         action: row.try_get("action")?,
-        status: Status::parse(&status).ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: "status".into(),
-            source: format!("unknown status {status:?}").into(),
-        })?,
+        status: status_column(&status)?,
         attempts: row.try_get::<i32, _>("attempts")?.into(),
         last_error: row.try_get("last_error")?,
         chatwoot_message_id: row.try_get("chatwoot_message_id")?,
@@ -483,10 +480,7 @@ impl Store for PostgresStore {
             sqlx::query_as("SELECT status, COUNT(*) FROM gold_replies GROUP BY status")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(s, n)| Status::parse(&s).map(|s| (s, n)))
-            .collect())
+        Ok(status_counts(rows))
     }
 
     async fn record_event(

@@ -7,8 +7,8 @@
 //! one each. Reads use a small pool of their own connections.
 
 use super::{
-    created_record, initial_status, EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyFilter,
-    ReplyRecord, Requeued, Store, StoreError,
+    created_record, initial_status, status_column, status_counts, EventOutcome, Ingested, Job,
+    Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, Store, StoreError,
 };
 use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
 use async_trait::async_trait;
@@ -173,10 +173,7 @@ fn record(row: &SqliteRow) -> Result<ReplyRecord, sqlx::Error> {
         account_id: row.try_get("account_id")?,
         conversation_id: row.try_get("conversation_id")?,
         action: row.try_get("action")?,
-        status: Status::parse(&status).ok_or_else(|| sqlx::Error::ColumnDecode {
-            index: "status".into(),
-            source: format!("unknown status {status:?}").into(),
-        })?,
+        status: status_column(&status)?,
         attempts: row.try_get("attempts")?,
         last_error: row.try_get("last_error")?,
         chatwoot_message_id: row.try_get("chatwoot_message_id")?,
@@ -708,10 +705,7 @@ impl Store for SqliteStore {
             sqlx::query_as("SELECT status, COUNT(*) FROM gold_replies GROUP BY status")
                 .fetch_all(&self.reads)
                 .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(s, n)| Status::parse(&s).map(|s| (s, n)))
-            .collect())
+        Ok(status_counts(rows))
     }
 
     async fn record_event(

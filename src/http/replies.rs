@@ -45,12 +45,7 @@ async fn ingest(
         .await
         .map_err(ApiError::StoreUnavailable)?;
     let (outcome, mut response) = match ingested {
-        Ingested::Created(record) => {
-            if reply.action.sends() {
-                state.worker.wake.notify_one();
-            }
-            ("accepted", located(HttpResponse::Accepted(), &record))
-        }
+        Ingested::Created(record) => ("accepted", located(HttpResponse::Accepted(), &record)),
         Ingested::Existing(record) => ("duplicate", located(HttpResponse::Ok(), &record)),
         Ingested::Conflict(record) => return Err(ApiError::Conflict(record.reply_id)),
     };
@@ -105,10 +100,7 @@ pub async fn retry_reply(
         .await
         .map_err(ApiError::StoreUnavailable)?;
     match requeued {
-        Requeued::Queued(record) => {
-            state.worker.wake.notify_one();
-            Ok(located(HttpResponse::Accepted(), &record))
-        }
+        Requeued::Queued(record) => Ok(located(HttpResponse::Accepted(), &record)),
         Requeued::NotDead(record) => Err(ApiError::NotDead(record.status.as_str())),
         Requeued::NotFound => Err(not_found(&path)),
     }

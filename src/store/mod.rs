@@ -199,9 +199,9 @@ pub trait Store: Send + Sync {
     /// A cheap round trip proving the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Wakes `wake` whenever any instance commits a new job. A single-process
-    /// store needs nothing: the HTTP handler wakes its own worker.
-    fn wake_on_new_jobs(&self, _wake: Arc<tokio::sync::Notify>) {}
+    /// Wakes `wake` whenever a new job is committed (by any instance, where
+    /// several share the store), so the worker need not poll for it.
+    fn wake_on_new_jobs(&self, wake: Arc<tokio::sync::Notify>);
 }
 
 /// Which backend a `DATABASE_URL` selects.

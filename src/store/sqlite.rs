@@ -49,6 +49,8 @@ struct PendingIngest {
 pub struct SqliteStore {
     writes: mpsc::Sender<Write>,
     reads: SqlitePool,
+    /// The worker to wake after a commit that added a job.
+    wake: std::sync::OnceLock<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl SqliteStore {
@@ -79,7 +81,11 @@ impl SqliteStore {
             .await?;
         let (writes, rx) = mpsc::channel(4096);
         tokio::spawn(run_writer(writer, rx));
-        Ok(Self { writes, reads })
+        Ok(Self {
+            writes,
+            reads,
+            wake: std::sync::OnceLock::new(),
+        })
     }
 
     /// Runs `op` inside the next group transaction and returns its result once committed.
@@ -696,8 +702,13 @@ impl Store for SqliteStore {
 
     async fn requeue(&self, reply_id: &str, now: DateTime<Utc>) -> Result<Requeued, StoreError> {
         let reply_id = reply_id.to_owned();
-        self.write(move |c| Box::pin(requeue_tx(c, reply_id, now)))
-            .await
+        let requeued = self
+            .write(move |c| Box::pin(requeue_tx(c, reply_id, now)))
+            .await?;
+        if matches!(requeued, Requeued::Queued(_)) {
+            self.new_jobs();
+        }
+        Ok(requeued)
     }
 
     async fn count_by_status(&self) -> Result<Vec<(Status, i64)>, StoreError> {
@@ -739,7 +750,11 @@ impl Store for SqliteStore {
             .send(Write::Ingest(Box::new(PendingIngest { new, now, answer })))
             .await
             .map_err(|_| StoreError::Unavailable)?;
-        answered.await.map_err(|_| StoreError::Unavailable)?
+        let ingested = answered.await.map_err(|_| StoreError::Unavailable)??;
+        if matches!(ingested, Ingested::Created(_)) && reply.action.sends() {
+            self.new_jobs();
+        }
+        Ok(ingested)
     }
 
     async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {
@@ -811,5 +826,18 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.reads).await?;
         Ok(())
+    }
+
+    fn wake_on_new_jobs(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
+        let _ = self.wake.set(wake);
+    }
+}
+
+impl SqliteStore {
+    /// Tells this process's worker that a committed job waits.
+    fn new_jobs(&self) {
+        if let Some(wake) = self.wake.get() {
+            wake.notify_one();
+        }
     }
 }

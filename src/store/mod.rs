@@ -3,6 +3,7 @@
 //! The HTTP and delivery code see only this trait, so a second backend changes
 //! nothing above this module.
 
+mod lifecycle;
 mod postgres;
 mod sqlite;
 
@@ -224,35 +225,10 @@ impl Backend {
     }
 }
 
-pub(crate) fn initial_status(reply: &GoldReply) -> Status {
-    if reply.action.sends() {
-        Status::Queued
-    } else {
-        Status::Recorded
-    }
-}
-
-/// The record of a reply just inserted, without reading it back.
-pub(crate) fn created_record(reply: &GoldReply, now: DateTime<Utc>) -> ReplyRecord {
-    // Stored times have millisecond precision; answer with what a read returns.
-    let at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-    ReplyRecord {
-        reply_id: reply.reply_id.to_string(),
-        account_id: reply.account_id,
-        conversation_id: reply.conversation_id,
-        action: reply.action.as_str().to_owned(),
-        status: initial_status(reply),
-        attempts: 0,
-        last_error: None,
-        chatwoot_message_id: None,
-        received_at: at,
-        next_attempt_at: reply.action.sends().then_some(at),
-        delivered_at: None,
-        confirmed_at: None,
-        channel_status: None,
-        channel_error: None,
-    }
-}
+/// The columns every read of a reply selects, in both backends.
+const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, status, attempts, \
+     last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
+     channel_status, channel_error, fingerprint";
 
 /// Reads a stored `status`; an unknown one is a decode error, not a panic.
 pub(crate) fn status_column(raw: &str) -> Result<Status, sqlx::Error> {

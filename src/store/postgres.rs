@@ -6,11 +6,12 @@
 //! every instance `LISTEN`s and wakes its worker at once. PostgreSQL groups
 //! concurrent commits into shared WAL flushes by itself.
 
+use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
-    created_record, status_column, status_counts, Cursor, EventOutcome, Ingested, Job, Outcome,
-    QueueStats, ReplyFilter, ReplyRecord, Requeued, Store, StoreError,
+    status_column, status_counts, Cursor, EventOutcome, Ingested, Job, Outcome, QueueStats,
+    ReplyFilter, ReplyRecord, Requeued, Store, StoreError, REPLY_COLUMNS,
 };
-use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
+use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -21,9 +22,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 const CHANNEL: &str = "goldrelay_jobs";
-const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, status, attempts, \
-     last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
-     channel_status, channel_error";
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -48,6 +46,13 @@ impl PostgresStore {
     }
 }
 
+fn stored(row: &PgRow) -> Result<Stored, sqlx::Error> {
+    Ok(Stored {
+        record: record(row)?,
+        fingerprint: row.try_get("fingerprint")?,
+    })
+}
+
 fn record(row: &PgRow) -> Result<ReplyRecord, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(ReplyRecord {
@@ -68,48 +73,18 @@ fn record(row: &PgRow) -> Result<ReplyRecord, sqlx::Error> {
     })
 }
 
-async fn fetch_record(
+async fn fetch_stored(
     conn: &mut PgConnection,
     reply_id: &str,
-) -> Result<Option<ReplyRecord>, StoreError> {
-    let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = $1");
+    lock: bool,
+) -> Result<Option<Stored>, StoreError> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = $1{lock}");
     let row = sqlx::query(&sql)
         .bind(reply_id)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.as_ref().map(record).transpose()?)
-}
-
-async fn insert_reply(
-    conn: &mut PgConnection,
-    reply: &GoldReply,
-    status: Status,
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let sends = reply.action.sends();
-    let inserted = sqlx::query(
-        "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, private, \
-         approved_by, draft, tags, metadata, fingerprint, status, received_at, next_attempt_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT (reply_id) DO NOTHING",
-    )
-    .bind(reply.reply_id.as_str())
-    .bind(reply.account_id)
-    .bind(reply.conversation_id)
-    .bind(reply.action.as_str())
-    .bind(&reply.content)
-    .bind(reply.private)
-    .bind(&reply.approved_by)
-    .bind(&reply.draft)
-    .bind(serde_json::Value::from(reply.tags.clone()))
-    .bind(&reply.metadata)
-    .bind(reply.fingerprint())
-    .bind(status.as_str())
-    .bind(now)
-    .bind(sends.then_some(now))
-    .execute(&mut *conn)
-    .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(row.as_ref().map(stored).transpose()?)
 }
 
 /// Serialises every change to one conversation's line of jobs, across instances.
@@ -125,164 +100,185 @@ async fn lock_conversation(
     Ok(())
 }
 
-/// Adds a job at the back of its conversation's line; it is the head when the
-/// line was empty.
-async fn enqueue(
-    conn: &mut PgConnection,
-    reply_id: &str,
-    account_id: i64,
-    conversation_id: i64,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    lock_conversation(conn, account_id, conversation_id).await?;
-    sqlx::query(
-        "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
-         VALUES ($1, $2, $3, $4, NOT EXISTS (SELECT 1 FROM delivery_jobs \
-         WHERE account_id = $2 AND conversation_id = $3))",
-    )
-    .bind(reply_id)
-    .bind(account_id)
-    .bind(conversation_id)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
+/// The statements of the delivery state machine, inside one transaction.
+struct PgTx<'c>(&'c mut PgConnection);
 
-/// Removes a reply's job (only if `owner` holds it, when given) and makes the
-/// next job of its conversation the head. Returns whether a job was removed.
-async fn remove_job(
-    conn: &mut PgConnection,
-    reply_id: &str,
-    owner: Option<&str>,
-) -> Result<bool, StoreError> {
-    let line: Option<(i64, i64)> =
-        sqlx::query_as("SELECT account_id, conversation_id FROM delivery_jobs WHERE reply_id = $1")
-            .bind(reply_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some((account_id, conversation_id)) = line else {
-        return Ok(false);
-    };
-    lock_conversation(conn, account_id, conversation_id).await?;
-    let removed = sqlx::query(
-        "DELETE FROM delivery_jobs WHERE reply_id = $1 AND ($2::text IS NULL OR lease_owner = $2)",
-    )
-    .bind(reply_id)
-    .bind(owner)
-    .execute(&mut *conn)
-    .await?;
-    if removed.rows_affected() == 0 {
-        return Ok(false);
+#[async_trait]
+impl Tx for PgTx<'_> {
+    async fn reply(&mut self, reply_id: &str, lock: bool) -> Result<Option<Stored>, StoreError> {
+        fetch_stored(self.0, reply_id, lock).await
     }
-    sqlx::query(
-        "UPDATE delivery_jobs SET is_head = true WHERE seq = (SELECT MIN(seq) FROM delivery_jobs \
-         WHERE account_id = $1 AND conversation_id = $2)",
-    )
-    .bind(account_id)
-    .bind(conversation_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(true)
-}
 
-async fn confirm(
-    conn: &mut PgConnection,
-    reply_id: &str,
-    message_id: i64,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    // The message exists, so the job goes whatever the reply's status. Locks
-    // are taken job first, then reply, as claim and finish do, so a
-    // confirmation racing a delivery never deadlocks.
-    remove_job(conn, reply_id, None).await?;
-    sqlx::query(
-        "UPDATE gold_replies SET status = 'confirmed', confirmed_at = $1, \
-         chatwoot_message_id = COALESCE(chatwoot_message_id, $2), \
-         delivered_at = COALESCE(delivered_at, $1), last_error = NULL, next_attempt_at = NULL \
-         WHERE reply_id = $3 AND status IN ('queued', 'delivered', 'dead')",
-    )
-    .bind(now)
-    .bind(message_id)
-    .bind(reply_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn channel_status(
-    conn: &mut PgConnection,
-    reply_id: &str,
-    status: Option<String>,
-    error: Option<String>,
-) -> Result<(), StoreError> {
-    let current: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT channel_status FROM gold_replies WHERE reply_id = $1 FOR UPDATE",
-    )
-    .bind(reply_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(current) = current else {
-        return Ok(());
-    };
-    let rank = |s: &Option<String>| s.as_deref().map_or(0, channel_rank);
-    if status.is_none() || rank(&status) < rank(&current) {
-        return Ok(());
+    async fn insert_reply(
+        &mut self,
+        new: &NewReply,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let reply = &new.reply;
+        let inserted = sqlx::query(
+            "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, \
+             private, approved_by, draft, tags, metadata, fingerprint, status, received_at, \
+             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, \
+             $10::jsonb, $11, $12, $13, $14) ON CONFLICT (reply_id) DO NOTHING",
+        )
+        .bind(reply.reply_id.as_str())
+        .bind(reply.account_id)
+        .bind(reply.conversation_id)
+        .bind(reply.action.as_str())
+        .bind(&reply.content)
+        .bind(reply.private)
+        .bind(&reply.approved_by)
+        .bind(&new.draft)
+        .bind(&new.tags)
+        .bind(&new.metadata)
+        .bind(&new.fingerprint)
+        .bind(new.initial_status().as_str())
+        .bind(now)
+        .bind(reply.action.sends().then_some(now))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
     }
-    sqlx::query(
-        "UPDATE gold_replies SET channel_status = $1, channel_error = $2 WHERE reply_id = $3",
-    )
-    .bind(status)
-    .bind(error)
-    .bind(reply_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+
+    async fn update_reply(
+        &mut self,
+        reply_id: &str,
+        change: &ReplyChange,
+    ) -> Result<(), StoreError> {
+        let mut update = QueryBuilder::new("UPDATE gold_replies SET ");
+        let mut set = update.separated(", ");
+        for (column, value) in change.assignments() {
+            set.push(column).push_unseparated(" = ");
+            match value {
+                Value::Text(v) => set.push_bind_unseparated(v),
+                Value::Int(v) => set.push_bind_unseparated(v),
+                Value::Time(v) => set.push_bind_unseparated(v),
+            };
+        }
+        update.push(" WHERE reply_id = ").push_bind(reply_id);
+        update.build().execute(&mut *self.0).await?;
+        Ok(())
+    }
+
+    async fn enqueue(
+        &mut self,
+        reply_id: &str,
+        account_id: i64,
+        conversation_id: i64,
+        due: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        lock_conversation(self.0, account_id, conversation_id).await?;
+        sqlx::query(
+            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
+             VALUES ($1, $2, $3, $4, NOT EXISTS (SELECT 1 FROM delivery_jobs \
+             WHERE account_id = $2 AND conversation_id = $3))",
+        )
+        .bind(reply_id)
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(due)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_job(
+        &mut self,
+        reply_id: &str,
+        owner: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let line: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT account_id, conversation_id FROM delivery_jobs WHERE reply_id = $1",
+        )
+        .bind(reply_id)
+        .fetch_optional(&mut *self.0)
+        .await?;
+        let Some((account_id, conversation_id)) = line else {
+            return Ok(false);
+        };
+        lock_conversation(self.0, account_id, conversation_id).await?;
+        let removed = sqlx::query(
+            "DELETE FROM delivery_jobs WHERE reply_id = $1 AND ($2::text IS NULL OR lease_owner = $2)",
+        )
+        .bind(reply_id)
+        .bind(owner)
+        .execute(&mut *self.0)
+        .await?;
+        if removed.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE delivery_jobs SET is_head = true WHERE seq = (SELECT MIN(seq) FROM delivery_jobs \
+             WHERE account_id = $1 AND conversation_id = $2)",
+        )
+        .bind(account_id)
+        .bind(conversation_id)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(true)
+    }
+
+    async fn reschedule_job(
+        &mut self,
+        reply_id: &str,
+        owner: &str,
+        at: DateTime<Utc>,
+        maybe_sent: bool,
+    ) -> Result<bool, StoreError> {
+        let held = sqlx::query(
+            "UPDATE delivery_jobs SET due_at = $1, lease_owner = NULL, lease_until = NULL, \
+             maybe_sent = $2 WHERE reply_id = $3 AND lease_owner = $4",
+        )
+        .bind(at)
+        .bind(maybe_sent)
+        .bind(reply_id)
+        .bind(owner)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(held.rows_affected() > 0)
+    }
+
+    async fn insert_event(
+        &mut self,
+        event: &ChatwootEvent,
+        payload: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO chatwoot_events (delivery_id, dedupe_key, event, message_id, reply_id, \
+             payload, received_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(&event.delivery_id)
+        .bind(&event.dedupe_key)
+        .bind(&event.kind)
+        .bind(event.message_id)
+        .bind(&event.reply_id)
+        .bind(payload)
+        .bind(now)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
 }
 
 #[async_trait]
 impl Store for PostgresStore {
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
-        // Millisecond precision, as the record answered without reading back.
-        let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-        let sends = reply.action.sends();
-        let status = if sends {
-            Status::Queued
-        } else {
-            Status::Recorded
-        };
+        let new = NewReply::new(reply);
         let mut tx = self.pool.begin().await?;
-        if !insert_reply(&mut tx, reply, status, now).await? {
-            let existing = fetch_record(&mut tx, reply.reply_id.as_str())
-                .await?
-                .ok_or(StoreError::Unavailable)?;
-            let stored: String =
-                sqlx::query_scalar("SELECT fingerprint FROM gold_replies WHERE reply_id = $1")
-                    .bind(reply.reply_id.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-            tx.commit().await?;
-            return Ok(if stored == reply.fingerprint() {
-                Ingested::Existing(existing)
-            } else {
-                Ingested::Conflict(existing)
-            });
-        }
-        if sends {
-            let id = reply.reply_id.as_str();
-            enqueue(&mut tx, id, reply.account_id, reply.conversation_id, now).await?;
-        }
+        let ingested = lifecycle::ingest(&mut PgTx(&mut tx), &new, now).await?;
         tx.commit().await?;
-        let created = created_record(reply, now);
-        if sends {
+        if matches!(ingested, Ingested::Created(_)) && reply.action.sends() {
             self.announce.notify_one();
         }
-        Ok(Ingested::Created(created))
+        Ok(ingested)
     }
 
     async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        fetch_record(&mut conn, reply_id).await
+        Ok(fetch_stored(&mut conn, reply_id, false)
+            .await?
+            .map(|s| s.record))
     }
 
     async fn claim(
@@ -342,60 +338,7 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        match outcome {
-            Outcome::Delivered { message_id } => {
-                remove_job(&mut tx, reply_id, None).await?;
-                sqlx::query(
-                    "UPDATE gold_replies SET \
-                     status = CASE WHEN status = 'confirmed' THEN status ELSE 'delivered' END, \
-                     chatwoot_message_id = $1, delivered_at = COALESCE(delivered_at, $2), \
-                     last_error = NULL, next_attempt_at = NULL WHERE reply_id = $3",
-                )
-                .bind(message_id)
-                .bind(now)
-                .bind(reply_id)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Outcome::Retry {
-                at,
-                error,
-                maybe_sent,
-            } => {
-                let held = sqlx::query(
-                    "UPDATE delivery_jobs SET due_at = $1, lease_owner = NULL, lease_until = NULL, \
-                     maybe_sent = $2 WHERE reply_id = $3 AND lease_owner = $4",
-                )
-                .bind(at)
-                .bind(maybe_sent)
-                .bind(reply_id)
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
-                if held.rows_affected() > 0 {
-                    sqlx::query(
-                        "UPDATE gold_replies SET last_error = $1, next_attempt_at = $2 WHERE reply_id = $3",
-                    )
-                    .bind(error)
-                    .bind(at)
-                    .bind(reply_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-            Outcome::Dead { error } => {
-                if remove_job(&mut tx, reply_id, Some(owner)).await? {
-                    sqlx::query(
-                        "UPDATE gold_replies SET status = 'dead', last_error = $1, next_attempt_at = NULL \
-                         WHERE reply_id = $2 AND status = 'queued'",
-                    )
-                    .bind(error)
-                    .bind(reply_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-        }
+        lifecycle::finish(&mut PgTx(&mut tx), reply_id, owner, outcome, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -438,41 +381,12 @@ impl Store for PostgresStore {
 
     async fn requeue(&self, reply_id: &str, now: DateTime<Utc>) -> Result<Requeued, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let sql =
-            format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = $1 FOR UPDATE");
-        let Some(row) = sqlx::query(&sql)
-            .bind(reply_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(Requeued::NotFound);
-        };
-        let current = record(&row)?;
-        if current.status != Status::Dead {
-            return Ok(Requeued::NotDead(current));
-        }
-        sqlx::query(
-            "UPDATE gold_replies SET status = 'queued', attempts = 0, requeued_at = $1, \
-             next_attempt_at = $1 WHERE reply_id = $2",
-        )
-        .bind(now)
-        .bind(reply_id)
-        .execute(&mut *tx)
-        .await?;
-        enqueue(
-            &mut tx,
-            reply_id,
-            current.account_id,
-            current.conversation_id,
-            now,
-        )
-        .await?;
-        let record = fetch_record(&mut tx, reply_id)
-            .await?
-            .ok_or(StoreError::Unavailable)?;
+        let requeued = lifecycle::requeue(&mut PgTx(&mut tx), reply_id, now).await?;
         tx.commit().await?;
-        self.announce.notify_one();
-        Ok(Requeued::Queued(record))
+        if matches!(requeued, Requeued::Queued(_)) {
+            self.announce.notify_one();
+        }
+        Ok(requeued)
     }
 
     async fn count_by_status(&self) -> Result<Vec<(Status, i64)>, StoreError> {
@@ -490,40 +404,9 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO chatwoot_events (delivery_id, dedupe_key, event, message_id, reply_id, payload, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT DO NOTHING",
-        )
-        .bind(&event.delivery_id)
-        .bind(&event.dedupe_key)
-        .bind(&event.kind)
-        .bind(event.message_id)
-        .bind(&event.reply_id)
-        .bind(payload)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(EventOutcome::Duplicate);
-        }
-        match &event.effect {
-            Some(Effect::Confirm {
-                reply_id,
-                message_id,
-            }) => confirm(&mut tx, reply_id, *message_id, now).await?,
-            Some(Effect::ChannelStatus {
-                reply_id,
-                message_id,
-                status,
-                error,
-            }) => {
-                confirm(&mut tx, reply_id, *message_id, now).await?;
-                channel_status(&mut tx, reply_id, status.clone(), error.clone()).await?;
-            }
-            None => {}
-        }
+        let outcome = lifecycle::record_event(&mut PgTx(&mut tx), event, payload, now).await?;
         tx.commit().await?;
-        Ok(EventOutcome::Processed)
+        Ok(outcome)
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

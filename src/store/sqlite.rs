@@ -6,11 +6,12 @@
 //! commit), so concurrent requests share one disk flush instead of paying for
 //! one each. Reads use a small pool of their own connections.
 
+use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
-    created_record, initial_status, status_column, status_counts, EventOutcome, Ingested, Job,
-    Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, Store, StoreError,
+    status_column, status_counts, EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyFilter,
+    ReplyRecord, Requeued, Store, StoreError, REPLY_COLUMNS,
 };
-use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
+use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::BoxFuture;
@@ -25,9 +26,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The most writes committed together: bounds one transaction's latency.
 const MAX_BATCH: usize = 512;
-const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, status, attempts, \
-     last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
-     channel_status, channel_error";
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type WriteOp =
@@ -99,7 +97,13 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel();
         let boxed: WriteOp = Box::new(move |conn| {
             Box::pin(async move {
-                let result = op(conn).await;
+                let result = match savepoint(conn).await {
+                    Ok(()) => {
+                        let result = op(conn).await;
+                        settle(conn, result).await
+                    }
+                    Err(e) => Err(e),
+                };
                 Box::new(move |committed: Result<(), StoreError>| {
                     let _ = tx.send(committed.and(result));
                 }) as Completion
@@ -130,7 +134,10 @@ async fn checkpoint_regularly(mut conn: SqliteConnection) {
     }
 }
 
-/// Takes every queued write, runs them in one transaction, commits once, then answers them all.
+/// Takes every queued write, runs them in one transaction, commits once, then
+/// answers them all. Each write runs inside a savepoint of its own, so a write
+/// that fails leaves nothing behind and its neighbours commit as if it had
+/// never been there.
 async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -164,12 +171,38 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
+/// Starts a write inside the batch's transaction; [`settle`] ends it.
+async fn savepoint(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("SAVEPOINT write").execute(conn).await?;
+    Ok(())
+}
+
+/// Keeps a write's changes if it succeeded and undoes all of them if it did
+/// not, so a failed write leaves nothing half-done for the batch to commit.
+async fn settle<T>(
+    conn: &mut SqliteConnection,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if result.is_err() {
+        sqlx::query("ROLLBACK TO write").execute(&mut *conn).await?;
+    }
+    sqlx::query("RELEASE write").execute(conn).await?;
+    result
+}
+
 fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
 fn time(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+}
+
+fn stored(row: &SqliteRow) -> Result<Stored, sqlx::Error> {
+    Ok(Stored {
+        record: record(row)?,
+        fingerprint: row.try_get("fingerprint")?,
+    })
 }
 
 fn record(row: &SqliteRow) -> Result<ReplyRecord, sqlx::Error> {
@@ -192,46 +225,28 @@ fn record(row: &SqliteRow) -> Result<ReplyRecord, sqlx::Error> {
     })
 }
 
-async fn fetch_record(
+async fn fetch_stored(
     conn: &mut SqliteConnection,
     reply_id: &str,
-) -> Result<Option<ReplyRecord>, StoreError> {
+) -> Result<Option<Stored>, StoreError> {
     let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = ?");
     let row = sqlx::query(&sql)
         .bind(reply_id)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.as_ref().map(record).transpose()?)
-}
-
-/// A reply ready to insert: everything serialised before it reaches the
-/// writer, which is the one place every request waits for.
-struct NewReply {
-    reply: GoldReply,
-    fingerprint: String,
-    draft: Option<String>,
-    tags: String,
-    metadata: Option<String>,
-}
-
-impl NewReply {
-    fn new(reply: &GoldReply) -> Self {
-        Self {
-            fingerprint: reply.fingerprint(),
-            draft: reply.draft.as_ref().map(|v| v.to_string()),
-            tags: serde_json::Value::from(reply.tags.clone()).to_string(),
-            metadata: reply.metadata.as_ref().map(|v| v.to_string()),
-            reply: reply.clone(),
-        }
-    }
+    Ok(row.as_ref().map(stored).transpose()?)
 }
 
 /// The most rows in one INSERT: 14 parameters each, far below SQLite's limit.
 const INSERT_CHUNK: usize = 256;
+const INSERT_REPLY: &str = "INSERT INTO gold_replies (reply_id, account_id, conversation_id, \
+     action, content, private, approved_by, draft, tags, metadata, fingerprint, status, \
+     received_at, next_attempt_at) ";
 
-/// Stores a batch of posted replies with one multi-row INSERT (and one more
-/// for their jobs), so a batch costs a few statements, not a few per reply.
-/// Answers in the order of `items`.
+/// Stores a batch of posted replies, answering in the order of `items`. The
+/// whole batch is tried as a few multi-row statements; if any of it fails,
+/// that is undone and each reply is stored alone, so one bad reply fails
+/// only itself.
 async fn ingest_batch(
     conn: &mut SqliteConnection,
     items: &[(NewReply, DateTime<Utc>)],
@@ -239,16 +254,33 @@ async fn ingest_batch(
     if items.is_empty() {
         return Vec::new();
     }
-    match try_ingest_batch(conn, items).await {
-        Ok(results) => results,
-        Err(e) => {
-            let text = e.to_string();
-            items
-                .iter()
-                .map(|_| Err(StoreError::Commit(text.clone())))
-                .collect()
-        }
+    if let Ok(results) = ingest_together(conn, items).await {
+        return results;
     }
+    let mut results = Vec::with_capacity(items.len());
+    for (new, now) in items {
+        results.push(ingest_alone(conn, new, *now).await);
+    }
+    results
+}
+
+async fn ingest_together(
+    conn: &mut SqliteConnection,
+    items: &[(NewReply, DateTime<Utc>)],
+) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+    savepoint(conn).await?;
+    let result = try_ingest_batch(conn, items).await;
+    settle(conn, result).await
+}
+
+async fn ingest_alone(
+    conn: &mut SqliteConnection,
+    new: &NewReply,
+    now: DateTime<Utc>,
+) -> Result<Ingested, StoreError> {
+    savepoint(conn).await?;
+    let result = lifecycle::ingest(&mut SqliteTx(conn), new, now).await;
+    settle(conn, result).await
 }
 
 async fn try_ingest_batch(
@@ -257,27 +289,9 @@ async fn try_ingest_batch(
 ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
     let mut inserted = std::collections::HashSet::new();
     for chunk in items.chunks(INSERT_CHUNK) {
-        let mut insert = QueryBuilder::new(
-            "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, private, \
-             approved_by, draft, tags, metadata, fingerprint, status, received_at, next_attempt_at) ",
-        );
+        let mut insert = QueryBuilder::new(INSERT_REPLY);
         insert.push_values(chunk, |mut row, (new, now)| {
-            let reply = &new.reply;
-            let now_ms = millis(*now);
-            row.push_bind(reply.reply_id.as_str())
-                .push_bind(reply.account_id)
-                .push_bind(reply.conversation_id)
-                .push_bind(reply.action.as_str())
-                .push_bind(reply.content.as_str())
-                .push_bind(reply.private)
-                .push_bind(reply.approved_by.as_deref())
-                .push_bind(new.draft.as_deref())
-                .push_bind(new.tags.as_str())
-                .push_bind(new.metadata.as_deref())
-                .push_bind(new.fingerprint.as_str())
-                .push_bind(initial_status(reply).as_str())
-                .push_bind(now_ms)
-                .push_bind(reply.action.sends().then_some(now_ms));
+            push_reply(&mut row, new, lifecycle::stored_time(*now));
         });
         insert.push(" ON CONFLICT (reply_id) DO NOTHING RETURNING reply_id");
         let ids: Vec<String> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
@@ -292,13 +306,40 @@ async fn try_ingest_batch(
             if new.reply.action.sends() {
                 jobs.push((&new.reply, millis(*now)));
             }
-            results.push(Ok(Ingested::Created(created_record(&new.reply, *now))));
+            results.push(Ok(Ingested::Created(lifecycle::created_record(new, *now))));
         } else {
-            results.push(existing(conn, id, &new.fingerprint).await);
+            let stored = fetch_stored(conn, id).await?;
+            results.push(Ok(lifecycle::existing(
+                stored.ok_or(StoreError::Unavailable)?,
+                new,
+            )));
         }
     }
     enqueue_batch(conn, &jobs).await?;
     Ok(results)
+}
+
+fn push_reply(
+    row: &mut sqlx::query_builder::Separated<'_, '_, sqlx::Sqlite, &str>,
+    new: &NewReply,
+    now: DateTime<Utc>,
+) {
+    let reply = &new.reply;
+    let now_ms = millis(now);
+    row.push_bind(reply.reply_id.to_string())
+        .push_bind(reply.account_id)
+        .push_bind(reply.conversation_id)
+        .push_bind(reply.action.as_str())
+        .push_bind(reply.content.clone())
+        .push_bind(reply.private)
+        .push_bind(reply.approved_by.clone())
+        .push_bind(new.draft.clone())
+        .push_bind(new.tags.clone())
+        .push_bind(new.metadata.clone())
+        .push_bind(new.fingerprint.clone())
+        .push_bind(new.initial_status().as_str())
+        .push_bind(now_ms)
+        .push_bind(reply.action.sends().then_some(now_ms));
 }
 
 /// Adds the jobs of a batch at the back of their conversations' lines, then
@@ -339,77 +380,137 @@ async fn enqueue_batch(
     Ok(())
 }
 
-/// Adds a job at the back of its conversation's line; it is the head when the
-/// line was empty.
-async fn enqueue(
-    conn: &mut SqliteConnection,
-    reply_id: &str,
-    account_id: i64,
-    conversation_id: i64,
-    due_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
-         VALUES (?1, ?2, ?3, ?4, NOT EXISTS (SELECT 1 FROM delivery_jobs \
-         WHERE account_id = ?2 AND conversation_id = ?3))",
-    )
-    .bind(reply_id)
-    .bind(account_id)
-    .bind(conversation_id)
-    .bind(due_ms)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
+/// The statements of the delivery state machine, on the writer's connection.
+struct SqliteTx<'c>(&'c mut SqliteConnection);
 
-/// Removes a reply's job (only if `owner` holds it, when given) and makes the
-/// next job of its conversation the head. Returns whether a job was removed.
-async fn remove_job(
-    conn: &mut SqliteConnection,
-    reply_id: &str,
-    owner: Option<&str>,
-) -> Result<bool, StoreError> {
-    let removed: Option<(i64, i64)> = sqlx::query_as(
-        "DELETE FROM delivery_jobs WHERE reply_id = ?1 AND (?2 IS NULL OR lease_owner = ?2) \
-         RETURNING account_id, conversation_id",
-    )
-    .bind(reply_id)
-    .bind(owner)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((account_id, conversation_id)) = removed else {
-        return Ok(false);
-    };
-    sqlx::query(
-        "UPDATE delivery_jobs SET is_head = 1 WHERE seq = (SELECT MIN(seq) FROM delivery_jobs \
-         WHERE account_id = ? AND conversation_id = ?)",
-    )
-    .bind(account_id)
-    .bind(conversation_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(true)
-}
+#[async_trait]
+impl Tx for SqliteTx<'_> {
+    // One writer does every write, so nothing needs locking.
+    async fn reply(&mut self, reply_id: &str, _lock: bool) -> Result<Option<Stored>, StoreError> {
+        fetch_stored(self.0, reply_id).await
+    }
 
-/// The reply id is taken: the same reply again, or a conflicting one.
-async fn existing(
-    conn: &mut SqliteConnection,
-    reply_id: &str,
-    fingerprint: &str,
-) -> Result<Ingested, StoreError> {
-    let stored: String =
-        sqlx::query_scalar("SELECT fingerprint FROM gold_replies WHERE reply_id = ?")
-            .bind(reply_id)
-            .fetch_one(&mut *conn)
-            .await?;
-    let record = fetch_record(conn, reply_id)
-        .await?
-        .ok_or(StoreError::Unavailable)?;
-    Ok(if stored == fingerprint {
-        Ingested::Existing(record)
-    } else {
-        Ingested::Conflict(record)
-    })
+    async fn insert_reply(
+        &mut self,
+        new: &NewReply,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut insert = QueryBuilder::new(INSERT_REPLY);
+        insert.push_values([new], |mut row, new| push_reply(&mut row, new, now));
+        insert.push(" ON CONFLICT (reply_id) DO NOTHING");
+        let done = insert.build().execute(&mut *self.0).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn update_reply(
+        &mut self,
+        reply_id: &str,
+        change: &ReplyChange,
+    ) -> Result<(), StoreError> {
+        let mut update = QueryBuilder::new("UPDATE gold_replies SET ");
+        let mut set = update.separated(", ");
+        for (column, value) in change.assignments() {
+            set.push(column).push_unseparated(" = ");
+            match value {
+                Value::Text(v) => set.push_bind_unseparated(v),
+                Value::Int(v) => set.push_bind_unseparated(v),
+                Value::Time(v) => set.push_bind_unseparated(v.map(millis)),
+            };
+        }
+        update.push(" WHERE reply_id = ").push_bind(reply_id);
+        update.build().execute(&mut *self.0).await?;
+        Ok(())
+    }
+
+    async fn enqueue(
+        &mut self,
+        reply_id: &str,
+        account_id: i64,
+        conversation_id: i64,
+        due: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
+             VALUES (?1, ?2, ?3, ?4, NOT EXISTS (SELECT 1 FROM delivery_jobs \
+             WHERE account_id = ?2 AND conversation_id = ?3))",
+        )
+        .bind(reply_id)
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(millis(due))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_job(
+        &mut self,
+        reply_id: &str,
+        owner: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let removed: Option<(i64, i64)> = sqlx::query_as(
+            "DELETE FROM delivery_jobs WHERE reply_id = ?1 AND (?2 IS NULL OR lease_owner = ?2) \
+             RETURNING account_id, conversation_id",
+        )
+        .bind(reply_id)
+        .bind(owner)
+        .fetch_optional(&mut *self.0)
+        .await?;
+        let Some((account_id, conversation_id)) = removed else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE delivery_jobs SET is_head = 1 WHERE seq = (SELECT MIN(seq) FROM delivery_jobs \
+             WHERE account_id = ? AND conversation_id = ?)",
+        )
+        .bind(account_id)
+        .bind(conversation_id)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(true)
+    }
+
+    async fn reschedule_job(
+        &mut self,
+        reply_id: &str,
+        owner: &str,
+        at: DateTime<Utc>,
+        maybe_sent: bool,
+    ) -> Result<bool, StoreError> {
+        let held = sqlx::query(
+            "UPDATE delivery_jobs SET due_at = ?, lease_owner = NULL, lease_until = NULL, \
+             maybe_sent = ? WHERE reply_id = ? AND lease_owner = ?",
+        )
+        .bind(millis(at))
+        .bind(maybe_sent)
+        .bind(reply_id)
+        .bind(owner)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(held.rows_affected() > 0)
+    }
+
+    async fn insert_event(
+        &mut self,
+        event: &ChatwootEvent,
+        payload: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO chatwoot_events (delivery_id, dedupe_key, event, message_id, reply_id, \
+             payload, received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&event.delivery_id)
+        .bind(&event.dedupe_key)
+        .bind(&event.kind)
+        .bind(event.message_id)
+        .bind(&event.reply_id)
+        .bind(payload)
+        .bind(millis(now))
+        .execute(&mut *self.0)
+        .await?;
+        Ok(inserted.rows_affected() == 1)
+    }
 }
 
 async fn claim_tx(
@@ -465,203 +566,6 @@ async fn claim_tx(
     Ok(jobs)
 }
 
-async fn finish_tx(
-    conn: &mut SqliteConnection,
-    reply_id: String,
-    owner: String,
-    outcome: Outcome,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let now_ms = millis(now);
-    match outcome {
-        Outcome::Delivered { message_id } => {
-            // Recorded whoever holds the lease: the message exists either way.
-            remove_job(conn, &reply_id, None).await?;
-            sqlx::query(
-                "UPDATE gold_replies SET \
-                 status = CASE WHEN status = 'confirmed' THEN status ELSE 'delivered' END, \
-                 chatwoot_message_id = ?, delivered_at = COALESCE(delivered_at, ?), \
-                 last_error = NULL, next_attempt_at = NULL WHERE reply_id = ?",
-            )
-            .bind(message_id)
-            .bind(now_ms)
-            .bind(&reply_id)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Outcome::Retry {
-            at,
-            error,
-            maybe_sent,
-        } => {
-            let held = sqlx::query(
-                "UPDATE delivery_jobs SET due_at = ?, lease_owner = NULL, lease_until = NULL, \
-                 maybe_sent = ? WHERE reply_id = ? AND lease_owner = ?",
-            )
-            .bind(millis(at))
-            .bind(maybe_sent)
-            .bind(&reply_id)
-            .bind(&owner)
-            .execute(&mut *conn)
-            .await?;
-            if held.rows_affected() > 0 {
-                sqlx::query(
-                    "UPDATE gold_replies SET last_error = ?, next_attempt_at = ? WHERE reply_id = ?",
-                )
-                .bind(error)
-                .bind(millis(at))
-                .bind(&reply_id)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
-        Outcome::Dead { error } => {
-            if remove_job(conn, &reply_id, Some(&owner)).await? {
-                sqlx::query(
-                    "UPDATE gold_replies SET status = 'dead', last_error = ?, next_attempt_at = NULL \
-                     WHERE reply_id = ? AND status = 'queued'",
-                )
-                .bind(error)
-                .bind(&reply_id)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn requeue_tx(
-    conn: &mut SqliteConnection,
-    reply_id: String,
-    now: DateTime<Utc>,
-) -> Result<Requeued, StoreError> {
-    let Some(record) = fetch_record(conn, &reply_id).await? else {
-        return Ok(Requeued::NotFound);
-    };
-    if record.status != Status::Dead {
-        return Ok(Requeued::NotDead(record));
-    }
-    let now_ms = millis(now);
-    sqlx::query(
-        "UPDATE gold_replies SET status = 'queued', attempts = 0, requeued_at = ?, \
-         next_attempt_at = ? WHERE reply_id = ?",
-    )
-    .bind(now_ms)
-    .bind(now_ms)
-    .bind(&reply_id)
-    .execute(&mut *conn)
-    .await?;
-    // A new job goes to the back of its conversation's line. The operator
-    // decided to send again, so no lookup first (maybe_sent = 0).
-    enqueue(
-        conn,
-        &reply_id,
-        record.account_id,
-        record.conversation_id,
-        now_ms,
-    )
-    .await?;
-    let record = fetch_record(conn, &reply_id)
-        .await?
-        .ok_or(StoreError::Unavailable)?;
-    Ok(Requeued::Queued(record))
-}
-
-async fn record_event_tx(
-    conn: &mut SqliteConnection,
-    event: ChatwootEvent,
-    payload: String,
-    now: DateTime<Utc>,
-) -> Result<EventOutcome, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO chatwoot_events (delivery_id, dedupe_key, event, message_id, reply_id, payload, received_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    )
-    .bind(&event.delivery_id)
-    .bind(&event.dedupe_key)
-    .bind(&event.kind)
-    .bind(event.message_id)
-    .bind(&event.reply_id)
-    .bind(payload)
-    .bind(millis(now))
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Ok(EventOutcome::Duplicate);
-    }
-    match event.effect {
-        Some(Effect::Confirm {
-            reply_id,
-            message_id,
-        }) => confirm(conn, &reply_id, message_id, now).await?,
-        Some(Effect::ChannelStatus {
-            reply_id,
-            message_id,
-            status,
-            error,
-        }) => {
-            confirm(conn, &reply_id, message_id, now).await?;
-            channel_status(conn, &reply_id, status, error).await?;
-        }
-        None => {}
-    }
-    Ok(EventOutcome::Processed)
-}
-
-/// The message is in the conversation: mark the reply confirmed and drop its
-/// job, so it is never sent again even if the API answer was lost.
-async fn confirm(
-    conn: &mut SqliteConnection,
-    reply_id: &str,
-    message_id: i64,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let updated = sqlx::query(
-        "UPDATE gold_replies SET status = 'confirmed', confirmed_at = ?, \
-         chatwoot_message_id = COALESCE(chatwoot_message_id, ?), \
-         delivered_at = COALESCE(delivered_at, ?), last_error = NULL, next_attempt_at = NULL \
-         WHERE reply_id = ? AND status IN ('queued', 'delivered', 'dead')",
-    )
-    .bind(millis(now))
-    .bind(message_id)
-    .bind(millis(now))
-    .bind(reply_id)
-    .execute(&mut *conn)
-    .await?;
-    if updated.rows_affected() > 0 {
-        remove_job(conn, reply_id, None).await?;
-    }
-    Ok(())
-}
-
-async fn channel_status(
-    conn: &mut SqliteConnection,
-    reply_id: &str,
-    status: Option<String>,
-    error: Option<String>,
-) -> Result<(), StoreError> {
-    let current: Option<Option<String>> =
-        sqlx::query_scalar("SELECT channel_status FROM gold_replies WHERE reply_id = ?")
-            .bind(reply_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(current) = current else {
-        return Ok(());
-    };
-    let rank = |s: &Option<String>| s.as_deref().map_or(0, channel_rank);
-    if status.is_none() || rank(&status) < rank(&current) {
-        return Ok(());
-    }
-    sqlx::query("UPDATE gold_replies SET channel_status = ?, channel_error = ? WHERE reply_id = ?")
-        .bind(status)
-        .bind(error)
-        .bind(reply_id)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn list(&self, filter: &ReplyFilter) -> Result<Vec<ReplyRecord>, StoreError> {
@@ -703,7 +607,9 @@ impl Store for SqliteStore {
     async fn requeue(&self, reply_id: &str, now: DateTime<Utc>) -> Result<Requeued, StoreError> {
         let reply_id = reply_id.to_owned();
         let requeued = self
-            .write(move |c| Box::pin(requeue_tx(c, reply_id, now)))
+            .write(move |c| {
+                Box::pin(async move { lifecycle::requeue(&mut SqliteTx(c), &reply_id, now).await })
+            })
             .await?;
         if matches!(requeued, Requeued::Queued(_)) {
             self.new_jobs();
@@ -726,8 +632,12 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError> {
         let (event, payload) = (event.clone(), payload.to_owned());
-        self.write(move |c| Box::pin(record_event_tx(c, event, payload, now)))
-            .await
+        self.write(move |c| {
+            Box::pin(async move {
+                lifecycle::record_event(&mut SqliteTx(c), &event, &payload, now).await
+            })
+        })
+        .await
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -759,7 +669,7 @@ impl Store for SqliteStore {
 
     async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {
         let mut conn = self.reads.acquire().await?;
-        fetch_record(&mut conn, reply_id).await
+        Ok(fetch_stored(&mut conn, reply_id).await?.map(|s| s.record))
     }
 
     async fn claim(
@@ -782,8 +692,12 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let (reply_id, owner) = (reply_id.to_owned(), owner.to_owned());
-        self.write(move |c| Box::pin(finish_tx(c, reply_id, owner, outcome, now)))
-            .await
+        self.write(move |c| {
+            Box::pin(async move {
+                lifecycle::finish(&mut SqliteTx(c), &reply_id, &owner, outcome, now).await
+            })
+        })
+        .await
     }
 
     async fn release_all(&self, owner: &str) -> Result<(), StoreError> {

@@ -1,0 +1,393 @@
+//! The delivery state machine, written once for every backend.
+//!
+//! A reply's life: `recorded` (nothing to send) or `queued` with a delivery job;
+//! then `delivered` when Chatwoot answered with the message, `confirmed` when a
+//! Chatwoot webhook showed it in the conversation, or `dead` when goldrelay gave
+//! up. Every rule about which change is allowed lives here; a backend only
+//! offers the statements of [`Tx`], which these functions run inside one
+//! transaction the backend opened and commits.
+
+use super::{EventOutcome, Ingested, Outcome, ReplyRecord, Requeued, StoreError};
+use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// A reply row as the rules need it: its public record and its fingerprint.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub record: ReplyRecord,
+    pub fingerprint: String,
+}
+
+/// Columns of a reply to overwrite; `None` leaves a column as it is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ReplyChange {
+    pub status: Option<Status>,
+    pub last_error: Option<Option<String>>,
+    pub next_attempt_at: Option<Option<DateTime<Utc>>>,
+    pub chatwoot_message_id: Option<i64>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub channel_status: Option<Option<String>>,
+    pub channel_error: Option<Option<String>>,
+    /// Starts a fresh attempt budget: `attempts = 0`, `requeued_at = now`.
+    pub requeued_at: Option<DateTime<Utc>>,
+}
+
+/// A value to write into one column, for the backend to bind in its own types.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Time(Option<DateTime<Utc>>),
+}
+
+impl ReplyChange {
+    /// `(column, value)` for every column this change writes.
+    pub fn assignments(&self) -> Vec<(&'static str, Value)> {
+        let mut set = Vec::new();
+        if let Some(status) = self.status {
+            set.push(("status", Value::Text(Some(status.as_str().to_owned()))));
+        }
+        if let Some(error) = &self.last_error {
+            set.push(("last_error", Value::Text(error.clone())));
+        }
+        if let Some(at) = self.next_attempt_at {
+            set.push(("next_attempt_at", Value::Time(at)));
+        }
+        if let Some(id) = self.chatwoot_message_id {
+            set.push(("chatwoot_message_id", Value::Int(Some(id))));
+        }
+        if let Some(at) = self.delivered_at {
+            set.push(("delivered_at", Value::Time(Some(at))));
+        }
+        if let Some(at) = self.confirmed_at {
+            set.push(("confirmed_at", Value::Time(Some(at))));
+        }
+        if let Some(status) = &self.channel_status {
+            set.push(("channel_status", Value::Text(status.clone())));
+        }
+        if let Some(error) = &self.channel_error {
+            set.push(("channel_error", Value::Text(error.clone())));
+        }
+        if let Some(at) = self.requeued_at {
+            set.push(("attempts", Value::Int(Some(0))));
+            set.push(("requeued_at", Value::Time(Some(at))));
+        }
+        set
+    }
+}
+
+/// A reply serialised for insertion, before it reaches a transaction (on
+/// SQLite, the single writer every request waits for).
+#[derive(Debug, Clone)]
+pub(crate) struct NewReply {
+    pub reply: GoldReply,
+    pub fingerprint: String,
+    pub draft: Option<String>,
+    pub tags: String,
+    pub metadata: Option<String>,
+}
+
+impl NewReply {
+    pub fn new(reply: &GoldReply) -> Self {
+        Self {
+            fingerprint: reply.fingerprint(),
+            draft: reply.draft.as_ref().map(|v| v.to_string()),
+            tags: serde_json::Value::from(reply.tags.clone()).to_string(),
+            metadata: reply.metadata.as_ref().map(|v| v.to_string()),
+            reply: reply.clone(),
+        }
+    }
+
+    /// `queued` when the reply is to be sent, `recorded` when it is only kept.
+    pub fn initial_status(&self) -> Status {
+        if self.reply.action.sends() {
+            Status::Queued
+        } else {
+            Status::Recorded
+        }
+    }
+}
+
+/// The statements a backend offers the rules, all inside one transaction.
+#[async_trait]
+pub(crate) trait Tx: Send {
+    /// One reply; `lock` keeps other transactions off it until commit.
+    async fn reply(&mut self, reply_id: &str, lock: bool) -> Result<Option<Stored>, StoreError>;
+    /// Inserts a reply unless its id is taken; whether it was inserted.
+    async fn insert_reply(
+        &mut self,
+        new: &NewReply,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    async fn update_reply(
+        &mut self,
+        reply_id: &str,
+        change: &ReplyChange,
+    ) -> Result<(), StoreError>;
+    /// Adds a job at the back of its conversation's line (the head if the line was empty).
+    async fn enqueue(
+        &mut self,
+        reply_id: &str,
+        account_id: i64,
+        conversation_id: i64,
+        due: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Removes a reply's job (only while `owner` leases it, when given) and
+    /// makes the next job of its conversation the head; whether one was removed.
+    async fn remove_job(&mut self, reply_id: &str, owner: Option<&str>)
+        -> Result<bool, StoreError>;
+    /// Hands a job leased by `owner` back, due again at `at`; whether `owner` held it.
+    async fn reschedule_job(
+        &mut self,
+        reply_id: &str,
+        owner: &str,
+        at: DateTime<Utc>,
+        maybe_sent: bool,
+    ) -> Result<bool, StoreError>;
+    /// Stores an event unless its delivery or dedupe key was seen; whether it was new.
+    async fn insert_event(
+        &mut self,
+        event: &ChatwootEvent,
+        payload: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Times are stored with millisecond precision; rules answer with what a read returns.
+pub(crate) fn stored_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
+}
+
+/// The record of a reply just inserted, without reading it back.
+pub(crate) fn created_record(new: &NewReply, now: DateTime<Utc>) -> ReplyRecord {
+    let at = stored_time(now);
+    let reply = &new.reply;
+    ReplyRecord {
+        reply_id: reply.reply_id.to_string(),
+        account_id: reply.account_id,
+        conversation_id: reply.conversation_id,
+        action: reply.action.as_str().to_owned(),
+        status: new.initial_status(),
+        attempts: 0,
+        last_error: None,
+        chatwoot_message_id: None,
+        received_at: at,
+        next_attempt_at: reply.action.sends().then_some(at),
+        delivered_at: None,
+        confirmed_at: None,
+        channel_status: None,
+        channel_error: None,
+    }
+}
+
+/// A posted reply whose id was taken: the same reply again, or a conflict.
+pub(crate) fn existing(stored: Stored, new: &NewReply) -> Ingested {
+    if stored.fingerprint == new.fingerprint {
+        Ingested::Existing(stored.record)
+    } else {
+        Ingested::Conflict(stored.record)
+    }
+}
+
+/// Stores a posted reply and, when it is to be sent, its delivery job.
+pub(crate) async fn ingest(
+    tx: &mut dyn Tx,
+    new: &NewReply,
+    now: DateTime<Utc>,
+) -> Result<Ingested, StoreError> {
+    let now = stored_time(now);
+    let reply = &new.reply;
+    let id = reply.reply_id.as_str();
+    if !tx.insert_reply(new, now).await? {
+        let stored = tx.reply(id, false).await?.ok_or(StoreError::Unavailable)?;
+        return Ok(existing(stored, new));
+    }
+    if reply.action.sends() {
+        tx.enqueue(id, reply.account_id, reply.conversation_id, now)
+            .await?;
+    }
+    Ok(Ingested::Created(created_record(new, now)))
+}
+
+/// Records how a delivery attempt by `owner` ended.
+pub(crate) async fn finish(
+    tx: &mut dyn Tx,
+    reply_id: &str,
+    owner: &str,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    match outcome {
+        // Recorded whoever holds the lease: the message exists either way, and
+        // a lost "delivered" would send it twice.
+        Outcome::Delivered { message_id } => {
+            tx.remove_job(reply_id, None).await?;
+            let Some(stored) = tx.reply(reply_id, true).await? else {
+                return Ok(());
+            };
+            let record = stored.record;
+            let change = ReplyChange {
+                status: (record.status != Status::Confirmed).then_some(Status::Delivered),
+                chatwoot_message_id: Some(message_id),
+                delivered_at: Some(record.delivered_at.unwrap_or(now)),
+                last_error: Some(None),
+                next_attempt_at: Some(None),
+                ..ReplyChange::default()
+            };
+            tx.update_reply(reply_id, &change).await
+        }
+        Outcome::Retry {
+            at,
+            error,
+            maybe_sent,
+        } => {
+            if !tx.reschedule_job(reply_id, owner, at, maybe_sent).await? {
+                return Ok(());
+            }
+            let change = ReplyChange {
+                last_error: Some(Some(error)),
+                next_attempt_at: Some(Some(at)),
+                ..ReplyChange::default()
+            };
+            tx.update_reply(reply_id, &change).await
+        }
+        Outcome::Dead { error } => {
+            if !tx.remove_job(reply_id, Some(owner)).await? {
+                return Ok(());
+            }
+            let queued = tx
+                .reply(reply_id, true)
+                .await?
+                .is_some_and(|s| s.record.status == Status::Queued);
+            if !queued {
+                return Ok(());
+            }
+            let change = ReplyChange {
+                status: Some(Status::Dead),
+                last_error: Some(Some(error)),
+                next_attempt_at: Some(None),
+                ..ReplyChange::default()
+            };
+            tx.update_reply(reply_id, &change).await
+        }
+    }
+}
+
+/// Puts a `dead` reply back at the end of its conversation's line with a fresh
+/// attempt budget. The operator decided to send again, so no lookup first.
+pub(crate) async fn requeue(
+    tx: &mut dyn Tx,
+    reply_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Requeued, StoreError> {
+    let now = stored_time(now);
+    let Some(stored) = tx.reply(reply_id, true).await? else {
+        return Ok(Requeued::NotFound);
+    };
+    let record = stored.record;
+    if record.status != Status::Dead {
+        return Ok(Requeued::NotDead(record));
+    }
+    let change = ReplyChange {
+        status: Some(Status::Queued),
+        requeued_at: Some(now),
+        next_attempt_at: Some(Some(now)),
+        ..ReplyChange::default()
+    };
+    tx.update_reply(reply_id, &change).await?;
+    tx.enqueue(reply_id, record.account_id, record.conversation_id, now)
+        .await?;
+    let stored = tx
+        .reply(reply_id, false)
+        .await?
+        .ok_or(StoreError::Unavailable)?;
+    Ok(Requeued::Queued(stored.record))
+}
+
+/// Stores a verified Chatwoot event and applies its effect, unless it was seen.
+pub(crate) async fn record_event(
+    tx: &mut dyn Tx,
+    event: &ChatwootEvent,
+    payload: &str,
+    now: DateTime<Utc>,
+) -> Result<EventOutcome, StoreError> {
+    if !tx.insert_event(event, payload, now).await? {
+        return Ok(EventOutcome::Duplicate);
+    }
+    match &event.effect {
+        Some(Effect::Confirm {
+            reply_id,
+            message_id,
+        }) => confirm(tx, reply_id, *message_id, now).await?,
+        Some(Effect::ChannelStatus {
+            reply_id,
+            message_id,
+            status,
+            error,
+        }) => {
+            confirm(tx, reply_id, *message_id, now).await?;
+            channel_status(tx, reply_id, status, error).await?;
+        }
+        None => {}
+    }
+    Ok(EventOutcome::Processed)
+}
+
+/// The message is in the conversation: the reply is `confirmed` and its job
+/// goes, so it is never sent again even if the API's answer was lost. The job
+/// is removed before the reply is touched: locks are taken job first, then
+/// reply, as claims and outcomes take them, so a confirmation racing a
+/// delivery cannot deadlock.
+async fn confirm(
+    tx: &mut dyn Tx,
+    reply_id: &str,
+    message_id: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.remove_job(reply_id, None).await?;
+    let Some(stored) = tx.reply(reply_id, true).await? else {
+        return Ok(());
+    };
+    let record = stored.record;
+    if !matches!(
+        record.status,
+        Status::Queued | Status::Delivered | Status::Dead
+    ) {
+        return Ok(());
+    }
+    let change = ReplyChange {
+        status: Some(Status::Confirmed),
+        confirmed_at: Some(now),
+        chatwoot_message_id: Some(record.chatwoot_message_id.unwrap_or(message_id)),
+        delivered_at: Some(record.delivered_at.unwrap_or(now)),
+        last_error: Some(None),
+        next_attempt_at: Some(None),
+        ..ReplyChange::default()
+    };
+    tx.update_reply(reply_id, &change).await
+}
+
+/// The customer's channel reported on the message; a late, lower-ranked
+/// status never moves the reply back.
+async fn channel_status(
+    tx: &mut dyn Tx,
+    reply_id: &str,
+    status: &Option<String>,
+    error: &Option<String>,
+) -> Result<(), StoreError> {
+    let Some(stored) = tx.reply(reply_id, true).await? else {
+        return Ok(());
+    };
+    let rank = |s: &Option<String>| s.as_deref().map_or(0, channel_rank);
+    if status.is_none() || rank(status) < rank(&stored.record.channel_status) {
+        return Ok(());
+    }
+    let change = ReplyChange {
+        channel_status: Some(status.clone()),
+        channel_error: Some(error.clone()),
+        ..ReplyChange::default()
+    };
+    tx.update_reply(reply_id, &change).await
+}

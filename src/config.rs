@@ -59,17 +59,62 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// A database URL whose password never reaches a log.
+/// The database a `DATABASE_URL` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite:` or `postgres://` / `postgresql://`; anything else is refused.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// `DATABASE_URL`, parsed once: it knows its backend, and it never shows a
+/// password (neither in the userinfo nor as `?password=`) when displayed.
 #[derive(Clone)]
-pub struct DatabaseUrl(SecretString);
+pub struct DatabaseUrl {
+    backend: Backend,
+    url: SecretString,
+}
 
 impl DatabaseUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(SecretString::from(url.into()))
+    /// Accepts `sqlite:…`, `postgres://…` and `postgresql://…`. The error names
+    /// `DATABASE_URL` and shows at most the scheme, never the rest.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let backend = Backend::of(raw).ok_or_else(|| {
+            let scheme = match raw.split_once(':') {
+                Some((scheme, _)) if !scheme.is_empty() && scheme.len() <= 20 => {
+                    format!("its scheme is {scheme:?}")
+                }
+                _ => "it has no scheme".to_owned(),
+            };
+            format!(
+                "DATABASE_URL must start with sqlite:, postgres:// or postgresql:// ({scheme}), \
+                 e.g. sqlite://goldrelay.db or postgres://user:password@host:5432/db"
+            )
+        })?;
+        Ok(Self {
+            backend,
+            url: SecretString::from(raw.to_owned()),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn expose(&self) -> &str {
-        self.0.expose_secret()
+        self.url.expose_secret()
     }
 }
 
@@ -83,14 +128,28 @@ impl fmt::Display for DatabaseUrl {
     /// The URL with any password replaced by `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let raw = self.expose();
-        match (raw.find("://"), raw.rfind('@')) {
+        let (base, query) = raw
+            .split_once('?')
+            .map_or((raw, None), |(b, q)| (b, Some(q)));
+        match (base.find("://"), base.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {
-                let userinfo = &raw[scheme + 3..at];
+                let userinfo = &base[scheme + 3..at];
                 let user = userinfo.split(':').next().unwrap_or_default();
-                write!(f, "{}{user}:***{}", &raw[..scheme + 3], &raw[at..])
+                write!(f, "{}{user}:***{}", &base[..scheme + 3], &base[at..])?;
             }
-            _ => f.write_str(raw),
+            _ => f.write_str(base)?,
         }
+        let Some(query) = query else {
+            return Ok(());
+        };
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        write!(f, "?{}", redacted.join("&"))
     }
 }
 
@@ -118,13 +177,12 @@ impl Settings {
     }
 
     /// `DATABASE_URL` alone, for commands that need only the database.
-    pub fn database_url_from_env() -> DatabaseUrl {
-        DatabaseUrl::new(
-            std::env::var("DATABASE_URL")
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
-        )
+    pub fn database_url_from_env() -> Result<DatabaseUrl, ConfigError> {
+        let raw = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        DatabaseUrl::parse(&raw).map_err(|problem| ConfigError(vec![problem]))
     }
 
     /// Reads settings through `lookup`, so tests need not touch the process environment.
@@ -136,10 +194,7 @@ impl Settings {
         let settings = Settings {
             listen: env.parsed("GOLDRELAY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080))),
             tokens: env.tokens("GOLDRELAY_TOKENS"),
-            database_url: DatabaseUrl::new(
-                env.optional("DATABASE_URL")
-                    .unwrap_or_else(|| DEFAULT_DATABASE_URL.into()),
-            ),
+            database_url: env.database_url(),
             chatwoot_base_url: env.url("CHATWOOT_BASE_URL"),
             chatwoot_api_token: env.secret("CHATWOOT_API_TOKEN"),
             chatwoot_timeout: env.duration("GOLDRELAY_CHATWOOT_TIMEOUT", "10s"),
@@ -165,10 +220,6 @@ impl Settings {
         env.check(
             settings.max_attempts >= 1,
             "GOLDRELAY_MAX_ATTEMPTS must be at least 1",
-        );
-        env.check(
-            crate::store::Backend::of(settings.database_url.expose()).is_some(),
-            "DATABASE_URL must start with sqlite:, postgres:// or postgresql://",
         );
         env.check(
             settings.delivery_concurrency >= 1,
@@ -211,6 +262,20 @@ struct Env<'a> {
 impl Env<'_> {
     fn optional(&self, name: &str) -> Option<String> {
         (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// `DATABASE_URL`, or the default SQLite file when it is not set.
+    fn database_url(&mut self) -> DatabaseUrl {
+        let raw = self
+            .optional("DATABASE_URL")
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        DatabaseUrl::parse(&raw).unwrap_or_else(|problem| {
+            self.problems.push(problem);
+            DatabaseUrl {
+                backend: Backend::Sqlite,
+                url: SecretString::from(DEFAULT_DATABASE_URL),
+            }
+        })
     }
 
     fn check(&mut self, ok: bool, problem: &str) {
@@ -379,10 +444,40 @@ mod tests {
 
     #[test]
     fn a_database_password_is_redacted_when_displayed() {
-        let url = DatabaseUrl::new("postgres://relay:hunter2@db.example.com:5432/gold");
+        let url = DatabaseUrl::parse("postgres://relay:hunter2@db.example.com:5432/gold").unwrap();
         assert_eq!(
             url.to_string(),
             "postgres://relay:***@db.example.com:5432/gold"
         );
+    }
+
+    #[test]
+    fn a_password_in_the_query_string_is_redacted_too() {
+        let url = DatabaseUrl::parse(
+            "postgres://db.example.com/gold?user=relay&password=hunter2&sslmode=require",
+        )
+        .unwrap();
+        let shown = url.to_string();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.ends_with("?user=relay&password=***&sslmode=require"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_refused_naming_the_variable_and_never_the_rest() {
+        for raw in [
+            "mysql://root:hunter2@db/gold",
+            "postgress://x:hunter2@h/d",
+            "/data/gold.db",
+        ] {
+            let err = DatabaseUrl::parse(raw).unwrap_err();
+            assert!(
+                err.starts_with("DATABASE_URL must start with sqlite:"),
+                "{err}"
+            );
+            assert!(!err.contains("hunter2") && !err.contains("/data"), "{err}");
+        }
     }
 }

@@ -135,7 +135,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app.run_until(shutdown_signal()).await
         }
         Command::Migrate => {
-            let url = Settings::database_url_from_env();
+            let url = Settings::database_url_from_env()?;
             goldrelay::store::open(&url).await?;
             println!("migrations applied to {url}");
             Ok(())

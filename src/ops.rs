@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 /// Opens the store `DATABASE_URL` names, as `serve` would.
 pub async fn open_store() -> anyhow::Result<SharedStore> {
-    let url = Settings::database_url_from_env();
+    let url = Settings::database_url_from_env()?;
     store::open(&url)
         .await
         .with_context(|| format!("could not open the database at {url}"))

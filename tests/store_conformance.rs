@@ -121,7 +121,7 @@ impl TestDb {
     async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/conformance.db", dir.path().display());
-        Self::open(DatabaseUrl::new(url), dir).await
+        Self::open(DatabaseUrl::parse(&url).expect("a test database URL"), dir).await
     }
 
     /// A new database on the `TEST_DATABASE_URL` server, or `None` without one.
@@ -133,7 +133,7 @@ impl TestDb {
         let dir = tempfile::tempdir().unwrap();
         let url = helpers::database_url(&dir);
         assert_eq!(Backend::of(&url), Some(Backend::Postgres), "{url}");
-        Some(Self::open(DatabaseUrl::new(url), dir).await)
+        Some(Self::open(DatabaseUrl::parse(&url).expect("a test database URL"), dir).await)
     }
 
     async fn open(url: DatabaseUrl, dir: TempDir) -> Self {

@@ -10,6 +10,7 @@ mod sqlite;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+pub use crate::config::{Backend, DatabaseUrl};
 use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -205,26 +206,6 @@ pub trait Store: Send + Sync {
     fn wake_on_new_jobs(&self, wake: Arc<tokio::sync::Notify>);
 }
 
-/// Which backend a `DATABASE_URL` selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    /// `sqlite:` or `postgres://` / `postgresql://`; anything else is refused.
-    pub fn of(url: &str) -> Option<Self> {
-        if url.starts_with("sqlite:") {
-            Some(Backend::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Some(Backend::Postgres)
-        } else {
-            None
-        }
-    }
-}
-
 /// The columns every read of a reply selects, in both backends.
 const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, status, attempts, \
      last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
@@ -247,9 +228,9 @@ pub(crate) fn status_counts(rows: Vec<(String, i64)>) -> Vec<(Status, i64)> {
 
 /// Opens the store `url` names and applies its migrations. Refuses a database
 /// whose schema is newer than this build knows (sqlx reports the unknown migration).
-pub async fn open(url: &crate::config::DatabaseUrl) -> Result<SharedStore, StoreError> {
-    match Backend::of(url.expose()) {
-        Some(Backend::Postgres) => Ok(Arc::new(PostgresStore::open(url.expose()).await?)),
-        _ => Ok(Arc::new(SqliteStore::open(url.expose()).await?)),
+pub async fn open(url: &DatabaseUrl) -> Result<SharedStore, StoreError> {
+    match url.backend() {
+        Backend::Postgres => Ok(Arc::new(PostgresStore::open(url.expose()).await?)),
+        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(url.expose()).await?)),
     }
 }

@@ -50,7 +50,7 @@ impl ReplyChange {
             set.push(("status", Value::Text(Some(status.as_str().to_owned()))));
         }
         if let Some(error) = &self.last_error {
-            set.push(("last_error", Value::Text(error.clone())));
+            set.push(("last_error", Value::Text(error.as_deref().map(storable))));
         }
         if let Some(at) = self.next_attempt_at {
             set.push(("next_attempt_at", Value::Time(at)));
@@ -65,10 +65,13 @@ impl ReplyChange {
             set.push(("confirmed_at", Value::Time(Some(at))));
         }
         if let Some(status) = &self.channel_status {
-            set.push(("channel_status", Value::Text(status.clone())));
+            set.push((
+                "channel_status",
+                Value::Text(status.as_deref().map(storable)),
+            ));
         }
         if let Some(error) = &self.channel_error {
-            set.push(("channel_error", Value::Text(error.clone())));
+            set.push(("channel_error", Value::Text(error.as_deref().map(storable))));
         }
         if let Some(at) = self.requeued_at {
             set.push(("attempts", Value::Int(Some(0))));
@@ -76,6 +79,13 @@ impl ReplyChange {
         }
         set
     }
+}
+
+/// Text that came from outside (Chatwoot's error messages, webhook fields)
+/// made storable: PostgreSQL refuses NUL in text, and a record that cannot be
+/// written would leave its job to be retried forever.
+pub(crate) fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 /// A reply serialised for insertion, before it reaches a transaction (on

@@ -32,6 +32,9 @@ pub enum StoreError {
     Commit(String),
     #[error("the database writer is unavailable")]
     Unavailable,
+    /// More writes wait than the store takes on; the caller should come back later.
+    #[error("the database is busy: {0} writes are already waiting")]
+    Overloaded(usize),
 }
 
 /// The public record of one gold reply: what `GET /api/gold-replies/{id}` shows.
@@ -198,7 +201,8 @@ pub trait Store: Send + Sync {
     /// Queue depth and age.
     async fn queue_stats(&self) -> Result<QueueStats, StoreError>;
 
-    /// A cheap round trip proving the database answers.
+    /// Proves the database takes writes: one tiny row written and committed
+    /// the way a posted reply is, so a full disk or a broken writer shows.
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Wakes `wake` whenever a new job is committed (by any instance, where

@@ -26,6 +26,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The most writes committed together: bounds one transaction's latency.
 const MAX_BATCH: usize = 512;
+/// The most writes that may wait for the writer. Past this a new write is
+/// refused at once (and a post answered 503 with Retry-After) rather than
+/// queued behind a backlog of several seconds.
+pub const MAX_WAITING_WRITES: usize = 2048;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type WriteOp =
@@ -77,7 +81,7 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        let (writes, rx) = mpsc::channel(4096);
+        let (writes, rx) = mpsc::channel(MAX_WAITING_WRITES);
         tokio::spawn(run_writer(writer, rx));
         Ok(Self {
             writes,
@@ -109,11 +113,16 @@ impl SqliteStore {
                 }) as Completion
             })
         });
-        self.writes
-            .send(Write::Op(boxed))
-            .await
-            .map_err(|_| StoreError::Unavailable)?;
+        self.enqueue_write(Write::Op(boxed))?;
         rx.await.map_err(|_| StoreError::Unavailable)?
+    }
+
+    /// Hands a write to the writer, or refuses it at once when too many wait.
+    fn enqueue_write(&self, write: Write) -> Result<(), StoreError> {
+        self.writes.try_send(write).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(MAX_WAITING_WRITES),
+            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
+        })
     }
 }
 
@@ -656,10 +665,7 @@ impl Store for SqliteStore {
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
         let (answer, answered) = oneshot::channel();
         let new = NewReply::new(reply);
-        self.writes
-            .send(Write::Ingest(Box::new(PendingIngest { new, now, answer })))
-            .await
-            .map_err(|_| StoreError::Unavailable)?;
+        self.enqueue_write(Write::Ingest(Box::new(PendingIngest { new, now, answer })))?;
         let ingested = answered.await.map_err(|_| StoreError::Unavailable)??;
         if matches!(ingested, Ingested::Created(_)) && reply.action.sends() {
             self.new_jobs();
@@ -738,8 +744,20 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reads).await?;
-        Ok(())
+        let now = millis(Utc::now());
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO write_probe (id, at) VALUES (1, ?) \
+                     ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                )
+                .bind(now)
+                .execute(c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     fn wake_on_new_jobs(&self, wake: std::sync::Arc<tokio::sync::Notify>) {

@@ -15,6 +15,7 @@ mod fly_toml;
 mod helpers;
 mod idempotency;
 mod ingest;
+mod migrations;
 mod operations;
 mod ordering;
 mod postgres_instances;

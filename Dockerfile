@@ -1,6 +1,7 @@
 # The goldrelay image: both binaries (`goldrelay` and `smoke`) on a small Debian.
-# Docker cannot run on the build machines, so the build below uses the one cargo
-# command CI runs; tests/fly_toml.rs checks that it stays that way.
+# Docker cannot run on the build machines, so the build below uses the same
+# `cargo build --release` CI runs; tests/api/fly_toml.rs checks what matters
+# about the image (the binaries in it, its user, its command).
 
 # --- build -------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
@@ -9,8 +10,8 @@ WORKDIR /app
 # Dependencies first, in a layer of their own: it is rebuilt only when a manifest
 # or the lock file changes. Cargo reads every workspace member's manifest, and
 # wants a source file for each target it builds (and for any target declared
-# without a path), so those get empty stand-ins here. tests/fly_toml.rs says
-# when a manifest change needs one more line here.
+# without a path), so those get empty stand-ins here: a new target in a
+# manifest needs one more line here.
 COPY Cargo.toml Cargo.lock ./
 COPY smoke/Cargo.toml smoke/Cargo.toml
 COPY bench/Cargo.toml bench/Cargo.toml

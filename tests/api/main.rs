@@ -1,11 +1,25 @@
-//! Black-box tests of the goldrelay HTTP API and delivery, over real HTTP,
-//! each against its own temporary database and sandbox Chatwoot.
+//! Every integration test of goldrelay, in one binary: the HTTP API and
+//! delivery over real HTTP (each test with its own temporary database and
+//! sandbox Chatwoot), the store conformance suite, the real `goldrelay serve`
+//! process killed and restarted, the operator's surface, the Chatwoot
+//! webhooks, fly.toml and the image held to the code, and the migrations.
+//!
+//! PostgreSQL-only tests are `#[ignore]`d: run them with `TEST_DATABASE_URL`
+//! set and `--include-ignored`; `postgres_outage` stops the server, so it runs
+//! on its own (see its module).
 
 mod auth;
+mod conformance;
 mod delivery;
+mod fly_toml;
 mod helpers;
 mod idempotency;
 mod ingest;
+mod migrations;
+mod operations;
 mod ordering;
+mod postgres_instances;
+mod postgres_outage;
 mod restart;
 mod validation;
+mod webhooks;

@@ -1,11 +1,7 @@
 //! Chatwoot → goldrelay: signed webhook events, over real HTTP.
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
-mod helpers;
-
+use crate::helpers::{creates_of, reply, spawn_app, spawn_app_with, TestApp, WEBHOOK_SECRET};
 use goldrelay::sandbox::{sign, Faults, SandboxConfig};
-use helpers::{reply, spawn_app, spawn_app_with, TestApp, WEBHOOK_SECRET};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -284,7 +280,9 @@ async fn the_echo_of_a_delivered_reply_confirms_it() {
 
 #[tokio::test]
 async fn a_confirmation_before_the_api_answer_means_the_reply_is_never_sent_again() {
-    let app = spawn_app().await;
+    // One delivery at a time, so the marker below goes out only once the
+    // attempt in flight has ended and its outcome is recorded.
+    let app = spawn_app_with(SandboxConfig::default(), |s| s.delivery_concurrency = 1).await;
     app.chatwoot.set_webhook(
         format!("{}/api/webhooks/chatwoot", app.api.address),
         Some(WEBHOOK_SECRET.into()),
@@ -302,10 +300,11 @@ async fn a_confirmation_before_the_api_answer_means_the_reply_is_never_sent_agai
         .wait_for_status("gr-race", "confirmed", Duration::from_secs(2))
         .await;
     assert!(record["delivered_at"].is_string(), "{record}");
-    // Past the timeout and a few retry periods: still one message, still confirmed.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(app.chatwoot.messages(1, 9).len(), 1);
-    assert_eq!(app.chatwoot.creates().len(), 1);
+    // Past the timed-out attempt: had it put gr-race back in the queue, the
+    // marker would wait behind a second send of it.
+    let marker = app.settle(9).await;
+    assert_eq!(app.delivered_ids(9), ["gr-race", marker.as_str()]);
+    assert_eq!(creates_of(&app.chatwoot, "gr-race"), 1);
     let record: Value = app.api.get_reply("gr-race").await.json().await.unwrap();
     assert_eq!(record["status"], "confirmed");
 }

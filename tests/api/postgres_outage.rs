@@ -2,17 +2,17 @@
 //! down, ingest answers 503 rather than acknowledging what it could not store
 //! and `/hc` says so; once it is back, everything resumes on its own.
 //!
-//! Runs only when `TEST_DATABASE_URL` names a PostgreSQL server and
-//! `TEST_PG_STOP` / `TEST_PG_START` are shell commands that stop and start it
-//! (`.ci/run` sets all three). It stops the whole server, so it is the only
-//! test in this file: cargo runs test binaries one at a time.
+//! Needs `TEST_DATABASE_URL` to name a PostgreSQL server and `TEST_PG_STOP` /
+//! `TEST_PG_START` to be shell commands that stop and start it (`.ci/run` sets
+//! all three), so it is ignored unless run with `--include-ignored`. It stops
+//! the whole server, so no other test may run beside it: run it on its own
+//! (`cargo test --test api postgres_outage -- --include-ignored`) and skip it
+//! in the run of every other test (`--skip postgres_outage`).
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
-mod helpers;
-
+use crate::helpers::{
+    assert_problem, postgres, reply, spawn_app, wait_for_create, Api, TestApp, PATIENCE,
+};
 use goldrelay::sandbox::Faults;
-use helpers::{assert_problem, reply, spawn_app, wait_for_create, Api, TestApp, PATIENCE};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -29,14 +29,22 @@ struct PgControl {
 }
 
 impl PgControl {
-    /// `None` unless all of `TEST_DATABASE_URL`, `TEST_PG_STOP` and `TEST_PG_START` are set.
-    fn from_env() -> Option<Self> {
-        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
-        var("TEST_DATABASE_URL")?;
-        Some(Self {
-            stop: var("TEST_PG_STOP")?,
-            start: var("TEST_PG_START")?,
-        })
+    /// From `TEST_PG_STOP` and `TEST_PG_START`, next to a PostgreSQL server in
+    /// `TEST_DATABASE_URL`; fails the test, naming what is missing, without them.
+    fn from_env() -> Self {
+        postgres::server_url();
+        let var = |name| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| {
+                    panic!("this test stops PostgreSQL: set {name} to a shell command that does")
+                })
+        };
+        Self {
+            stop: var("TEST_PG_STOP"),
+            start: var("TEST_PG_START"),
+        }
     }
 
     /// Stops the server; it starts again when the returned guard is dropped,
@@ -153,13 +161,9 @@ async fn assert_delivered_once(app: &TestApp, reply_id: &str, conversation: i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL, TEST_PG_STOP and TEST_PG_START and run alone with --include-ignored"]
 async fn ingest_answers_503_while_postgres_is_down_and_everything_resumes_when_it_is_back() {
-    let Some(pg) = PgControl::from_env() else {
-        eprintln!(
-            "skipped: set TEST_DATABASE_URL, TEST_PG_STOP and TEST_PG_START to run this test"
-        );
-        return;
-    };
+    let pg = PgControl::from_env();
     let app = spawn_app().await;
     app.api.accept(&reply("gr-before", 71)).await;
     let before = app

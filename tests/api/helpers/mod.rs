@@ -1,6 +1,9 @@
 //! Spawns a real goldrelay on a random port, with a temporary SQLite database
 //! and a sandbox Chatwoot as its peer, and talks to it over HTTP.
 
+pub mod postgres;
+pub mod relay;
+
 use goldrelay::config::Settings;
 use goldrelay::sandbox::{self, SandboxConfig, SandboxHandle};
 use goldrelay::startup::Application;
@@ -54,40 +57,12 @@ pub fn test_settings(chatwoot: &SandboxHandle, dir: &TempDir) -> Settings {
 }
 
 /// A fresh database for one test: SQLite in `dir`, or, when
-/// `TEST_DATABASE_URL` names a PostgreSQL server, a new database on it.
+/// `TEST_DATABASE_URL` names a PostgreSQL server, a schema of its own there.
 pub fn database_url(dir: &TempDir) -> String {
     match std::env::var("TEST_DATABASE_URL") {
-        Ok(admin) if !admin.is_empty() => fresh_postgres_database(&admin),
+        Ok(admin) if !admin.is_empty() => postgres::fresh_schema(&admin),
         _ => format!("sqlite://{}/test.db", dir.path().display()),
     }
-}
-
-/// A schema of its own on the test server, named in the URL's search_path.
-/// Schemas are cheap to create, where a database per test would copy a
-/// template and fill the server's WAL.
-fn fresh_postgres_database(admin: &str) -> String {
-    use sqlx::{Connection, Executor};
-    let name = format!("goldrelay_test_{}", uuid::Uuid::new_v4().simple());
-    let (admin_url, create) = (admin.to_owned(), format!("CREATE SCHEMA {name}"));
-    // Settings are built outside any runtime, so this creates on a thread of its own.
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let mut conn = sqlx::PgConnection::connect(&admin_url)
-                .await
-                .expect("TEST_DATABASE_URL accepts connections");
-            conn.execute(create.as_str()).await.expect("CREATE SCHEMA");
-        });
-    })
-    .join()
-    .unwrap();
-    let mut url = reqwest::Url::parse(admin).expect("TEST_DATABASE_URL is a URL");
-    url.query_pairs_mut()
-        .append_pair("options[search_path]", &name);
-    url.to_string()
 }
 
 pub fn init_logs() {
@@ -221,25 +196,31 @@ impl TestApp {
     pub async fn settle(&self, conversation_id: i64) -> String {
         let marker = format!("settle-{}", uuid::Uuid::new_v4());
         self.api.accept(&reply(&marker, conversation_id)).await;
+        // With the sandbox's webhook on, its echo may confirm it first.
+        let sent = |r: &Value| r["status"] == "delivered" || r["status"] == "confirmed";
         self.api
-            .wait_for_status(&marker, "delivered", PATIENCE)
+            .wait_until(&marker, "delivered", PATIENCE, sent)
             .await;
         marker
     }
 
     /// Ids of the replies whose messages the sandbox holds for a conversation, oldest first.
     pub fn delivered_ids(&self, conversation_id: i64) -> Vec<String> {
-        self.chatwoot
-            .messages(1, conversation_id)
-            .iter()
-            .map(|m| {
-                m.content_attributes["gold_reply_id"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned()
-            })
-            .collect()
+        delivered_ids(&self.chatwoot, conversation_id)
     }
+}
+
+/// Ids of the replies whose messages `chatwoot` holds for a conversation of
+/// account 1, oldest first.
+pub fn delivered_ids(chatwoot: &SandboxHandle, conversation_id: i64) -> Vec<String> {
+    chatwoot
+        .messages(1, conversation_id)
+        .iter()
+        .map(|m| {
+            let id = m.content_attributes["gold_reply_id"].as_str();
+            id.unwrap_or_default().to_owned()
+        })
+        .collect()
 }
 
 /// How many create requests the sandbox received for one reply, failed ones included.

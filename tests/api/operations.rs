@@ -1,19 +1,15 @@
 //! The operator's surface: metrics, list and retry, the CLI, check-config,
 //! log redaction and the OpenAPI document.
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
-mod helpers;
-
+use crate::helpers::relay::{read_log, Serve};
+use crate::helpers::{
+    self, reply, spawn_app, spawn_app_with, TestApp, PATIENCE, TOKEN, WEBHOOK_SECRET,
+};
 use assert_cmd::Command;
 use goldrelay::sandbox::{self, Faults, SandboxConfig};
-use helpers::{reply, spawn_app, spawn_app_with, TestApp, TOKEN, WEBHOOK_SECRET};
 use predicates::prelude::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::time::Duration;
-
-const PATIENCE: Duration = Duration::from_secs(10);
 
 async fn metrics(app: &TestApp) -> String {
     reqwest::get(format!("{}/metrics", app.api.address))
@@ -383,7 +379,7 @@ async fn the_openapi_document_describes_exactly_the_routes_the_server_has() {
         }
     }
     // Every route the code registers is documented.
-    let source = include_str!("../src/http/mod.rs");
+    let source = include_str!("../../src/http/mod.rs");
     let registered: BTreeSet<&str> = source
         .split(".route(")
         .skip(1)
@@ -400,32 +396,10 @@ async fn no_secret_reaches_a_log_line_even_on_errors() {
     let chatwoot =
         sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = dir.path().join("goldrelay.log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_goldrelay"))
-        .arg("serve")
-        .env_clear()
-        .env("GOLDRELAY_LOG_FORMAT", "json")
-        .env("GOLDRELAY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("GOLDRELAY_TOKENS", TOKEN)
-        .env(
-            "DATABASE_URL",
-            format!("sqlite://{}/x.db", dir.path().display()),
-        )
-        .env("CHATWOOT_BASE_URL", chatwoot.base_url())
-        .env("CHATWOOT_API_TOKEN", CHATWOOT_TOKEN)
-        .env("CHATWOOT_WEBHOOK_SECRETS", WEBHOOK_SECRET)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut child = scopeguard(child);
-    let api = helpers::Api::new(format!("http://127.0.0.1:{port}"));
-    wait_until_up(&api).await;
+    let database = format!("sqlite://{}/x.db", dir.path().display());
+    let serve = Serve::new(&database, &chatwoot).env("CHATWOOT_API_TOKEN", CHATWOOT_TOKEN);
+    let relay = serve.start("goldrelay").await;
+    let api = &relay.api;
     // A wrong bearer token that looks like a real one, a good post that Chatwoot
     // refuses (wrong Chatwoot token), and a forged webhook.
     let forged = api
@@ -451,9 +425,8 @@ async fn no_secret_reaches_a_log_line_even_on_errors() {
         .await
         .unwrap();
     assert_eq!(webhook.status(), 401);
-    child.0.kill().unwrap();
-    child.0.wait().unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
+    relay.kill();
+    let text = read_log(&serve.log_of("goldrelay"));
     for secret in [TOKEN, CHATWOOT_TOKEN, WEBHOOK_SECRET] {
         assert!(!text.contains(secret), "a secret reached the log:\n{text}");
     }
@@ -473,27 +446,4 @@ async fn no_secret_reaches_a_log_line_even_on_errors() {
         .find(|l| l["message"] == "delivery attempt" && l["outcome"] == "dead")
         .expect("a delivery attempt line");
     assert_eq!(attempt["chatwoot_status"], 401);
-}
-
-/// Kills the child if the test fails before it does.
-struct Guard(std::process::Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-fn scopeguard(child: std::process::Child) -> Guard {
-    Guard(child)
-}
-
-async fn wait_until_up(api: &helpers::Api) {
-    for _ in 0..200 {
-        if let Ok(r) = reqwest::get(format!("{}/hc", api.address)).await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("goldrelay never came up");
 }

@@ -3,23 +3,17 @@
 //! started again, each reach Chatwoot exactly once and in the order they were
 //! accepted, per conversation.
 //!
-//! Runs only when `TEST_DATABASE_URL` names a PostgreSQL server; the test gets
-//! a database of its own there.
+//! Needs a PostgreSQL server in `TEST_DATABASE_URL`, so it is ignored unless
+//! run with `--include-ignored`; the test gets a schema of its own there.
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
-mod helpers;
-
+use crate::helpers::relay::{free_port, read_log, Serve};
+use crate::helpers::{delivered_ids, postgres, reply, Api, TOKEN};
 use goldrelay::sandbox::{self, Faults, SandboxConfig, SandboxHandle};
-use helpers::{reply, Api, TOKEN};
 use serde_json::Value;
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tempfile::TempDir;
 use tokio::time::Instant;
 
 /// The conversations replies are spread over.
@@ -29,118 +23,10 @@ const PER_CONVERSATION: usize = 60;
 /// The pause between two posts to one conversation, so posting lasts long
 /// enough for a kill and a restart to happen in the middle of it.
 const POST_PACE: Duration = Duration::from_millis(40);
-/// The processes' Chatwoot timeout. Their lease is 3 × this + 5 s, so jobs a
-/// killed process held are taken over after about 8 s.
-const CHATWOOT_TIMEOUT: &str = "1s";
 /// How long one reply may be refused by both instances before the test gives up.
 const POST_PATIENCE: Duration = Duration::from_secs(20);
 /// How long every accepted reply may take to reach Chatwoot.
 const DELIVERY_PATIENCE: Duration = Duration::from_secs(60);
-
-/// What every process is started with.
-struct Setup {
-    database_url: String,
-    chatwoot_url: String,
-    logs: PathBuf,
-}
-
-impl Setup {
-    fn log_of(&self, name: &str) -> PathBuf {
-        self.logs.join(format!("{name}.log"))
-    }
-}
-
-/// A running `goldrelay serve`, killed when dropped so a failed test leaves nothing behind.
-struct Relay {
-    child: Child,
-}
-
-impl Relay {
-    /// Starts `name` on `port`, appending its output to `<name>.log`, and
-    /// waits until it is healthy.
-    async fn start(setup: &Setup, name: &str, port: u16) -> Self {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(setup.log_of(name))
-            .expect("log file opens");
-        let child = Command::new(env!("CARGO_BIN_EXE_goldrelay"))
-            .arg("serve")
-            .env_clear()
-            .env("GOLDRELAY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("GOLDRELAY_TOKENS", TOKEN)
-            .env("DATABASE_URL", &setup.database_url)
-            .env("CHATWOOT_BASE_URL", &setup.chatwoot_url)
-            .env("CHATWOOT_API_TOKEN", SandboxConfig::default().user_token)
-            .env("GOLDRELAY_CHATWOOT_TIMEOUT", CHATWOOT_TIMEOUT)
-            .env("GOLDRELAY_RETRY_BASE", "50ms")
-            .env("GOLDRELAY_RETRY_MAX", "200ms")
-            .env("GOLDRELAY_SEND_RATE", "0")
-            .env("GOLDRELAY_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file handle"))
-            .stderr(log)
-            .spawn()
-            .expect("goldrelay starts");
-        let mut relay = Relay { child };
-        relay.wait_until_healthy(&setup.log_of(name), port).await;
-        relay
-    }
-
-    async fn wait_until_healthy(&mut self, log: &Path, port: u16) {
-        let deadline = Instant::now() + helpers::PATIENCE;
-        let url = format!("http://127.0.0.1:{port}/hc");
-        let client = reqwest::Client::new();
-        loop {
-            if let Some(exit) = self.child.try_wait().expect("goldrelay waited for") {
-                panic!("goldrelay exited with {exit}:\n{}", read_log(log));
-            }
-            let answer = client.get(&url).send().await;
-            if answer.is_ok_and(|r| r.status() == 200) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "goldrelay on port {port} never became healthy:\n{}",
-                read_log(log)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL: no drain, no lease handed back.
-    fn kill(mut self) {
-        self.child.kill().expect("goldrelay killed");
-        self.child.wait().expect("goldrelay reaped");
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Keeps the processes' logs when the test fails, and says where they are.
-struct KeepLogsOnPanic(Option<TempDir>);
-
-impl Drop for KeepLogsOnPanic {
-    fn drop(&mut self) {
-        if let (true, Some(dir)) = (std::thread::panicking(), self.0.take()) {
-            eprintln!("goldrelay logs kept in {}", dir.keep().display());
-        }
-    }
-}
-
-fn read_log(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 fn api_at(port: u16) -> Api {
     Api {
@@ -224,18 +110,6 @@ async fn wait_for_accepted(progress: &AtomicUsize, count: usize) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// Ids of the replies the sandbox holds messages for in `conversation`, oldest first.
-fn delivered_ids(chatwoot: &SandboxHandle, conversation: i64) -> Vec<String> {
-    chatwoot
-        .messages(1, conversation)
-        .iter()
-        .map(|m| {
-            let id = m.content_attributes["gold_reply_id"].as_str();
-            id.unwrap_or_default().to_owned()
-        })
-        .collect()
 }
 
 /// Ids of (at most 20) replies goldrelay holds with `status`.
@@ -323,23 +197,15 @@ fn deliveries_logged(log: &Path) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
 async fn replies_posted_to_two_instances_while_one_is_killed_reach_chatwoot_once_each_in_order() {
-    if std::env::var("TEST_DATABASE_URL").map_or(true, |url| url.is_empty()) {
-        eprintln!("skipped: set TEST_DATABASE_URL to a PostgreSQL server to run this test");
-        return;
-    }
     let chatwoot =
         sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let setup = Setup {
-        database_url: helpers::database_url(&dir),
-        chatwoot_url: chatwoot.base_url(),
-        logs: dir.path().to_owned(),
-    };
-    let _keep = KeepLogsOnPanic(Some(dir));
+    let database_url = postgres::fresh_database();
+    let serve = Serve::new(&database_url, &chatwoot);
     let ports = [free_port(), free_port()];
-    let a = Relay::start(&setup, "a", ports[0]).await;
-    let _b = Relay::start(&setup, "b", ports[1]).await;
+    let a = serve.start_on("a", ports[0]).await;
+    let _b = serve.start_on("b", ports[1]).await;
 
     let apis = Arc::new(ports.map(api_at));
     let progress = Arc::new(AtomicUsize::new(0));
@@ -358,13 +224,13 @@ async fn replies_posted_to_two_instances_while_one_is_killed_reach_chatwoot_once
         ..Faults::default()
     });
     wait_for_accepted(&progress, 100).await;
-    let (owners, held) = wait_until_both_hold_jobs(&setup.database_url).await;
+    let (owners, held) = wait_until_both_hold_jobs(&database_url).await;
     assert_eq!(
         owners, 2,
         "the instances never both held a job to kill one in"
     );
     a.kill();
-    let _a = Relay::start(&setup, "a", ports[0]).await;
+    let _a = serve.start_on("a", ports[0]).await;
     chatwoot.set_faults(Faults::default());
     wait_for_accepted(&progress, 200).await;
     chatwoot.set_faults(Faults {
@@ -389,8 +255,8 @@ async fn replies_posted_to_two_instances_while_one_is_killed_reach_chatwoot_once
         );
     }
     let (by_a, by_b) = (
-        deliveries_logged(&setup.log_of("a")),
-        deliveries_logged(&setup.log_of("b")),
+        deliveries_logged(&serve.log_of("a")),
+        deliveries_logged(&serve.log_of("b")),
     );
     eprintln!(
         "{} replies accepted ({failed_attempts} posts failed and were retried); \

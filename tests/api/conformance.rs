@@ -1,13 +1,11 @@
 //! One conformance suite for the `Store` trait: every behaviour the HTTP and
-//! delivery code rely on, written once and run against SQLite always and
-//! against PostgreSQL when `TEST_DATABASE_URL` names a server (a fresh database
-//! per test). Times are explicit `now` values, so nothing here sleeps to let a
-//! lease or a retry delay run out.
+//! delivery code rely on, written once and run against SQLite always
+//! (`conformance::sqlite::…`) and against PostgreSQL (`conformance::postgres::…`,
+//! a fresh schema per test). The PostgreSQL twins need `TEST_DATABASE_URL`,
+//! so they are ignored unless run with `--include-ignored`. Times are explicit
+//! `now` values, so nothing here sleeps to let a lease or a retry delay run out.
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
-mod helpers;
-
+use crate::helpers;
 use chrono::{DateTime, SubsecRound, Utc};
 use goldrelay::config::DatabaseUrl;
 use goldrelay::domain::{ChatwootEvent, Effect, GoldReply, Status};
@@ -56,23 +54,24 @@ macro_rules! conformance {
             use super::TestDb;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
                 async fn $store_test() {
-                    let Some(db) = TestDb::postgres().await else { return };
+                    let db = TestDb::postgres().await;
                     super::$store_test(db.store.clone()).await;
                 }
             )*
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
                 async fn $db_test() {
-                    let Some(db) = TestDb::postgres().await else { return };
-                    super::$db_test(db).await;
+                    super::$db_test(TestDb::postgres().await).await;
                 }
             )*
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
                 async fn $pg_test() {
-                    let Some(db) = TestDb::postgres().await else { return };
-                    super::$pg_test(db).await;
+                    super::$pg_test(TestDb::postgres().await).await;
                 }
             )*
         }
@@ -124,16 +123,11 @@ impl TestDb {
         Self::open(DatabaseUrl::parse(&url).expect("a test database URL"), dir).await
     }
 
-    /// A new database on the `TEST_DATABASE_URL` server, or `None` without one.
-    async fn postgres() -> Option<Self> {
-        if std::env::var("TEST_DATABASE_URL").map_or(true, |url| url.is_empty()) {
-            eprintln!("TEST_DATABASE_URL is not set: the PostgreSQL run is skipped");
-            return None;
-        }
+    /// A new schema on the `TEST_DATABASE_URL` server; fails the test without one.
+    async fn postgres() -> Self {
+        let url = helpers::postgres::fresh_database();
         let dir = tempfile::tempdir().unwrap();
-        let url = helpers::database_url(&dir);
-        assert_eq!(Backend::of(&url), Some(Backend::Postgres), "{url}");
-        Some(Self::open(DatabaseUrl::parse(&url).expect("a test database URL"), dir).await)
+        Self::open(DatabaseUrl::parse(&url).expect("a test database URL"), dir).await
     }
 
     async fn open(url: DatabaseUrl, dir: TempDir) -> Self {

@@ -90,7 +90,6 @@ impl Chatwoot {
 
 /// A webhook receiver standing where goldrelay would.
 struct Hooks {
-    url: String,
     events: mpsc::UnboundedReceiver<Value>,
 }
 
@@ -115,10 +114,8 @@ async fn hooks(chatwoot: &Chatwoot) -> Hooks {
     .unwrap();
     let url = format!("http://{}/hook", server.addrs()[0]);
     tokio::spawn(server.run());
-    chatwoot
-        .handle
-        .set_webhook(url.clone(), Some(SECRET.into()));
-    Hooks { url, events }
+    chatwoot.handle.set_webhook(url, Some(SECRET.into()));
+    Hooks { events }
 }
 
 /// The body of a delivery whose signature is `sha256=hex(HMAC(secret, ts + "." + body))`.
@@ -277,7 +274,6 @@ async fn webhooks_carry_no_status_and_only_the_latest_public_message() {
     assert!(cw.handle.set_status(second, "read", None).await);
     let updated = hooks.about("message_updated", second).await;
     assert_eq!(updated["conversation"]["messages"][0]["status"], "read");
-    assert!(hooks.url.ends_with("/hook"));
 }
 
 #[tokio::test]

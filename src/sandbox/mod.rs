@@ -1,0 +1,443 @@
+//! The sandbox Chatwoot: an in-memory stand-in that behaves like Chatwoot
+//! 4.13.0 for everything goldrelay uses (see `docs/chatwoot.md`, which also
+//! lists every fault and how a test switches it on). `goldrelay dev`, the
+//! tests, `smoke`'s tests and the benchmark all use it as a real HTTP peer.
+//!
+//! What real Chatwoot simply does (pagination, Liquid rendering, webhook
+//! shapes, status rules) is the default; what happens only under load or
+//! behind a proxy is a fault in [`Faults`] or [`SandboxConfig`].
+//! Control endpoints live under `/_sandbox/` and exist only here.
+
+mod api;
+pub mod liquid;
+mod webhook;
+
+pub use webhook::sign;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const USER_ID: i64 = 1;
+const USER_NAME: &str = "Sandbox Agent";
+const BOT_ID: i64 = 2;
+const BOT_NAME: &str = "Sandbox Bot";
+const INBOX_NAME: &str = "Sandbox API";
+/// The name of every conversation's contact, as `{{contact.name}}` renders it.
+pub const CONTACT_NAME: &str = "Sandbox Customer";
+
+/// How the sandbox is set up.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// A user token: may create and list messages.
+    pub user_token: String,
+    /// An agent-bot token: may create messages but not list them, like the real one.
+    pub bot_token: Option<String>,
+    /// Accounts that exist.
+    pub accounts: Vec<i64>,
+    /// Conversations 1..=this exist in every account.
+    pub conversations: i64,
+    /// Where to send signed webhook events, as an account webhook would.
+    pub webhook_url: Option<String>,
+    /// The webhook secret; without it events go unsigned, like Chatwoot before 4.12.
+    pub webhook_secret: Option<String>,
+    /// rack-attack's `req/ip` throttle (`RACK_ATTACK_LIMIT` requests per
+    /// client IP per minute; 3000 in production). `None` is off, as in
+    /// Rails' development and test environments. Unlike production, loopback
+    /// is not safelisted, since every test client is on loopback.
+    pub rack_attack_limit: Option<u32>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            user_token: "sandbox-user-token".into(),
+            bot_token: Some("sandbox-bot-token".into()),
+            accounts: vec![1],
+            conversations: 1000,
+            webhook_url: None,
+            webhook_secret: None,
+            rack_attack_limit: None,
+        }
+    }
+}
+
+/// Faults to inject, set through `POST /_sandbox/faults` or [`SandboxHandle::set_faults`].
+/// Setting faults replaces all of them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Fail this many of the next message requests (create or list) with `fail_status`.
+    pub fail_next: u32,
+    /// 503 by default; 429 answers like rack-attack (`text/plain`, `Retry later\n`).
+    pub fail_status: Option<u16>,
+    /// Sent as `Retry-After` (seconds) with the failures. rack-attack never
+    /// sends one; this is a proxy or load balancer in front of Chatwoot.
+    pub retry_after: Option<u64>,
+    /// Delay every message request by this many milliseconds before answering.
+    pub delay_ms: u64,
+    /// For this many of the next creates: create the message, then wait
+    /// `late_ms` before answering (longer than the client's timeout).
+    pub late_next: u32,
+    /// How long a `late_next` create waits before answering.
+    pub late_ms: u64,
+    /// For this many of the next creates: Puma keeps working after the
+    /// client hung up, so the row commits only `commit_after_ms` after the
+    /// request arrived (`messages_controller.rb`). A lookup right after a
+    /// client timeout misses it; a later one finds it.
+    pub commit_late_next: u32,
+    /// When a `commit_late_next` create commits, counted from its arrival.
+    pub commit_after_ms: u64,
+    /// When a `commit_late_next` create answers, counted from its arrival;
+    /// `None` never answers (the client must give up).
+    pub answer_after_ms: Option<u64>,
+    /// For this many of the next creates: the row commits, then an
+    /// `after_create_commit` callback raises and `create` rescues it into 422
+    /// `{"error": e.message}` (`messages_controller.rb`, `message.rb`).
+    pub error_after_commit_next: u32,
+    /// The 422's text; a `Redis::CannotConnectError` by default.
+    pub error_after_commit_text: Option<String>,
+    /// Whether `message_created` still goes out. With Redis down it does
+    /// not: the event dispatch is the callback that raised.
+    pub error_after_commit_echo: bool,
+    /// nginx's default `underscores_in_headers off`: a header with `_` in
+    /// its name (`api_access_token`) never reaches Chatwoot; only
+    /// `Api-Access-Token` does.
+    pub drop_underscore_headers: bool,
+}
+
+/// What `error_after_commit_next` answers unless told otherwise.
+pub const REDIS_DOWN: &str =
+    "Redis::CannotConnectError: Error connecting to Redis on redis:6379 (Errno::ECONNREFUSED)";
+
+/// A message as the sandbox keeps it (the REST partial of `_message.json.jbuilder`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: i64,
+    pub account_id: i64,
+    pub content: Value,
+    pub inbox_id: i64,
+    pub conversation_id: i64,
+    pub message_type: i64,
+    pub content_type: String,
+    pub status: String,
+    pub content_attributes: Value,
+    pub created_at: i64,
+    pub private: bool,
+    pub source_id: Value,
+    pub sender: Value,
+    #[serde(skip)]
+    created: DateTime<Utc>,
+    #[serde(skip)]
+    updated: DateTime<Utc>,
+    #[serde(skip)]
+    sent_by: Caller,
+}
+
+impl Message {
+    /// `_message.json.jbuilder`: what create and list answer (no `account_id`).
+    fn rest_json(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            map.remove("account_id");
+        }
+        value
+    }
+}
+
+/// One create request as it arrived, for tests and the benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateSeen {
+    pub gold_reply_id: Option<String>,
+    /// Milliseconds since the Unix epoch when the request arrived.
+    pub at_ms: i64,
+}
+
+/// Who a token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Caller {
+    User,
+    Bot,
+}
+
+#[derive(Default)]
+struct State {
+    webhook_url: Option<String>,
+    webhook_secret: Option<String>,
+    messages: Vec<Message>,
+    next_id: i64,
+    faults: Faults,
+    creates: Vec<CreateSeen>,
+    recent: HashMap<(i64, i64), Vec<Instant>>,
+    /// rack-attack's fixed windows: client IP → (minute, requests in it).
+    throttle: HashMap<IpAddr, (i64, u32)>,
+}
+
+impl State {
+    /// `conversation.messages.chat.last`: neither private nor activity.
+    fn latest_public(&self, account_id: i64, conversation_id: i64) -> Option<&Message> {
+        self.messages.iter().rev().find(|m| {
+            m.account_id == account_id
+                && m.conversation_id == conversation_id
+                && !m.private
+                && m.message_type != 2
+        })
+    }
+}
+
+struct Shared {
+    config: SandboxConfig,
+    state: Mutex<State>,
+    webhooks: reqwest::Client,
+}
+
+/// A running sandbox.
+pub struct SandboxHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: ServerHandle,
+}
+
+impl SandboxHandle {
+    /// The base URL to give goldrelay as `CHATWOOT_BASE_URL`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address the sandbox listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Points webhook events at `url`, signed with `secret` when given.
+    pub fn set_webhook(&self, url: String, secret: Option<String>) {
+        let mut state = self.shared.lock();
+        state.webhook_url = Some(url);
+        state.webhook_secret = secret;
+    }
+
+    /// Replaces every fault.
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.lock().faults = faults;
+    }
+
+    /// Every message of one conversation, oldest first.
+    pub fn messages(&self, account_id: i64, conversation_id: i64) -> Vec<Message> {
+        self.shared
+            .lock()
+            .messages
+            .iter()
+            .filter(|m| m.account_id == account_id && m.conversation_id == conversation_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Every create request received so far, failed ones included.
+    pub fn creates(&self) -> Vec<CreateSeen> {
+        self.shared.lock().creates.clone()
+    }
+
+    /// Changes a message's channel status as `Messages::StatusUpdateService`
+    /// does when the customer's channel reports back, and sends
+    /// `message_updated` once the event is delivered. `false` when Chatwoot
+    /// would refuse it (read → delivered, an unknown status, no message).
+    pub async fn set_status(
+        &self,
+        message_id: i64,
+        status: &str,
+        external_error: Option<&str>,
+    ) -> bool {
+        let event = self
+            .shared
+            .update_status(message_id, status, external_error);
+        self.shared.send_now(event).await
+    }
+
+    /// An agent presses "retry" on a message (`MessagesController#retry`,
+    /// 4.13.0): `update!(status: :sent, content_attributes: {})`, so the
+    /// failure, and every attribute the sender stored with it, is gone.
+    /// `false` when there is no such message.
+    pub async fn agent_retry(&self, message_id: i64) -> bool {
+        let event = self.shared.retry(message_id);
+        self.shared.send_now(event).await
+    }
+
+    /// Stops the server without waiting for open requests.
+    pub async fn stop(&self) {
+        self.server.stop(false).await;
+    }
+}
+
+/// A webhook event ready to post: URL, secret and body.
+struct Event {
+    url: String,
+    secret: Option<String>,
+    body: String,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Messages::StatusUpdateService`: only read → delivered is refused;
+    /// `external_error` is kept for `failed` and set to nil otherwise.
+    fn update_status(&self, id: i64, status: &str, error: Option<&str>) -> Option<Option<Event>> {
+        const STATUSES: [&str; 4] = ["sent", "delivered", "read", "failed"];
+        let mut state = self.lock();
+        let message = state.messages.iter_mut().find(|m| m.id == id)?;
+        if !STATUSES.contains(&status) || (message.status == "read" && status == "delivered") {
+            return None;
+        }
+        message.status = status.to_owned();
+        let error = error.filter(|_| status == "failed");
+        if let Some(attrs) = message.content_attributes.as_object_mut() {
+            // A store accessor: writing nil keeps the key, with null.
+            attrs.insert("external_error".into(), json!(error));
+        }
+        message.updated = Utc::now();
+        let message = message.clone();
+        Some(Self::event(&state, &message, "message_updated"))
+    }
+
+    fn retry(&self, id: i64) -> Option<Option<Event>> {
+        let mut state = self.lock();
+        let message = state.messages.iter_mut().find(|m| m.id == id)?;
+        message.status = "sent".into();
+        message.content_attributes = json!({});
+        message.updated = Utc::now();
+        let message = message.clone();
+        Some(Self::event(&state, &message, "message_updated"))
+    }
+
+    /// Builds the event now, as the listener does at commit, so the
+    /// conversation's latest message is the one at this moment.
+    fn event(state: &State, message: &Message, event: &str) -> Option<Event> {
+        Some(Event {
+            url: state.webhook_url.clone()?,
+            secret: state.webhook_secret.clone(),
+            body: webhook::message_event(state, message, event).to_string(),
+        })
+    }
+
+    /// Posts a change's event before returning whether the change happened.
+    async fn send_now(&self, change: Option<Option<Event>>) -> bool {
+        let Some(event) = change else {
+            return false;
+        };
+        if let Some(event) = event {
+            self.post(event).await;
+        }
+        true
+    }
+
+    async fn post(&self, event: Event) {
+        webhook::deliver(
+            &self.webhooks,
+            &event.url,
+            event.secret.as_deref(),
+            event.body,
+        )
+        .await;
+    }
+}
+
+/// The conversation's contact, in its push form.
+fn contact() -> Value {
+    json!({"additional_attributes": {}, "custom_attributes": {}, "email": "customer@sandbox.invalid",
+        "id": 1, "identifier": null, "name": CONTACT_NAME, "phone_number": null, "thumbnail": "",
+        "blocked": false, "type": "contact"})
+}
+
+/// Starts a sandbox on `addr` (port 0 picks a free one).
+pub fn start(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<SandboxHandle> {
+    let listener = TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    let webhooks = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(std::io::Error::other)?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            webhook_url: config.webhook_url.clone(),
+            webhook_secret: config.webhook_secret.clone(),
+            next_id: 1,
+            ..State::default()
+        }),
+        webhooks,
+        config,
+    });
+    let data = web::Data::from(shared.clone());
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok(SandboxHandle {
+        addr,
+        shared,
+        server: handle,
+    })
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    api::routes(cfg);
+    cfg.route("/_sandbox/faults", web::post().to(set_faults))
+        .route("/_sandbox/messages", web::get().to(all_messages))
+        .route("/_sandbox/creates", web::get().to(all_creates))
+        .route("/_sandbox/messages/{id}/status", web::post().to(set_status))
+        .route("/_sandbox/messages/{id}/retry", web::post().to(agent_retry));
+}
+
+async fn set_faults(faults: web::Json<Faults>, shared: web::Data<Shared>) -> HttpResponse {
+    shared.lock().faults = faults.into_inner();
+    HttpResponse::NoContent().finish()
+}
+
+async fn all_messages(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(&shared.lock().messages)
+}
+
+async fn all_creates(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(&shared.lock().creates)
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    status: String,
+    external_error: Option<String>,
+}
+
+async fn set_status(
+    path: web::Path<i64>,
+    body: web::Json<StatusBody>,
+    shared: web::Data<Shared>,
+) -> HttpResponse {
+    let change = shared.update_status(*path, &body.status, body.external_error.as_deref());
+    answer_change(&shared, *path, change).await
+}
+
+async fn agent_retry(path: web::Path<i64>, shared: web::Data<Shared>) -> HttpResponse {
+    let change = shared.retry(*path);
+    answer_change(&shared, *path, change).await
+}
+
+/// 200 with the message after a change, 422 when Chatwoot refused it, 404 with no message.
+async fn answer_change(shared: &Shared, id: i64, change: Option<Option<Event>>) -> HttpResponse {
+    let changed = shared.send_now(change).await;
+    let state = shared.lock();
+    match state.messages.iter().find(|m| m.id == id) {
+        Some(message) if changed => HttpResponse::Ok().json(message),
+        Some(_) => api::error(StatusCode::UNPROCESSABLE_ENTITY, "status change refused"),
+        None => api::error(StatusCode::NOT_FOUND, "Resource could not be found"),
+    }
+}

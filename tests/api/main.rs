@@ -21,5 +21,6 @@ mod ordering;
 mod postgres_instances;
 mod postgres_outage;
 mod restart;
+mod sandbox;
 mod validation;
 mod webhooks;

@@ -138,3 +138,18 @@ pub fn app(
             }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI;
+    use crate::domain::Status;
+    use serde_json::Value;
+
+    #[test]
+    fn the_openapi_status_enum_lists_exactly_the_domain_statuses() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let documented = &doc["components"]["schemas"]["Status"]["enum"];
+        let known: Vec<&str> = Status::ALL.map(Status::as_str).to_vec();
+        assert_eq!(documented, &serde_json::json!(known));
+    }
+}

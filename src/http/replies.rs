@@ -3,7 +3,7 @@
 use super::body::{parse_json, read_limited, require_json};
 use super::problem::ApiError;
 use super::{AppState, LoggedReplyId};
-use crate::domain::{GoldReply, ReplyId, Status};
+use crate::domain::{FieldError, GoldReply, ReplyId, Status};
 use crate::store::{Cursor, Ingested, ReplyFilter, ReplyRecord, Requeued};
 use actix_web::http::header::LOCATION;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -51,7 +51,7 @@ async fn ingest(
     };
     response
         .extensions_mut()
-        .insert(LoggedReplyId(reply.reply_id.to_string()));
+        .insert(LoggedReplyId(reply.reply_id().to_string()));
     Ok((outcome, response))
 }
 
@@ -106,6 +106,7 @@ pub async fn retry_reply(
     }
 }
 
+/// The list endpoint's query string.
 #[derive(Deserialize)]
 pub struct ListQuery {
     status: Option<String>,
@@ -136,21 +137,13 @@ pub async fn list_replies(
 }
 
 fn filter(query: ListQuery) -> Result<ReplyFilter, ApiError> {
-    let invalid = |field: &str, message: &str| {
-        ApiError::Invalid(vec![crate::domain::FieldError {
-            field: field.to_owned(),
-            message: message.to_owned(),
-        }])
-    };
+    let invalid =
+        |field: &str, message: &str| ApiError::Invalid(vec![FieldError::new(field, message)]);
     let status = query
         .status
         .map(|s| {
-            Status::parse(&s).ok_or_else(|| {
-                invalid(
-                    "status",
-                    "must be one of recorded, queued, delivered, confirmed, dead",
-                )
-            })
+            s.parse::<Status>()
+                .map_err(|e| invalid("status", &e.to_string()))
         })
         .transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);

@@ -225,7 +225,7 @@ impl Backend {
 }
 
 pub(crate) fn initial_status(reply: &GoldReply) -> Status {
-    if reply.action.sends() {
+    if reply.action().sends() {
         Status::Queued
     } else {
         Status::Recorded
@@ -237,16 +237,16 @@ pub(crate) fn created_record(reply: &GoldReply, now: DateTime<Utc>) -> ReplyReco
     // Stored times have millisecond precision; answer with what a read returns.
     let at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
     ReplyRecord {
-        reply_id: reply.reply_id.to_string(),
-        account_id: reply.account_id,
-        conversation_id: reply.conversation_id,
-        action: reply.action.as_str().to_owned(),
+        reply_id: reply.reply_id().to_string(),
+        account_id: reply.account_id(),
+        conversation_id: reply.conversation_id(),
+        action: reply.action().as_str().to_owned(),
         status: initial_status(reply),
         attempts: 0,
         last_error: None,
         chatwoot_message_id: None,
         received_at: at,
-        next_attempt_at: reply.action.sends().then_some(at),
+        next_attempt_at: reply.action().sends().then_some(at),
         delivered_at: None,
         confirmed_at: None,
         channel_status: None,

@@ -86,23 +86,23 @@ async fn insert_reply(
     status: Status,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let sends = reply.action.sends();
+    let sends = reply.action().sends();
     let inserted = sqlx::query(
         "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, private, \
          approved_by, draft, tags, metadata, fingerprint, status, received_at, next_attempt_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (reply_id) DO NOTHING",
     )
-    .bind(reply.reply_id.as_str())
-    .bind(reply.account_id)
-    .bind(reply.conversation_id)
-    .bind(reply.action.as_str())
-    .bind(&reply.content)
-    .bind(reply.private)
-    .bind(&reply.approved_by)
-    .bind(&reply.draft)
-    .bind(serde_json::Value::from(reply.tags.clone()))
-    .bind(&reply.metadata)
+    .bind(reply.reply_id().as_str())
+    .bind(reply.account_id())
+    .bind(reply.conversation_id())
+    .bind(reply.action().as_str())
+    .bind(reply.content())
+    .bind(reply.private())
+    .bind(reply.approved_by())
+    .bind(reply.draft())
+    .bind(serde_json::Value::from(reply.tags().to_vec()))
+    .bind(reply.metadata())
     .bind(reply.fingerprint())
     .bind(status.as_str())
     .bind(now)
@@ -245,7 +245,7 @@ impl Store for PostgresStore {
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
         // Millisecond precision, as the record answered without reading back.
         let now = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-        let sends = reply.action.sends();
+        let sends = reply.action().sends();
         let status = if sends {
             Status::Queued
         } else {
@@ -253,12 +253,12 @@ impl Store for PostgresStore {
         };
         let mut tx = self.pool.begin().await?;
         if !insert_reply(&mut tx, reply, status, now).await? {
-            let existing = fetch_record(&mut tx, reply.reply_id.as_str())
+            let existing = fetch_record(&mut tx, reply.reply_id().as_str())
                 .await?
                 .ok_or(StoreError::Unavailable)?;
             let stored: String =
                 sqlx::query_scalar("SELECT fingerprint FROM gold_replies WHERE reply_id = $1")
-                    .bind(reply.reply_id.as_str())
+                    .bind(reply.reply_id().as_str())
                     .fetch_one(&mut *tx)
                     .await?;
             tx.commit().await?;
@@ -269,8 +269,15 @@ impl Store for PostgresStore {
             });
         }
         if sends {
-            let id = reply.reply_id.as_str();
-            enqueue(&mut tx, id, reply.account_id, reply.conversation_id, now).await?;
+            let id = reply.reply_id().as_str();
+            enqueue(
+                &mut tx,
+                id,
+                reply.account_id(),
+                reply.conversation_id(),
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         let created = created_record(reply, now);

@@ -218,9 +218,9 @@ impl NewReply {
     fn new(reply: &GoldReply) -> Self {
         Self {
             fingerprint: reply.fingerprint(),
-            draft: reply.draft.as_ref().map(|v| v.to_string()),
-            tags: serde_json::Value::from(reply.tags.clone()).to_string(),
-            metadata: reply.metadata.as_ref().map(|v| v.to_string()),
+            draft: reply.draft().map(|v| v.to_string()),
+            tags: serde_json::Value::from(reply.tags().to_vec()).to_string(),
+            metadata: reply.metadata().map(|v| v.to_string()),
             reply: reply.clone(),
         }
     }
@@ -264,20 +264,20 @@ async fn try_ingest_batch(
         insert.push_values(chunk, |mut row, (new, now)| {
             let reply = &new.reply;
             let now_ms = millis(*now);
-            row.push_bind(reply.reply_id.as_str())
-                .push_bind(reply.account_id)
-                .push_bind(reply.conversation_id)
-                .push_bind(reply.action.as_str())
-                .push_bind(reply.content.as_str())
-                .push_bind(reply.private)
-                .push_bind(reply.approved_by.as_deref())
+            row.push_bind(reply.reply_id().as_str())
+                .push_bind(reply.account_id())
+                .push_bind(reply.conversation_id())
+                .push_bind(reply.action().as_str())
+                .push_bind(reply.content())
+                .push_bind(reply.private())
+                .push_bind(reply.approved_by())
                 .push_bind(new.draft.as_deref())
                 .push_bind(new.tags.as_str())
                 .push_bind(new.metadata.as_deref())
                 .push_bind(new.fingerprint.as_str())
                 .push_bind(initial_status(reply).as_str())
                 .push_bind(now_ms)
-                .push_bind(reply.action.sends().then_some(now_ms));
+                .push_bind(reply.action().sends().then_some(now_ms));
         });
         insert.push(" ON CONFLICT (reply_id) DO NOTHING RETURNING reply_id");
         let ids: Vec<String> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
@@ -286,10 +286,10 @@ async fn try_ingest_batch(
     let mut results = Vec::with_capacity(items.len());
     let mut jobs = Vec::new();
     for (new, now) in items {
-        let id = new.reply.reply_id.as_str();
+        let id = new.reply.reply_id().as_str();
         // The first of two posts of one id in a batch is the one inserted.
         if inserted.remove(id) {
-            if new.reply.action.sends() {
+            if new.reply.action().sends() {
                 jobs.push((&new.reply, millis(*now)));
             }
             results.push(Ok(Ingested::Created(created_record(&new.reply, *now))));
@@ -314,9 +314,9 @@ async fn enqueue_batch(
             "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) ",
         );
         insert.push_values(chunk, |mut row, (reply, due_ms)| {
-            row.push_bind(reply.reply_id.as_str())
-                .push_bind(reply.account_id)
-                .push_bind(reply.conversation_id)
+            row.push_bind(reply.reply_id().as_str())
+                .push_bind(reply.account_id())
+                .push_bind(reply.conversation_id())
                 .push_bind(*due_ms);
         });
         insert.push(" RETURNING seq");
@@ -751,7 +751,7 @@ impl Store for SqliteStore {
             .await
             .map_err(|_| StoreError::Unavailable)?;
         let ingested = answered.await.map_err(|_| StoreError::Unavailable)??;
-        if matches!(ingested, Ingested::Created(_)) && reply.action.sends() {
+        if matches!(ingested, Ingested::Created(_)) && reply.action().sends() {
             self.new_jobs();
         }
         Ok(ingested)

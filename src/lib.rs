@@ -7,6 +7,7 @@ pub mod config;
 pub mod delivery;
 pub mod dev;
 pub mod domain;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod ops;

@@ -50,7 +50,7 @@ impl Application {
             store: store.clone(),
             tokens: BearerTokens::new(&settings.tokens),
             max_body_bytes: settings.max_body_bytes,
-            worker: link,
+            worker: link.state.clone(),
             webhooks: WebhookAuth::new(
                 settings.webhook_secrets.clone(),
                 settings.webhook_tolerance,

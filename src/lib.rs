@@ -9,6 +9,7 @@ pub mod dev;
 pub mod domain;
 pub mod health;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod ops;
 pub mod sandbox;

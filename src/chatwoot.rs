@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use reqwest::{StatusCode, Url};
+use reqwest::{RequestBuilder, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -112,28 +112,19 @@ impl ChatwootClient {
             "content_type": "text",
             "content_attributes": { "gold_reply_id": reply_id },
         });
-        let response = self
+        let request = self
             .http
-            .post(self.messages_url(account_id, conversation_id))
-            .header(TOKEN_HEADER, self.token.expose_secret())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.map_err(|e| transport_error(&e))?;
-        if !status.is_success() {
-            return Err(classify(status, &headers, &text));
-        }
-        serde_json::from_str::<MessageBody>(&text)
-            .map(|m| m.id)
-            .map_err(|_| SendError::Transient {
-                status: Some(status.as_u16()),
-                retry_after: None,
-                maybe_created: true,
-                detail: format!("Chatwoot answered {status} without a message id"),
-            })
+            .post(self.messages_url(account_id, conversation_id));
+        self.call(
+            self.authed(request).json(&body),
+            Call::Create,
+            |status, text| {
+                serde_json::from_str::<MessageBody>(text)
+                    .map(|m| m.id)
+                    .map_err(|_| format!("Chatwoot answered {status} without a message id"))
+            },
+        )
+        .await
     }
 
     /// Looks through the conversation's recent messages for one carrying
@@ -171,48 +162,29 @@ impl ChatwootClient {
         if let Some(id) = before {
             url.query_pairs_mut().append_pair("before", &id.to_string());
         }
-        let response = self
-            .http
-            .get(url)
-            .header(TOKEN_HEADER, self.token.expose_secret())
-            .send()
-            .await
-            .map_err(|e| lookup_transport_error(&e))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| lookup_transport_error(&e))?;
-        if !status.is_success() {
-            return Err(classify(status, &headers, &text));
-        }
-        serde_json::from_str::<ListBody>(&text)
-            .map(|b| b.payload)
-            .map_err(|e| SendError::Transient {
-                status: Some(status.as_u16()),
-                retry_after: None,
-                maybe_created: true,
-                detail: format!("Chatwoot's message list could not be read: {e}"),
-            })
+        self.call(self.authed(self.http.get(url)), Call::Lookup, |_, text| {
+            serde_json::from_str::<ListBody>(text)
+                .map(|b| b.payload)
+                .map_err(|e| format!("Chatwoot's message list could not be read: {e}"))
+        })
+        .await
     }
 
     /// `GET /health`, falling back to `GET /api` on versions before 4.11.
     pub async fn health(&self) -> Result<String, String> {
-        let get = |path: &str| self.http.get(self.url(path)).send();
-        let response = get("/health").await.map_err(|e| describe_transport(&e))?;
-        if response.status().is_success() {
-            return Ok("/health answered 200".into());
+        let probe = |path: &str| self.http.get(self.url(path));
+        match self
+            .call(probe("/health"), Call::Probe, |_, _| Ok(()))
+            .await
+        {
+            Ok(()) => return Ok("/health answered 200".into()),
+            // Chatwoot answered, but not with success: older versions have no /health.
+            Err(e) if e.status().is_some() => {}
+            Err(e) => return Err(e.detail().to_owned()),
         }
-        let response = get("/api").await.map_err(|e| describe_transport(&e))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or_default();
-        let services_ok = body["data_services"] == "ok" && body["queue_services"] == "ok";
-        if status.is_success() && services_ok {
-            Ok(format!("/api reports version {}", body["version"]))
-        } else {
-            Err(format!("/api answered {status}: {body}"))
-        }
+        self.call(probe("/api"), Call::Probe, api_services)
+            .await
+            .map_err(|e| e.detail().to_owned())
     }
 
     /// One authenticated read: proves the API token is accepted for this conversation.
@@ -220,6 +192,74 @@ impl ChatwootClient {
         self.list_page(self.messages_url(account_id, conversation_id), None)
             .await
             .map(|_| ())
+    }
+
+    fn authed(&self, request: RequestBuilder) -> RequestBuilder {
+        request.header(TOKEN_HEADER, self.token.expose_secret())
+    }
+
+    /// Every call's one path: send, classify an error answer, then `decode` a
+    /// successful one. A success that cannot be decoded is transient, and may
+    /// have created the message.
+    async fn call<T>(
+        &self,
+        request: RequestBuilder,
+        call: Call,
+        decode: impl FnOnce(StatusCode, &str) -> Result<T, String>,
+    ) -> Result<T, SendError> {
+        let failed = |e: reqwest::Error| call.transport_error(&e);
+        let response = request.send().await.map_err(failed)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.map_err(failed)?;
+        if !status.is_success() {
+            return Err(classify(status, &headers, &text));
+        }
+        decode(status, &text).map_err(|detail| SendError::Transient {
+            status: Some(status.as_u16()),
+            retry_after: None,
+            maybe_created: true,
+            detail,
+        })
+    }
+}
+
+/// What a call does, which decides what its transport failures mean.
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    /// Creates a message: a failure after connecting may have created it.
+    Create,
+    /// Reads messages to find one an earlier attempt may have created.
+    Lookup,
+    /// Asks whether Chatwoot is up; the error is read as text.
+    Probe,
+}
+
+impl Call {
+    fn transport_error(self, e: &reqwest::Error) -> SendError {
+        let described = describe_transport(e);
+        let (maybe_created, detail) = match self {
+            // A refused connection never sent the request; anything later might have.
+            Call::Create => (!e.is_connect(), format!("Chatwoot {described}")),
+            Call::Lookup => (true, format!("Chatwoot lookup {described}")),
+            Call::Probe => (false, described),
+        };
+        SendError::Transient {
+            status: None,
+            retry_after: None,
+            maybe_created,
+            detail,
+        }
+    }
+}
+
+/// Reads `GET /api`: up only when both its data and queue services say ok.
+fn api_services(status: StatusCode, text: &str) -> Result<String, String> {
+    let body: Value = serde_json::from_str(text).unwrap_or_default();
+    if body["data_services"] == "ok" && body["queue_services"] == "ok" {
+        Ok(format!("/api reports version {}", body["version"]))
+    } else {
+        Err(format!("/api answered {status}: {body}"))
     }
 }
 
@@ -310,25 +350,6 @@ fn describe_transport(e: &reqwest::Error) -> String {
     text
 }
 
-fn transport_error(e: &reqwest::Error) -> SendError {
-    SendError::Transient {
-        status: None,
-        retry_after: None,
-        // A refused connection never sent the request; anything later might have.
-        maybe_created: !e.is_connect(),
-        detail: format!("Chatwoot {}", describe_transport(e)),
-    }
-}
-
-fn lookup_transport_error(e: &reqwest::Error) -> SendError {
-    SendError::Transient {
-        status: None,
-        retry_after: None,
-        maybe_created: true,
-        detail: format!("Chatwoot lookup {}", describe_transport(e)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +407,18 @@ mod tests {
             client.messages_url(1, 2).as_str(),
             "https://example.com/chatwoot/api/v1/accounts/1/conversations/2/messages"
         );
+    }
+
+    #[test]
+    fn api_is_up_only_when_data_and_queue_services_are_ok() {
+        let ok = r#"{"version":"4.13.0","queue_services":"ok","data_services":"ok"}"#;
+        assert_eq!(
+            api_services(StatusCode::OK, ok),
+            Ok("/api reports version \"4.13.0\"".into())
+        );
+        let degraded = r#"{"version":"4.13.0","queue_services":"failing","data_services":"ok"}"#;
+        let refused = api_services(StatusCode::OK, degraded).unwrap_err();
+        assert!(refused.starts_with("/api answered 200 OK: "), "{refused}");
     }
 
     #[test]

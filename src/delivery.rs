@@ -5,12 +5,12 @@
 //! `concurrency`, and every Chatwoot request passes one shared rate limiter.
 
 use crate::chatwoot::{ChatwootClient, SendError};
+use crate::health::{WorkerPhase, WorkerState};
 use crate::metrics::Metrics;
 use crate::store::{Job, Outcome, SharedStore};
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -29,14 +29,21 @@ const STORE_RETRY: Duration = Duration::from_millis(500);
 /// How the worker retries and gives up.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// The first retry's delay, doubled for each later one.
     pub retry_base: Duration,
+    /// The longest delay between two attempts.
     pub retry_max: Duration,
+    /// Attempts before a reply goes dead.
     pub max_attempts: u32,
+    /// How old a reply may get before it goes dead instead of being retried.
     pub max_age: Duration,
+    /// Deliveries in flight at once, across conversations.
     pub concurrency: usize,
     /// Chatwoot requests per second; 0 lifts the cap.
     pub send_rate: u32,
+    /// How long a claimed job stays ours.
     pub lease: Duration,
+    /// How long shutdown waits for attempts in flight.
     pub drain: Duration,
 }
 
@@ -50,42 +57,17 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Dura
     full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
-/// What `/hc` reports about the worker.
-#[derive(Debug, Default)]
-pub struct WorkerState(AtomicU8);
-
-impl WorkerState {
-    const STARTING: u8 = 0;
-    const RUNNING: u8 = 1;
-    const STORE_FAILING: u8 = 2;
-    const STOPPED: u8 = 3;
-
-    pub fn describe(&self) -> &'static str {
-        match self.0.load(Ordering::Relaxed) {
-            Self::STARTING => "starting",
-            Self::RUNNING => "running",
-            Self::STORE_FAILING => "paused: the store is failing",
-            _ => "stopped",
-        }
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::RUNNING
-    }
-
-    fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Relaxed);
-    }
-}
-
-/// Handles the HTTP side keeps to reach the worker.
+/// What the worker shares with the rest of the process: the store wakes it
+/// through `wake`, and `/hc` reads `state`.
 #[derive(Clone, Default)]
 pub struct WorkerLink {
-    /// Wakes the worker at once when a new reply is committed.
+    /// Wakes the worker at once when a new job is committed.
     pub wake: Arc<Notify>,
+    /// The worker's phase, for `/hc`.
     pub state: Arc<WorkerState>,
 }
 
+/// The delivery worker: see the module's documentation.
 pub struct Worker {
     store: SharedStore,
     client: ChatwootClient,
@@ -97,6 +79,7 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker under a fresh owner name, so its leases are told apart from other instances'.
     pub fn new(
         store: SharedStore,
         client: ChatwootClient,
@@ -123,7 +106,7 @@ impl Worker {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.policy.concurrency));
         let mut tasks = JoinSet::new();
-        this.link.state.set(WorkerState::RUNNING);
+        this.link.state.set(WorkerPhase::Running);
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let wait = this.claim_and_spawn(&slots, &mut tasks).await;
@@ -155,11 +138,11 @@ impl Worker {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::error!(error = %e, "could not claim delivery jobs; pausing");
-                self.link.state.set(WorkerState::STORE_FAILING);
+                self.link.state.set(WorkerPhase::StoreFailing);
                 return STORE_RETRY;
             }
         };
-        self.link.state.set(WorkerState::RUNNING);
+        self.link.state.set(WorkerPhase::Running);
         let full = jobs.len() == free;
         for job in jobs {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -203,7 +186,7 @@ impl Worker {
         if let Err(e) = self.store.release_all(&self.owner).await {
             tracing::warn!(error = %e, "could not release leases; they expire on their own");
         }
-        self.link.state.set(WorkerState::STOPPED);
+        self.link.state.set(WorkerPhase::Stopped);
     }
 
     async fn deliver(&self, job: Job) {

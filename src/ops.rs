@@ -2,7 +2,7 @@
 
 use crate::chatwoot::{ChatwootClient, SendError};
 use crate::config::Settings;
-use crate::domain::Status;
+use crate::domain::{Status, UnknownStatus};
 use crate::store::{self, ReplyFilter, ReplyRecord, Requeued, SharedStore};
 use anyhow::{bail, Context};
 use chrono::Utc;
@@ -60,8 +60,7 @@ pub async fn retry(store: &SharedStore, reply_id: &str) -> anyhow::Result<ReplyR
 
 /// Parses `--status`.
 pub fn parse_status(raw: &str) -> Result<Status, String> {
-    Status::parse(raw)
-        .ok_or_else(|| "must be one of recorded, queued, delivered, confirmed, dead".into())
+    raw.parse().map_err(|e: UnknownStatus| e.to_string())
 }
 
 /// One line of `check-config` output.

@@ -4,6 +4,7 @@ use crate::chatwoot::ChatwootClient;
 use crate::config::Settings;
 use crate::delivery::{Policy, Worker, WorkerLink};
 use crate::http::{self, AppState, BearerTokens, WebhookAuth};
+use crate::jobs;
 use crate::metrics::Metrics;
 use crate::store::{self, SharedStore};
 use actix_web::dev::Server;
@@ -50,7 +51,7 @@ impl Application {
             store: store.clone(),
             tokens: BearerTokens::new(&settings.tokens),
             max_body_bytes: settings.max_body_bytes,
-            worker: link,
+            worker: link.state.clone(),
             webhooks: WebhookAuth::new(
                 settings.webhook_secrets.clone(),
                 settings.webhook_tolerance,
@@ -103,7 +104,7 @@ impl Application {
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let worker = tokio::spawn(self.worker.run(shutdown.clone()));
-        tokio::spawn(prune_events(
+        tokio::spawn(jobs::prune_events(
             self.store.clone(),
             self.event_retention,
             shutdown.clone(),
@@ -147,25 +148,6 @@ fn metrics_server(
     .listen(listener)?
     .run();
     Ok((addr, server))
-}
-
-/// Deletes Chatwoot events older than the retention period, hourly.
-async fn prune_events(store: SharedStore, retention: std::time::Duration, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(age) = chrono::Duration::from_std(retention) else {
-            continue;
-        };
-        match store.prune_events(chrono::Utc::now() - age).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(pruned = n, "pruned old Chatwoot events"),
-            Err(e) => tracing::warn!(error = %e, "could not prune Chatwoot events"),
-        }
-    }
 }
 
 fn policy(settings: &Settings) -> Policy {

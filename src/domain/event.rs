@@ -1,9 +1,18 @@
 //! What a Chatwoot webhook event means for goldrelay.
 //!
-//! Payload shapes follow `shared/chatwoot/FACTS.md` §3.4: message events carry
-//! the message at the top level, with `content_attributes` echoed back. Chatwoot
-//! up to 4.13 puts no top-level `status` in `message_updated`; the status is then
-//! read from `conversation.messages[]` when the message is listed there.
+//! Facts from Chatwoot v4.13.0 that shape this reading:
+//! - `message_created` and `message_updated` bodies are `message.webhook_data.merge(event:)`
+//!   (`app/models/message.rb`, `webhook_data`): the message sits at the top level (`id`,
+//!   `content`, `message_type`, …) and `content_attributes` is echoed back, so the
+//!   `gold_reply_id` goldrelay sent comes back with it. `webhook_data` has no top-level
+//!   `status` key.
+//! - The `conversation` inside the body is `Conversations::EventDataPresenter#webhook_data`
+//!   (`app/presenters/conversations/event_data_presenter.rb`); its `messages` array, built by
+//!   `push_messages`, holds only the conversation's latest message that is neither private
+//!   nor an activity, each element with its `id` and `status`.
+//!
+//! So a message's channel status is read from the top level when a later Chatwoot sends
+//! it there, and otherwise from `conversation.messages[]` when the message is listed there.
 
 use serde_json::Value;
 

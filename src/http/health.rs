@@ -13,7 +13,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "status": if store_ok { "ok" } else { "unavailable" },
         "version": env!("CARGO_PKG_VERSION"),
         "store": { "status": if store_ok { "ok" } else { "unreachable" } },
-        "worker": { "status": state.worker.state.describe() },
+        "worker": { "status": state.worker.describe() },
         "webhooks": { "status": state.webhooks.describe() },
     });
     if store_ok {

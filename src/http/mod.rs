@@ -8,10 +8,10 @@ pub mod problem;
 mod replies;
 mod webhook;
 
-pub use auth::BearerTokens;
+pub use auth::{BearerTokens, Caller, Role};
 pub use webhook::WebhookAuth;
 
-use crate::delivery::WorkerLink;
+use crate::health::WorkerState;
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
 use actix_web::dev::{Service, ServiceResponse};
@@ -22,11 +22,17 @@ use std::time::Instant;
 
 /// What every handler shares.
 pub struct AppState {
+    /// Where replies and events are committed.
     pub store: SharedStore,
+    /// Who may call the bearer-authenticated endpoints, read by [`Caller`].
     pub tokens: BearerTokens,
+    /// The largest request body read.
     pub max_body_bytes: usize,
-    pub worker: WorkerLink,
+    /// The delivery worker's phase, for `/hc`; the worker itself is out of reach.
+    pub worker: Arc<WorkerState>,
+    /// How Chatwoot's webhook requests are verified.
     pub webhooks: WebhookAuth,
+    /// The counters requests update and `/metrics` renders.
     pub metrics: Arc<Metrics>,
     /// Whether `/metrics` is served with the API (no separate metrics address).
     pub metrics_here: bool,
@@ -137,4 +143,19 @@ pub fn app(
                 Ok(response)
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OPENAPI;
+    use crate::domain::Status;
+    use serde_json::Value;
+
+    #[test]
+    fn the_openapi_status_enum_lists_exactly_the_domain_statuses() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let documented = &doc["components"]["schemas"]["Status"]["enum"];
+        let known: Vec<&str> = Status::ALL.map(Status::as_str).to_vec();
+        assert_eq!(documented, &serde_json::json!(known));
+    }
 }

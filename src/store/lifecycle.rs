@@ -103,16 +103,16 @@ impl NewReply {
     pub fn new(reply: &GoldReply) -> Self {
         Self {
             fingerprint: reply.fingerprint(),
-            draft: reply.draft.as_ref().map(|v| v.to_string()),
-            tags: serde_json::Value::from(reply.tags.clone()).to_string(),
-            metadata: reply.metadata.as_ref().map(|v| v.to_string()),
+            draft: reply.draft().as_ref().map(|v| v.to_string()),
+            tags: serde_json::Value::from(reply.tags().to_vec()).to_string(),
+            metadata: reply.metadata().as_ref().map(|v| v.to_string()),
             reply: reply.clone(),
         }
     }
 
     /// `queued` when the reply is to be sent, `recorded` when it is only kept.
     pub fn initial_status(&self) -> Status {
-        if self.reply.action.sends() {
+        if self.reply.action().sends() {
             Status::Queued
         } else {
             Status::Recorded
@@ -175,16 +175,16 @@ pub(crate) fn created_record(new: &NewReply, now: DateTime<Utc>) -> ReplyRecord 
     let at = stored_time(now);
     let reply = &new.reply;
     ReplyRecord {
-        reply_id: reply.reply_id.to_string(),
-        account_id: reply.account_id,
-        conversation_id: reply.conversation_id,
-        action: reply.action.as_str().to_owned(),
+        reply_id: reply.reply_id().to_string(),
+        account_id: reply.account_id(),
+        conversation_id: reply.conversation_id(),
+        action: reply.action().as_str().to_owned(),
         status: new.initial_status(),
         attempts: 0,
         last_error: None,
         chatwoot_message_id: None,
         received_at: at,
-        next_attempt_at: reply.action.sends().then_some(at),
+        next_attempt_at: reply.action().sends().then_some(at),
         delivered_at: None,
         confirmed_at: None,
         channel_status: None,
@@ -209,13 +209,13 @@ pub(crate) async fn ingest(
 ) -> Result<Ingested, StoreError> {
     let now = stored_time(now);
     let reply = &new.reply;
-    let id = reply.reply_id.as_str();
+    let id = reply.reply_id().as_str();
     if !tx.insert_reply(new, now).await? {
         let stored = tx.reply(id, false).await?.ok_or(StoreError::Unavailable)?;
         return Ok(existing(stored, new));
     }
-    if reply.action.sends() {
-        tx.enqueue(id, reply.account_id, reply.conversation_id, now)
+    if reply.action().sends() {
+        tx.enqueue(id, reply.account_id(), reply.conversation_id(), now)
             .await?;
     }
     Ok(Ingested::Created(created_record(new, now)))

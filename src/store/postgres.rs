@@ -121,20 +121,20 @@ impl Tx for PgTx<'_> {
              next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, \
              $10::jsonb, $11, $12, $13, $14) ON CONFLICT (reply_id) DO NOTHING",
         )
-        .bind(reply.reply_id.as_str())
-        .bind(reply.account_id)
-        .bind(reply.conversation_id)
-        .bind(reply.action.as_str())
-        .bind(&reply.content)
-        .bind(reply.private)
-        .bind(&reply.approved_by)
+        .bind(reply.reply_id().as_str())
+        .bind(reply.account_id())
+        .bind(reply.conversation_id())
+        .bind(reply.action().as_str())
+        .bind(reply.content())
+        .bind(reply.private())
+        .bind(reply.approved_by())
         .bind(&new.draft)
         .bind(&new.tags)
         .bind(&new.metadata)
         .bind(&new.fingerprint)
         .bind(new.initial_status().as_str())
         .bind(now)
-        .bind(reply.action.sends().then_some(now))
+        .bind(reply.action().sends().then_some(now))
         .execute(&mut *self.0)
         .await?;
         Ok(inserted.rows_affected() == 1)
@@ -268,7 +268,7 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let ingested = lifecycle::ingest(&mut PgTx(&mut tx), &new, now).await?;
         tx.commit().await?;
-        if matches!(ingested, Ingested::Created(_)) && reply.action.sends() {
+        if matches!(ingested, Ingested::Created(_)) && reply.action().sends() {
             self.announce.notify_one();
         }
         Ok(ingested)

@@ -309,10 +309,10 @@ async fn try_ingest_batch(
     let mut results = Vec::with_capacity(items.len());
     let mut jobs = Vec::new();
     for (new, now) in items {
-        let id = new.reply.reply_id.as_str();
+        let id = new.reply.reply_id().as_str();
         // The first of two posts of one id in a batch is the one inserted.
         if inserted.remove(id) {
-            if new.reply.action.sends() {
+            if new.reply.action().sends() {
                 jobs.push((&new.reply, millis(*now)));
             }
             results.push(Ok(Ingested::Created(lifecycle::created_record(new, *now))));
@@ -335,20 +335,20 @@ fn push_reply(
 ) {
     let reply = &new.reply;
     let now_ms = millis(now);
-    row.push_bind(reply.reply_id.to_string())
-        .push_bind(reply.account_id)
-        .push_bind(reply.conversation_id)
-        .push_bind(reply.action.as_str())
-        .push_bind(reply.content.clone())
-        .push_bind(reply.private)
-        .push_bind(reply.approved_by.clone())
+    row.push_bind(reply.reply_id().to_string())
+        .push_bind(reply.account_id())
+        .push_bind(reply.conversation_id())
+        .push_bind(reply.action().as_str())
+        .push_bind(reply.content().to_owned())
+        .push_bind(reply.private())
+        .push_bind(reply.approved_by().map(str::to_owned))
         .push_bind(new.draft.clone())
         .push_bind(new.tags.clone())
         .push_bind(new.metadata.clone())
         .push_bind(new.fingerprint.clone())
         .push_bind(new.initial_status().as_str())
         .push_bind(now_ms)
-        .push_bind(reply.action.sends().then_some(now_ms));
+        .push_bind(reply.action().sends().then_some(now_ms));
 }
 
 /// Adds the jobs of a batch at the back of their conversations' lines, then
@@ -364,9 +364,9 @@ async fn enqueue_batch(
             "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) ",
         );
         insert.push_values(chunk, |mut row, (reply, due_ms)| {
-            row.push_bind(reply.reply_id.as_str())
-                .push_bind(reply.account_id)
-                .push_bind(reply.conversation_id)
+            row.push_bind(reply.reply_id().as_str())
+                .push_bind(reply.account_id())
+                .push_bind(reply.conversation_id())
                 .push_bind(*due_ms);
         });
         insert.push(" RETURNING seq");
@@ -667,7 +667,7 @@ impl Store for SqliteStore {
         let new = NewReply::new(reply);
         self.enqueue_write(Write::Ingest(Box::new(PendingIngest { new, now, answer })))?;
         let ingested = answered.await.map_err(|_| StoreError::Unavailable)??;
-        if matches!(ingested, Ingested::Created(_)) && reply.action.sends() {
+        if matches!(ingested, Ingested::Created(_)) && reply.action().sends() {
             self.new_jobs();
         }
         Ok(ingested)

@@ -247,7 +247,7 @@ fn dead(error: &str) -> Outcome {
 async fn ingest(store: &SharedStore, reply: &GoldReply, now: DateTime<Utc>) -> ReplyRecord {
     match store.ingest(reply, now).await.expect("ingest") {
         Ingested::Created(record) => record,
-        other => panic!("{} was not created: {other:?}", reply.reply_id),
+        other => panic!("{} was not created: {other:?}", reply.reply_id()),
     }
 }
 

@@ -1,0 +1,398 @@
+//! A gold reply as Support posts it, and the rules it must pass.
+
+use super::ReplyId;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::Digest;
+
+/// Chatwoot's own limit on a message's content (`validates :content, length: { maximum: 150_000 }`).
+pub const MAX_CONTENT_CHARS: usize = 150_000;
+const MAX_APPROVED_BY_CHARS: usize = 256;
+const MAX_TAGS: usize = 32;
+const MAX_TAG_CHARS: usize = 64;
+const FIELDS: [&str; 10] = [
+    "reply_id",
+    "account_id",
+    "conversation_id",
+    "action",
+    "content",
+    "private",
+    "approved_by",
+    "draft",
+    "tags",
+    "metadata",
+];
+
+/// What the person decided about the AI draft.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Store and send to the Chatwoot conversation.
+    ApproveSend,
+    /// Store only: an approved example for the dataset.
+    Approve,
+    /// Store only: a rejected example for the dataset.
+    Reject,
+}
+
+impl Action {
+    /// Every action Support may take.
+    pub const ALL: [Action; 3] = [Action::ApproveSend, Action::Approve, Action::Reject];
+
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::ApproveSend => "approve_send",
+            Action::Approve => "approve",
+            Action::Reject => "reject",
+        }
+    }
+
+    /// The action named `raw`, if there is one.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == raw)
+    }
+
+    /// Whether the reply goes to Chatwoot at all.
+    pub fn sends(self) -> bool {
+        self == Action::ApproveSend
+    }
+}
+
+/// A gold reply that passed every rule. Optional fields are normalised, so two
+/// requests that mean the same thing compare equal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GoldReply {
+    reply_id: ReplyId,
+    account_id: i64,
+    conversation_id: i64,
+    action: Action,
+    content: String,
+    private: bool,
+    approved_by: Option<String>,
+    draft: Option<Value>,
+    tags: Vec<String>,
+    metadata: Option<Value>,
+}
+
+/// One broken rule, named by the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    /// `field` broke a rule; `message` says which, without echoing the value.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl GoldReply {
+    /// Checks a parsed JSON body against every rule and returns all violations.
+    pub fn parse(body: &Value) -> Result<Self, Vec<FieldError>> {
+        let Some(obj) = body.as_object() else {
+            return Err(vec![FieldError::new("", "the body must be a JSON object")]);
+        };
+        let mut errors: Vec<FieldError> = obj
+            .keys()
+            .filter(|k| !FIELDS.contains(&k.as_str()))
+            .map(|k| FieldError::new(k, "is not a known field"))
+            .collect();
+        let mut check = Checker {
+            obj,
+            errors: &mut errors,
+        };
+        let reply_id = check.required_str("reply_id").and_then(|raw| {
+            ReplyId::parse(raw)
+                .map_err(|m| check.fail("reply_id", m))
+                .ok()
+        });
+        let account_id = check.positive_int("account_id");
+        let conversation_id = check.positive_int("conversation_id");
+        let action = check.action();
+        let content = check.content();
+        let private = check.optional_bool("private").unwrap_or(false);
+        let approved_by = check.approved_by(action);
+        let draft = check.optional_object("draft");
+        let tags = check.tags();
+        let metadata = check.optional_object("metadata");
+        match (reply_id, account_id, conversation_id, action, content) {
+            (
+                Some(reply_id),
+                Some(account_id),
+                Some(conversation_id),
+                Some(action),
+                Some(content),
+            ) if errors.is_empty() => Ok(GoldReply {
+                reply_id,
+                account_id,
+                conversation_id,
+                action,
+                content,
+                private,
+                approved_by,
+                draft,
+                tags,
+                metadata,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// Support's id for this reply.
+    pub fn reply_id(&self) -> &ReplyId {
+        &self.reply_id
+    }
+
+    /// The Chatwoot account the conversation belongs to.
+    pub fn account_id(&self) -> i64 {
+        self.account_id
+    }
+
+    /// The conversation's display id in Chatwoot.
+    pub fn conversation_id(&self) -> i64 {
+        self.conversation_id
+    }
+
+    /// What the person decided about the draft.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The approved text.
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+
+    /// Whether it goes to Chatwoot as a private note.
+    pub fn private(&self) -> bool {
+        self.private
+    }
+
+    /// Who approved it; absent only for a rejection.
+    pub fn approved_by(&self) -> Option<&str> {
+        self.approved_by.as_deref()
+    }
+
+    /// The AI draft the person judged, as Support sent it.
+    pub fn draft(&self) -> Option<&Value> {
+        self.draft.as_ref()
+    }
+
+    /// Support's labels for the dataset.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// Anything else Support keeps with the reply.
+    pub fn metadata(&self) -> Option<&Value> {
+        self.metadata.as_ref()
+    }
+
+    /// The SHA-256 (hex) of a canonical JSON form: equal for requests that
+    /// mean the same, whatever their key order or spelling of defaults. Used
+    /// for idempotency; a digest keeps every stored row small.
+    pub fn fingerprint(&self) -> String {
+        // Fields serialise in declaration order, and serde_json's Map is
+        // ordered by key, so the JSON is canonical.
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(canonical))
+    }
+}
+
+/// Walks one JSON object, collecting every violation instead of stopping at the first.
+struct Checker<'a> {
+    obj: &'a Map<String, Value>,
+    errors: &'a mut Vec<FieldError>,
+}
+
+impl<'a> Checker<'a> {
+    fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError::new(field, message));
+    }
+
+    fn present(&self, field: &str) -> Option<&'a Value> {
+        self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    fn required_str(&mut self, field: &str) -> Option<&'a str> {
+        match self.present(field) {
+            None => self.fail(field, "is required"),
+            Some(Value::String(s)) => return Some(s),
+            Some(_) => self.fail(field, "must be a string"),
+        }
+        None
+    }
+
+    fn positive_int(&mut self, field: &str) -> Option<i64> {
+        match self.present(field) {
+            None => self.fail(field, "is required"),
+            Some(v) => match v.as_i64() {
+                Some(n) if n >= 1 => return Some(n),
+                _ => self.fail(field, "must be an integer of at least 1"),
+            },
+        }
+        None
+    }
+
+    fn action(&mut self) -> Option<Action> {
+        let raw = self.required_str("action")?;
+        let action = Action::parse(raw);
+        if action.is_none() {
+            let names = Action::ALL.map(|a| format!("{:?}", a.as_str())).join(", ");
+            self.fail("action", format!("must be one of {names}"));
+        }
+        action
+    }
+
+    fn content(&mut self) -> Option<String> {
+        let raw = self.required_str("content")?;
+        if raw.trim().is_empty() {
+            self.fail("content", "must not be blank");
+            return None;
+        }
+        if raw.chars().count() > MAX_CONTENT_CHARS {
+            self.fail(
+                "content",
+                format!("must be at most {MAX_CONTENT_CHARS} characters"),
+            );
+            return None;
+        }
+        Some(raw.to_owned())
+    }
+
+    fn optional_bool(&mut self, field: &str) -> Option<bool> {
+        match self.present(field) {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                self.fail(field, "must be a boolean");
+                None
+            }
+        }
+    }
+
+    fn approved_by(&mut self, action: Option<Action>) -> Option<String> {
+        let needed = matches!(action, Some(Action::ApproveSend | Action::Approve));
+        let value = match self.present("approved_by") {
+            None if needed => {
+                self.fail("approved_by", "is required when action approves the reply");
+                return None;
+            }
+            None => return None,
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                self.fail("approved_by", "must be a string");
+                return None;
+            }
+        };
+        let len = value.chars().count();
+        if len == 0 || len > MAX_APPROVED_BY_CHARS {
+            self.fail(
+                "approved_by",
+                format!("must be 1 to {MAX_APPROVED_BY_CHARS} characters"),
+            );
+            return None;
+        }
+        Some(value.clone())
+    }
+
+    fn optional_object(&mut self, field: &str) -> Option<Value> {
+        match self.present(field) {
+            None => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => {
+                self.fail(field, "must be a JSON object");
+                None
+            }
+        }
+    }
+
+    fn tags(&mut self) -> Vec<String> {
+        let Some(value) = self.present("tags") else {
+            return Vec::new();
+        };
+        let Some(items) = value.as_array() else {
+            self.fail("tags", "must be an array of strings");
+            return Vec::new();
+        };
+        if items.len() > MAX_TAGS {
+            self.fail("tags", format!("may hold at most {MAX_TAGS} tags"));
+        }
+        let mut tags = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(t) if (1..=MAX_TAG_CHARS).contains(&t.chars().count()) => {
+                    tags.push(t.to_owned())
+                }
+                _ => self.fail(
+                    &format!("tags[{i}]"),
+                    format!("must be a string of 1 to {MAX_TAG_CHARS} characters"),
+                ),
+            }
+        }
+        tags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({
+            "reply_id": "gr_1", "account_id": 1, "conversation_id": 7,
+            "action": "approve_send", "content": "Hello", "approved_by": "priya"
+        })
+    }
+
+    #[test]
+    fn a_valid_body_parses_with_defaults_filled_in() {
+        let reply = GoldReply::parse(&valid()).expect("valid");
+        assert!(!reply.private());
+        assert!(reply.tags().is_empty());
+        assert_eq!(reply.action(), Action::ApproveSend);
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let body = json!({"reply_id": "a b", "account_id": 0, "action": "send", "extra": 1});
+        let errors = GoldReply::parse(&body).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "extra",
+            "reply_id",
+            "account_id",
+            "conversation_id",
+            "action",
+            "content",
+        ] {
+            assert!(fields.contains(&f), "{f} missing from {fields:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_defaults_and_key_order_do_not_change_the_fingerprint() {
+        let a = GoldReply::parse(&valid()).unwrap();
+        let mut b = valid();
+        b["private"] = json!(false);
+        b["tags"] = json!([]);
+        assert_eq!(a.fingerprint(), GoldReply::parse(&b).unwrap().fingerprint());
+    }
+
+    #[test]
+    fn reject_needs_no_approver_but_approve_does() {
+        let mut body = valid();
+        body.as_object_mut().unwrap().remove("approved_by");
+        body["action"] = json!("reject");
+        assert!(GoldReply::parse(&body).is_ok());
+        body["action"] = json!("approve");
+        assert_eq!(GoldReply::parse(&body).unwrap_err()[0].field, "approved_by");
+    }
+}

@@ -1,0 +1,36 @@
+//! Support's id for a reply.
+
+use serde::Serialize;
+use std::fmt;
+
+const MAX_REPLY_ID_CHARS: usize = 128;
+
+/// Support's own id for a reply, and the idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ReplyId(String);
+
+impl ReplyId {
+    /// 1 to 128 characters of `A-Z a-z 0-9 . _ : -`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.chars().count() > MAX_REPLY_ID_CHARS {
+            return Err(format!("must be 1 to {MAX_REPLY_ID_CHARS} characters"));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+        if !raw.chars().all(allowed) {
+            return Err("may contain only A-Z a-z 0-9 . _ : -".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as Support sent it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReplyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

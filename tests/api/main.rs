@@ -22,5 +22,6 @@ mod postgres_instances;
 mod postgres_outage;
 mod restart;
 mod sandbox;
+mod store_faults;
 mod validation;
 mod webhooks;

@@ -1,0 +1,202 @@
+//! Faults below the store: a write that fails half-way leaves nothing behind
+//! and spares the writes committed with it; `/hc` says when writes fail and
+//! recovers by itself; a `DATABASE_URL` goldrelay cannot use is refused by
+//! every command in one line.
+
+use crate::helpers::{self, spawn_app_with, TOKEN};
+use assert_cmd::Command;
+use chrono::Utc;
+use goldrelay::config::DatabaseUrl;
+use goldrelay::domain::GoldReply;
+use goldrelay::sandbox::SandboxConfig;
+use goldrelay::store::{self, Backend, Ingested, SharedStore};
+use serde_json::Value;
+use std::time::Duration;
+
+/// Makes every insert of a delivery job for reply `poison` fail, after its
+/// reply row was written in the same write: the half-committed case.
+const SQLITE_POISON: &str = "CREATE TRIGGER poison BEFORE INSERT ON delivery_jobs \
+     WHEN NEW.reply_id = 'poison' BEGIN SELECT RAISE(ABORT, 'injected fault'); END";
+const PG_POISON: &str = "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+     IF NEW.reply_id = 'poison' THEN RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; \
+     END $$ LANGUAGE plpgsql; \
+     CREATE TRIGGER poison BEFORE INSERT ON delivery_jobs FOR EACH ROW EXECUTE FUNCTION poison()";
+/// Makes every write of `/hc`'s probe fail, as a full disk would.
+const SQLITE_BROKEN_PROBE: &str = "CREATE TRIGGER broken BEFORE UPDATE ON write_probe \
+     BEGIN SELECT RAISE(ABORT, 'disk full'); END; \
+     CREATE TRIGGER broken_insert BEFORE INSERT ON write_probe \
+     BEGIN SELECT RAISE(ABORT, 'disk full'); END";
+const PG_BROKEN_PROBE: &str = "CREATE FUNCTION broken() RETURNS trigger AS $$ BEGIN \
+     RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql; \
+     CREATE TRIGGER broken BEFORE INSERT OR UPDATE ON write_probe FOR EACH ROW EXECUTE FUNCTION broken()";
+
+/// Runs `sql` (several statements allowed) on the database `url` names.
+async fn execute(url: &str, sql: &str) {
+    use sqlx::{Connection, Executor};
+    match Backend::of(url) {
+        Some(Backend::Postgres) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            conn.execute(sql).await.unwrap();
+        }
+        _ => {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            conn.execute(sql).await.unwrap();
+        }
+    }
+}
+
+fn send(reply_id: &str, conversation_id: i64) -> GoldReply {
+    GoldReply::parse(&helpers::reply(reply_id, conversation_id)).expect("a valid reply")
+}
+
+async fn claimed_ids(store: &SharedStore) -> Vec<String> {
+    let jobs = store
+        .claim("faults", Utc::now(), Duration::from_secs(60), 100)
+        .await
+        .expect("claim");
+    jobs.into_iter().map(|j| j.reply_id).collect()
+}
+
+async fn a_failed_write_leaves_nothing_and_spares_its_neighbours(
+    url: &str,
+    poison: &str,
+    cure: &str,
+) {
+    let url_value = DatabaseUrl::parse(url).unwrap();
+    let store = store::open(&url_value).await.expect("the store opens");
+    execute(url, poison).await;
+    // Posted at once, so SQLite's writer commits them in one batch.
+    let names: Vec<String> = (0..30)
+        .map(|i| {
+            if i == 15 {
+                "poison".into()
+            } else {
+                format!("ok-{i}")
+            }
+        })
+        .collect();
+    let posts = names.iter().enumerate().map(|(i, name)| {
+        let store = store.clone();
+        let reply = send(name, 100 + i as i64);
+        async move { store.ingest(&reply, Utc::now()).await }
+    });
+    let results = futures_util::future::join_all(posts).await;
+    for (name, result) in names.iter().zip(&results) {
+        match (name.as_str(), result) {
+            ("poison", Err(_)) => {}
+            ("poison", Ok(other)) => panic!("the failing write was answered {other:?}"),
+            (_, Ok(Ingested::Created(_))) => {}
+            (_, other) => panic!("{name} was answered {other:?}"),
+        }
+    }
+    assert_eq!(
+        store.reply("poison").await.unwrap(),
+        None,
+        "the failed write left its reply behind without a job"
+    );
+    let mut claimed = claimed_ids(&store).await;
+    claimed.sort();
+    let mut expected: Vec<String> = names.into_iter().filter(|n| n != "poison").collect();
+    expected.sort();
+    assert_eq!(claimed, expected, "every other write committed whole");
+
+    execute(url, cure).await;
+    let again = store.ingest(&send("poison", 99), Utc::now()).await;
+    assert!(matches!(again, Ok(Ingested::Created(_))), "{again:?}");
+    assert_eq!(claimed_ids(&store).await, ["poison"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failed_write_leaves_nothing_and_spares_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/faults.db", dir.path().display());
+    let cure = "DROP TRIGGER poison";
+    a_failed_write_leaves_nothing_and_spares_its_neighbours(&url, SQLITE_POISON, cure).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
+async fn postgres_a_failed_write_leaves_nothing_and_spares_its_neighbours() {
+    let url = helpers::postgres::fresh_database();
+    let cure = "DROP TRIGGER poison ON delivery_jobs";
+    a_failed_write_leaves_nothing_and_spares_its_neighbours(&url, PG_POISON, cure).await;
+}
+
+async fn health(api: &helpers::Api) -> (u16, Value) {
+    let response = api
+        .client
+        .get(format!("{}/hc", api.address))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Runs on whichever backend `TEST_DATABASE_URL` selects, like the rest of the API suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hc_answers_503_while_writes_fail_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = helpers::database_url(&dir);
+    let app = spawn_app_with(SandboxConfig::default(), |settings| {
+        settings.database_url = DatabaseUrl::parse(&url).unwrap();
+    })
+    .await;
+    assert_eq!(health(&app.api).await.0, 200);
+    let (broken, repair) = match Backend::of(&url) {
+        Some(Backend::Postgres) => (PG_BROKEN_PROBE, "DROP TRIGGER broken ON write_probe"),
+        _ => (
+            SQLITE_BROKEN_PROBE,
+            "DROP TRIGGER broken; DROP TRIGGER broken_insert",
+        ),
+    };
+    execute(&url, broken).await;
+    let (status, body) = health(&app.api).await;
+    assert_eq!(status, 503, "{body}");
+    assert_ne!(body["store"]["status"], "ok", "{body}");
+
+    execute(&url, repair).await;
+    let (status, body) = health(&app.api).await;
+    assert_eq!(status, 200, "{body}");
+    let accepted = app.api.post_reply(&helpers::reply("after-repair", 5)).await;
+    assert_eq!(accepted.status().as_u16(), 202);
+}
+
+#[test]
+fn a_database_url_of_an_unknown_kind_is_refused_by_every_command_in_one_line() {
+    for args in [
+        &["migrate"][..],
+        &["serve"],
+        &["replies", "list"],
+        &["check-config"],
+    ] {
+        let output = Command::cargo_bin("goldrelay")
+            .unwrap()
+            .args(args)
+            .env_clear()
+            .env("DATABASE_URL", "mysql://root:hunter2@db.example.com/gold")
+            .env("GOLDRELAY_TOKENS", TOKEN)
+            .env("CHATWOOT_BASE_URL", "http://127.0.0.1:9")
+            .env("CHATWOOT_API_TOKEN", "x")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let text = String::from_utf8_lossy(&output.stderr).to_string()
+            + &String::from_utf8_lossy(&output.stdout);
+        let naming: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("DATABASE_URL must start with sqlite:"))
+            .collect();
+        assert_eq!(naming.len(), 1, "{args:?}: {text}");
+        assert!(naming[0].contains("\"mysql\""), "{args:?}: {text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{args:?} showed the password: {text}"
+        );
+        assert!(
+            !text.to_lowercase().contains("error returned from database")
+                && !text.contains("SqliteError")
+                && !text.contains("unable to open"),
+            "{args:?} fell through to SQLite: {text}"
+        );
+    }
+}

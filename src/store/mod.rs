@@ -205,6 +205,23 @@ pub trait Store: Send + Sync {
     /// the way a posted reply is, so a full disk or a broken writer shows.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Reserves the next send slot shared by every instance on this database,
+    /// `1 / rate` seconds after the previous one, and returns when it starts.
+    /// `None`: this store serves one process, whose own limiter paces it.
+    async fn reserve_send(
+        &self,
+        _rate: u32,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Holds every instance's sends back until `until` (Chatwoot said 429).
+    /// A single-process store has nothing to share.
+    async fn pause_sends(&self, _until: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Wakes `wake` whenever a new job is committed (by any instance, where
     /// several share the store), so the worker need not poll for it.
     fn wake_on_new_jobs(&self, wake: Arc<tokio::sync::Notify>);

@@ -457,6 +457,36 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn reserve_send(
+        &self,
+        rate: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let spacing = 1.0 / f64::from(rate.max(1));
+        let starts = sqlx::query_scalar(
+            "INSERT INTO send_pace (id, next_at) VALUES (1, $1 + make_interval(secs => $2)) \
+             ON CONFLICT (id) DO UPDATE \
+             SET next_at = GREATEST(send_pace.next_at, $1) + make_interval(secs => $2) \
+             RETURNING next_at - make_interval(secs => $2)",
+        )
+        .bind(now)
+        .bind(spacing)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Some(starts))
+    }
+
+    async fn pause_sends(&self, until: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO send_pace (id, next_at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET next_at = GREATEST(send_pace.next_at, $1)",
+        )
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     fn wake_on_new_jobs(&self, wake: Arc<Notify>) {
         let pool = self.pool.clone();
         tokio::spawn(async move {

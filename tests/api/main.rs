@@ -22,6 +22,7 @@ mod postgres_instances;
 mod postgres_outage;
 mod restart;
 mod sandbox;
+mod send_pace;
 mod store_faults;
 mod validation;
 mod webhooks;

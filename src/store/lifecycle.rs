@@ -419,7 +419,7 @@ async fn apply(
     }
     confirm(tx, &record.reply_id, message.id, now).await?;
     if let Some(report) = report {
-        channel_status(tx, &record.reply_id, report, now).await?;
+        channel_status(tx, &record.reply_id, message.id, report, now).await?;
     }
     Ok(EventOutcome::Processed)
 }
@@ -482,18 +482,23 @@ async fn confirm(
     tx.update_reply(reply_id, &change).await
 }
 
-/// The customer's channel reported on the message. A status moves only as
-/// Chatwoot lets it ([`channel_status_may_change`]); an event that does not
-/// show the status marks it for reading from Chatwoot instead.
+/// The customer's channel reported on the reply's message `message_id`. A
+/// status moves only as Chatwoot lets it ([`channel_status_may_change`]); an
+/// event that does not show the status marks it for reading from Chatwoot
+/// instead. A reply that never had a message (`recorded`) has no channel.
 async fn channel_status(
     tx: &mut dyn Tx,
     reply_id: &str,
+    message_id: i64,
     report: Report<'_>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let Some(stored) = tx.reply(reply_id, true).await? else {
         return Ok(());
     };
+    if stored.record.chatwoot_message_id != Some(message_id) {
+        return Ok(());
+    }
     let change = match report.status.as_deref() {
         None => ReplyChange {
             channel_status_stale_at: Some(Some(now)),

@@ -1136,6 +1136,13 @@ async fn an_update_without_the_marker_finds_the_reply_by_its_message_id(store: S
     let outcome = record_event(&store, &elsewhere, t0 + secs(3)).await;
     assert_eq!(outcome, EventOutcome::Mismatch);
     assert_eq!(channel(&store, "r1").await, some("sent", None));
+
+    // A reply kept without sending has no message, so no channel either.
+    ingest(&store, &gold("kept", 1, 3, "approve"), t0).await;
+    let report = channel_report("kept", outgoing(555, 3), "read", None);
+    record_event(&store, &report, t0 + secs(4)).await;
+    let kept = record(&store, "kept").await;
+    assert_eq!((kept.status, kept.channel_status), (Status::Recorded, None));
 }
 
 async fn an_update_that_does_not_show_the_status_marks_it_for_reading(store: SharedStore) {

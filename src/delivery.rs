@@ -237,7 +237,11 @@ impl Worker {
                          not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing",
                         e.detail()
                     );
-                    return (Outcome::Dead { error }, e.status());
+                    let outcome = Outcome::Dead {
+                        error,
+                        maybe_sent: true,
+                    };
+                    return (outcome, e.status());
                 }
                 Err(transient) => {
                     let status = transient.status();
@@ -263,6 +267,7 @@ impl Worker {
                 (
                     Outcome::Dead {
                         error: e.detail().to_owned(),
+                        maybe_sent: job.maybe_sent,
                     },
                     status,
                 )
@@ -302,12 +307,16 @@ impl Worker {
         else {
             return Outcome::Dead {
                 error: error.detail().to_owned(),
+                maybe_sent: job.maybe_sent,
             };
         };
+        // A reply given up on remembers any attempt that may have created it.
+        let dead_maybe_sent = job.maybe_sent || maybe_created || looked_up;
         let attempt = u32::try_from(job.attempt).unwrap_or(u32::MAX);
         if attempt >= self.policy.max_attempts {
             return Outcome::Dead {
                 error: format!("gave up after {attempt} attempts: {detail}"),
+                maybe_sent: dead_maybe_sent,
             };
         }
         let p = &self.policy;
@@ -320,6 +329,7 @@ impl Worker {
                     "gave up: the reply would be older than {} at its next attempt: {detail}",
                     humantime::format_duration(p.max_age)
                 ),
+                maybe_sent: dead_maybe_sent,
             };
         }
         Outcome::Retry {
@@ -355,7 +365,7 @@ impl Worker {
                     next_attempt_at = %at.to_rfc3339(), error = %error, "delivery attempt"
                 )
             }
-            Outcome::Dead { error } => {
+            Outcome::Dead { error, .. } => {
                 self.metrics.attempt("dead");
                 tracing::error!(
                     reply_id, conversation_id, attempt, outcome = "dead", chatwoot_status,

@@ -3,8 +3,8 @@
 use crate::store::Store;
 use chrono::Utc;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ pub struct Metrics {
     attempts: IntCounterVec,
     delivery_seconds: Histogram,
     events: IntCounterVec,
+    mismatches: IntCounter,
     replies: IntGaugeVec,
     oldest_queued: Gauge,
 }
@@ -55,6 +56,14 @@ impl Metrics {
             "Age of the oldest reply still waiting for delivery (0 when none).",
         )
         .expect("valid metric");
+        let mismatches = IntCounter::new(
+            "webhook_mismatches_total",
+            "Chatwoot events naming a gold reply whose message they are not about (ignored).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(mismatches.clone()))
+            .expect("registered once");
         registry
             .register(Box::new(replies.clone()))
             .expect("registered once");
@@ -87,6 +96,7 @@ impl Metrics {
                 "Chatwoot webhook requests, by outcome.",
                 "outcome",
             ),
+            mismatches,
             replies,
             oldest_queued,
             registry,
@@ -106,8 +116,12 @@ impl Metrics {
         self.delivery_seconds.observe(took.as_secs_f64());
     }
 
+    /// Counts one webhook request by outcome; a `mismatch` is also counted on its own.
     pub fn event(&self, outcome: &str) {
         self.events.with_label_values(&[outcome]).inc();
+        if outcome == "mismatch" {
+            self.mismatches.inc();
+        }
     }
 
     /// Refreshes the store-derived gauges and renders the text exposition format.

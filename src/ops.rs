@@ -48,7 +48,7 @@ pub async fn show(store: &SharedStore, reply_id: &str) -> anyhow::Result<String>
 
 /// `goldrelay replies retry ID`: puts a dead reply back in the queue.
 pub async fn retry(store: &SharedStore, reply_id: &str) -> anyhow::Result<ReplyRecord> {
-    match store.requeue(reply_id, Utc::now()).await? {
+    match store.requeue(reply_id, false, Utc::now()).await? {
         Requeued::Queued(record) => Ok(record),
         Requeued::NotDead(record) => bail!(
             "only a dead reply can be retried; {reply_id:?} is {}",

@@ -1,18 +1,24 @@
 //! What a Chatwoot webhook event means for goldrelay.
 //!
-//! Facts from Chatwoot v4.13.0 that shape this reading:
+//! Facts from Chatwoot v4.13.0 that shape this reading (see `docs/chatwoot.md`):
 //! - `message_created` and `message_updated` bodies are `message.webhook_data.merge(event:)`
 //!   (`app/models/message.rb`, `webhook_data`): the message sits at the top level (`id`,
-//!   `content`, `message_type`, …) and `content_attributes` is echoed back, so the
-//!   `gold_reply_id` goldrelay sent comes back with it. `webhook_data` has no top-level
-//!   `status` key.
-//! - The `conversation` inside the body is `Conversations::EventDataPresenter#webhook_data`
-//!   (`app/presenters/conversations/event_data_presenter.rb`); its `messages` array, built by
-//!   `push_messages`, holds only the conversation's latest message that is neither private
-//!   nor an activity, each element with its `id` and `status`.
+//!   `content`, `message_type` as a string, `account`, `conversation`, …) and
+//!   `content_attributes` is echoed back, so the `gold_reply_id` goldrelay sent comes back
+//!   with it. `webhook_data` has no top-level `status` key.
+//! - Any message can carry a `gold_reply_id` (an agent can type one, another relay can
+//!   send one), so a marker alone proves nothing: the store checks the account, the
+//!   conversation (`conversation.id` is the per-account display id,
+//!   `app/presenters/conversations/event_data_presenter.rb`) and the direction too.
+//! - The `conversation` inside the body is `Conversations::EventDataPresenter#webhook_data`;
+//!   its `messages` array, built by `push_messages`, holds only the conversation's latest
+//!   message that is neither private nor an activity, each element with its `id` and `status`.
+//! - An agent's retry (`MessagesController#retry`) sets `content_attributes` to `{}`: the
+//!   marker is gone, so an update is also recognised by the message id alone.
 //!
 //! So a message's channel status is read from the top level when a later Chatwoot sends
-//! it there, and otherwise from `conversation.messages[]` when the message is listed there.
+//! it there, otherwise from `conversation.messages[]` when the message is listed there,
+//! and otherwise it is unknown: the store then notes that it must be read from Chatwoot.
 
 use serde_json::Value;
 
@@ -26,21 +32,43 @@ pub struct ChatwootEvent {
     /// Equal for two deliveries of the same event (Chatwoot sometimes sends one
     /// event twice with different delivery ids).
     pub dedupe_key: String,
+    /// The message's id, for message events.
     pub message_id: Option<i64>,
-    /// The gold reply this event is about, when it names one.
+    /// The gold reply this event names in its marker, when it names one.
     pub reply_id: Option<String>,
+    /// What the event may change, once the store has checked it is about our message.
     pub effect: Option<Effect>,
 }
 
-/// What an event changes on a gold reply.
+/// The message an event is about, as far as the store must check it against a
+/// reply before the event may change that reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMessage {
+    /// Chatwoot's message id.
+    pub id: i64,
+    /// `account.id`; `None` when the body lacks it (then it matches no reply).
+    pub account_id: Option<i64>,
+    /// `conversation.id`, the display id goldrelay posts to.
+    pub conversation_id: Option<i64>,
+    /// `message_type` is `"outgoing"`: goldrelay only ever sends outgoing messages.
+    pub outgoing: bool,
+}
+
+/// What an event may change on a gold reply.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// The message is in the conversation: the reply is `confirmed`.
-    Confirm { reply_id: String, message_id: i64 },
-    /// The customer's channel reported on the message (and so it exists, too).
-    ChannelStatus {
+    /// The message named a reply when it was created: if it is that reply's
+    /// message, the reply is `confirmed`.
+    Confirm {
         reply_id: String,
-        message_id: i64,
+        message: EventMessage,
+    },
+    /// The message was updated. It concerns the reply its marker names, or,
+    /// without a marker, the reply whose known message id it carries. `status`
+    /// is `None` when the event does not show it.
+    ChannelStatus {
+        reply_id: Option<String>,
+        message: EventMessage,
         status: Option<String>,
         error: Option<String>,
     },
@@ -55,33 +83,15 @@ impl ChatwootEvent {
             .pointer("/content_attributes/gold_reply_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let status = channel_status(body, message_id);
-        let error = body
-            .pointer("/content_attributes/external_error")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
         let dedupe_key = match (kind.as_str(), message_id) {
             ("message_created", Some(id)) => format!("message_created:{id}"),
-            ("message_updated", Some(id)) => format!(
-                "message_updated:{id}:{}:{}",
-                status.as_deref().unwrap_or("-"),
-                error.as_deref().unwrap_or("-")
-            ),
+            // One message is updated many times, to the same status more than
+            // once (failed, retried, failed again): only a byte-identical body
+            // is the same update.
+            ("message_updated", Some(id)) => format!("message_updated:{id}:{raw_digest}"),
             _ => format!("{kind}:{raw_digest}"),
         };
-        let effect = match (kind.as_str(), &reply_id, message_id) {
-            ("message_created", Some(r), Some(m)) => Some(Effect::Confirm {
-                reply_id: r.clone(),
-                message_id: m,
-            }),
-            ("message_updated", Some(r), Some(m)) => Some(Effect::ChannelStatus {
-                reply_id: r.clone(),
-                message_id: m,
-                status: status.or_else(|| error.as_ref().map(|_| "failed".to_owned())),
-                error,
-            }),
-            _ => None,
-        };
+        let effect = message_id.and_then(|id| effect(&kind, body, id, reply_id.clone()));
         Self {
             delivery_id,
             kind,
@@ -97,13 +107,50 @@ fn message_event(kind: &str) -> bool {
     matches!(kind, "message_created" | "message_updated")
 }
 
+fn effect(kind: &str, body: &Value, id: i64, reply_id: Option<String>) -> Option<Effect> {
+    let message = EventMessage {
+        id,
+        account_id: body.pointer("/account/id").and_then(Value::as_i64),
+        conversation_id: body.pointer("/conversation/id").and_then(Value::as_i64),
+        outgoing: outgoing(&body["message_type"]),
+    };
+    match kind {
+        "message_created" => Some(Effect::Confirm {
+            reply_id: reply_id?,
+            message,
+        }),
+        "message_updated" => {
+            let error = body
+                .pointer("/content_attributes/external_error")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            // Chatwoot sets `external_error` only on failed messages
+            // (`app/services/messages/status_update_service.rb`).
+            let status =
+                channel_status(body, id).or_else(|| error.as_ref().map(|_| "failed".into()));
+            Some(Effect::ChannelStatus {
+                reply_id,
+                message,
+                status,
+                error,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Webhooks name the direction (`"outgoing"`); the push form in
+/// `conversation.messages` uses its integer (1).
+fn outgoing(message_type: &Value) -> bool {
+    message_type.as_str() == Some("outgoing") || message_type.as_i64() == Some(1)
+}
+
 /// The message's channel status: top level when Chatwoot sends it, otherwise
 /// from the conversation's message list.
-fn channel_status(body: &Value, message_id: Option<i64>) -> Option<String> {
+fn channel_status(body: &Value, id: i64) -> Option<String> {
     if let Some(status) = body["status"].as_str() {
         return Some(status.to_owned());
     }
-    let id = message_id?;
     body.pointer("/conversation/messages")?
         .as_array()?
         .iter()
@@ -112,15 +159,17 @@ fn channel_status(body: &Value, message_id: Option<i64>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// How far along a channel status is; a late event never moves a reply back.
-pub fn channel_rank(status: &str) -> u8 {
-    match status {
-        "sent" => 1,
-        "delivered" => 2,
-        "read" => 3,
-        "failed" => 4,
-        _ => 0,
-    }
+/// The channel statuses Chatwoot knows (`Message` enum `status`).
+const CHANNEL_STATUSES: [&str; 4] = ["sent", "delivered", "read", "failed"];
+
+/// Whether a message's channel status may go from `from` to `to`, by
+/// Chatwoot's own rule (`app/services/messages/status_update_service.rb`):
+/// an unknown status is refused, and a `read` message never goes back to
+/// `delivered` (nor, here, to `sent`: a late `sent` after `read` is an event
+/// out of order). Everything else applies; `failed` is not final, since an
+/// agent's retry makes the message `sent` again.
+pub fn channel_status_may_change(from: Option<&str>, to: &str) -> bool {
+    CHANNEL_STATUSES.contains(&to) && !(from == Some("read") && matches!(to, "delivered" | "sent"))
 }
 
 #[cfg(test)]
@@ -136,7 +185,7 @@ mod tests {
     }
 
     #[test]
-    fn the_outgoing_echo_confirms_the_reply_it_names() {
+    fn the_outgoing_echo_confirms_the_reply_it_names_with_what_must_match() {
         let event = ChatwootEvent::parse(
             None,
             &example("webhook_message_created_outgoing_echo.json"),
@@ -146,10 +195,26 @@ mod tests {
             event.effect,
             Some(Effect::Confirm {
                 reply_id: "gr_01JV2K8M4Q7T9XWZ3N5B6C8D0E".into(),
-                message_id: 55240
+                message: EventMessage {
+                    id: 55240,
+                    account_id: Some(1),
+                    conversation_id: Some(187),
+                    outgoing: true,
+                },
             })
         );
         assert_eq!(event.dedupe_key, "message_created:55240");
+    }
+
+    #[test]
+    fn an_incoming_message_carrying_a_marker_is_not_outgoing() {
+        let mut body = example("webhook_message_created_incoming.json");
+        body["content_attributes"] = serde_json::json!({"gold_reply_id": "gr-x"});
+        let event = ChatwootEvent::parse(None, &body, "x");
+        let Some(Effect::Confirm { message, .. }) = event.effect else {
+            panic!("no confirmation to check: {event:?}");
+        };
+        assert!(!message.outgoing);
     }
 
     #[test]
@@ -161,6 +226,54 @@ mod tests {
         };
         assert_eq!(status.as_deref(), Some("failed"));
         assert!(error.unwrap().contains("more than 24 hours"));
+    }
+
+    #[test]
+    fn an_update_without_marker_or_listed_status_still_names_the_message() {
+        let mut body = example("webhook_message_updated_failed.json");
+        body["content_attributes"] = serde_json::json!({});
+        body["conversation"]["messages"][0]["id"] = serde_json::json!(99999);
+        let event = ChatwootEvent::parse(None, &body, "x");
+        let Some(Effect::ChannelStatus {
+            reply_id,
+            message,
+            status,
+            error,
+        }) = event.effect
+        else {
+            panic!("no channel status: {event:?}");
+        };
+        assert_eq!((reply_id, status, error), (None, None, None));
+        assert_eq!(message.id, 55240);
+    }
+
+    #[test]
+    fn two_different_updates_of_one_message_are_not_the_same_event() {
+        let body = example("webhook_message_updated_failed.json");
+        let first = ChatwootEvent::parse(None, &body, "digest-1");
+        let again = ChatwootEvent::parse(None, &body, "digest-2");
+        assert_ne!(first.dedupe_key, again.dedupe_key);
+        assert_eq!(first.dedupe_key, "message_updated:55240:digest-1");
+    }
+
+    #[test]
+    fn failed_is_not_final_and_read_never_goes_back() {
+        for (from, to, allowed) in [
+            (Some("failed"), "sent", true),
+            (Some("failed"), "read", true),
+            (Some("read"), "failed", true),
+            (Some("delivered"), "read", true),
+            (None, "sent", true),
+            (Some("read"), "delivered", false),
+            (Some("read"), "sent", false),
+            (Some("sent"), "bogus", false),
+        ] {
+            assert_eq!(
+                channel_status_may_change(from, to),
+                allowed,
+                "{from:?} -> {to}"
+            );
+        }
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub async fn retry_reply(
     let id = reply_id(&path)?;
     let requeued = state
         .store
-        .requeue(id.as_str(), Utc::now())
+        .requeue(id.as_str(), false, Utc::now())
         .await
         .map_err(ApiError::StoreUnavailable)?;
     match requeued {

@@ -204,6 +204,7 @@ async fn accept(
     let status = match outcome {
         EventOutcome::Processed => "processed",
         EventOutcome::Duplicate => "duplicate",
+        EventOutcome::Mismatch => "mismatch",
     };
     tracing::info!(event = %event.kind, delivery_id = event.delivery_id.as_deref(), reply_id = event.reply_id.as_deref(), outcome = status, "chatwoot event");
     Ok((

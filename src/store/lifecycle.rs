@@ -8,15 +8,21 @@
 //! transaction the backend opened and commits.
 
 use super::{EventOutcome, Ingested, Outcome, ReplyRecord, Requeued, StoreError};
-use crate::domain::{channel_rank, ChatwootEvent, Effect, GoldReply, Status};
+use crate::domain::{
+    channel_status_may_change, ChatwootEvent, Effect, EventMessage, GoldReply, Status,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-/// A reply row as the rules need it: its public record and its fingerprint.
+/// A reply row as the rules need it: its public record and what only the rules read.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub record: ReplyRecord,
     pub fingerprint: String,
+    /// An attempt that may have created the message went before it died.
+    pub uncertain: bool,
+    /// When an event last said its channel status needs reading from Chatwoot.
+    pub stale_since: Option<DateTime<Utc>>,
 }
 
 /// Columns of a reply to overwrite; `None` leaves a column as it is.
@@ -32,6 +38,8 @@ pub(crate) struct ReplyChange {
     pub channel_error: Option<Option<String>>,
     /// Starts a fresh attempt budget: `attempts = 0`, `requeued_at = now`.
     pub requeued_at: Option<DateTime<Utc>>,
+    pub uncertain: Option<bool>,
+    pub channel_status_stale_at: Option<Option<DateTime<Utc>>>,
 }
 
 /// A value to write into one column, for the backend to bind in its own types.
@@ -40,6 +48,7 @@ pub(crate) enum Value {
     Text(Option<String>),
     Int(Option<i64>),
     Time(Option<DateTime<Utc>>),
+    Bool(bool),
 }
 
 impl ReplyChange {
@@ -76,6 +85,12 @@ impl ReplyChange {
         if let Some(at) = self.requeued_at {
             set.push(("attempts", Value::Int(Some(0))));
             set.push(("requeued_at", Value::Time(Some(at))));
+        }
+        if let Some(uncertain) = self.uncertain {
+            set.push(("uncertain", Value::Bool(uncertain)));
+        }
+        if let Some(at) = self.channel_status_stale_at {
+            set.push(("channel_status_stale_at", Value::Time(at)));
         }
         set
     }
@@ -125,6 +140,12 @@ impl NewReply {
 pub(crate) trait Tx: Send {
     /// One reply; `lock` keeps other transactions off it until commit.
     async fn reply(&mut self, reply_id: &str, lock: bool) -> Result<Option<Stored>, StoreError>;
+    /// The reply whose known Chatwoot message is `message_id`, if any.
+    async fn reply_by_message(
+        &mut self,
+        message_id: i64,
+        lock: bool,
+    ) -> Result<Option<Stored>, StoreError>;
     /// Inserts a reply unless its id is taken; whether it was inserted.
     async fn insert_reply(
         &mut self,
@@ -136,13 +157,15 @@ pub(crate) trait Tx: Send {
         reply_id: &str,
         change: &ReplyChange,
     ) -> Result<(), StoreError>;
-    /// Adds a job at the back of its conversation's line (the head if the line was empty).
+    /// Adds a job at the back of its conversation's line (the head if the
+    /// line was empty); `maybe_sent` makes its first attempt look first.
     async fn enqueue(
         &mut self,
         reply_id: &str,
         account_id: i64,
         conversation_id: i64,
         due: DateTime<Utc>,
+        maybe_sent: bool,
     ) -> Result<(), StoreError>;
     /// Removes a reply's job (only while `owner` leases it, when given) and
     /// makes the next job of its conversation the head; whether one was removed.
@@ -215,7 +238,7 @@ pub(crate) async fn ingest(
         return Ok(existing(stored, new));
     }
     if reply.action().sends() {
-        tx.enqueue(id, reply.account_id(), reply.conversation_id(), now)
+        tx.enqueue(id, reply.account_id(), reply.conversation_id(), now, false)
             .await?;
     }
     Ok(Ingested::Created(created_record(new, now)))
@@ -263,7 +286,7 @@ pub(crate) async fn finish(
             };
             tx.update_reply(reply_id, &change).await
         }
-        Outcome::Dead { error } => {
+        Outcome::Dead { error, maybe_sent } => {
             if !tx.remove_job(reply_id, Some(owner)).await? {
                 return Ok(());
             }
@@ -274,10 +297,13 @@ pub(crate) async fn finish(
             if !queued {
                 return Ok(());
             }
+            // Sticky: a forced retry that dies for sure does not make an
+            // earlier maybe-sent attempt certain.
             let change = ReplyChange {
                 status: Some(Status::Dead),
                 last_error: Some(Some(error)),
                 next_attempt_at: Some(None),
+                uncertain: maybe_sent.then_some(true),
                 ..ReplyChange::default()
             };
             tx.update_reply(reply_id, &change).await
@@ -286,10 +312,13 @@ pub(crate) async fn finish(
 }
 
 /// Puts a `dead` reply back at the end of its conversation's line with a fresh
-/// attempt budget. The operator decided to send again, so no lookup first.
+/// attempt budget. If an earlier attempt may have created the message, the
+/// first new attempt looks for it before sending, unless the operator `force`s
+/// a send.
 pub(crate) async fn requeue(
     tx: &mut dyn Tx,
     reply_id: &str,
+    force: bool,
     now: DateTime<Utc>,
 ) -> Result<Requeued, StoreError> {
     let now = stored_time(now);
@@ -307,8 +336,15 @@ pub(crate) async fn requeue(
         ..ReplyChange::default()
     };
     tx.update_reply(reply_id, &change).await?;
-    tx.enqueue(reply_id, record.account_id, record.conversation_id, now)
-        .await?;
+    let look_first = stored.uncertain && !force;
+    tx.enqueue(
+        reply_id,
+        record.account_id,
+        record.conversation_id,
+        now,
+        look_first,
+    )
+    .await?;
     let stored = tx
         .reply(reply_id, false)
         .await?
@@ -316,7 +352,8 @@ pub(crate) async fn requeue(
     Ok(Requeued::Queued(stored.record))
 }
 
-/// Stores a verified Chatwoot event and applies its effect, unless it was seen.
+/// Stores a verified Chatwoot event and applies its effect, unless it was
+/// seen. An event changes a reply only when it is about that reply's message.
 pub(crate) async fn record_event(
     tx: &mut dyn Tx,
     event: &ChatwootEvent,
@@ -326,23 +363,84 @@ pub(crate) async fn record_event(
     if !tx.insert_event(event, payload, now).await? {
         return Ok(EventOutcome::Duplicate);
     }
+    let now = stored_time(now);
     match &event.effect {
-        Some(Effect::Confirm {
-            reply_id,
-            message_id,
-        }) => confirm(tx, reply_id, *message_id, now).await?,
+        Some(Effect::Confirm { reply_id, message }) => {
+            apply(tx, Some(reply_id), message, None, now).await
+        }
         Some(Effect::ChannelStatus {
             reply_id,
-            message_id,
+            message,
             status,
             error,
         }) => {
-            confirm(tx, reply_id, *message_id, now).await?;
-            channel_status(tx, reply_id, status, error).await?;
+            let report = Report { status, error };
+            apply(tx, reply_id.as_deref(), message, Some(report), now).await
         }
-        None => {}
+        None => Ok(EventOutcome::Processed),
+    }
+}
+
+/// What a `message_updated` says about the channel.
+struct Report<'a> {
+    status: &'a Option<String>,
+    error: &'a Option<String>,
+}
+
+/// Applies an event to the reply it concerns: the one its marker names, or
+/// without a marker the one whose message it is. An event naming a reply it
+/// does not belong to changes nothing and is logged, once.
+async fn apply(
+    tx: &mut dyn Tx,
+    reply_id: Option<&str>,
+    message: &EventMessage,
+    report: Option<Report<'_>>,
+    now: DateTime<Utc>,
+) -> Result<EventOutcome, StoreError> {
+    // Read unlocked: the job is removed before the reply is locked (see `confirm`).
+    let stored = match reply_id {
+        Some(id) => tx.reply(id, false).await?,
+        None => tx.reply_by_message(message.id, false).await?,
+    };
+    let Some(stored) = stored else {
+        return Ok(EventOutcome::Processed);
+    };
+    let record = &stored.record;
+    if let Some(field) = mismatch(record, message) {
+        tracing::warn!(
+            reply_id = %record.reply_id,
+            message_id = message.id,
+            mismatched = field,
+            event_account_id = message.account_id,
+            event_conversation_id = message.conversation_id,
+            "a Chatwoot event names a gold reply but is not about its message; ignored"
+        );
+        return Ok(EventOutcome::Mismatch);
+    }
+    confirm(tx, &record.reply_id, message.id, now).await?;
+    if let Some(report) = report {
+        channel_status(tx, &record.reply_id, message.id, report, now).await?;
     }
     Ok(EventOutcome::Processed)
+}
+
+/// Which fact of `message` shows it is not `record`'s message, if one does.
+/// Goldrelay sends only outgoing messages, to the reply's own conversation.
+fn mismatch(record: &ReplyRecord, message: &EventMessage) -> Option<&'static str> {
+    if message.account_id != Some(record.account_id) {
+        Some("account")
+    } else if message.conversation_id != Some(record.conversation_id) {
+        Some("conversation")
+    } else if !message.outgoing {
+        Some("direction")
+    } else if record
+        .chatwoot_message_id
+        .is_some_and(|id| id != message.id)
+    {
+        Some("message id")
+    } else {
+        None
+    }
 }
 
 /// The message is in the conversation: the reply is `confirmed` and its job
@@ -361,10 +459,15 @@ async fn confirm(
         return Ok(());
     };
     let record = stored.record;
-    if !matches!(
-        record.status,
-        Status::Queued | Status::Delivered | Status::Dead
-    ) {
+    let other_message = record
+        .chatwoot_message_id
+        .is_some_and(|id| id != message_id);
+    if other_message
+        || !matches!(
+            record.status,
+            Status::Queued | Status::Delivered | Status::Dead
+        )
+    {
         return Ok(());
     }
     let change = ReplyChange {
@@ -379,25 +482,68 @@ async fn confirm(
     tx.update_reply(reply_id, &change).await
 }
 
-/// The customer's channel reported on the message; a late, lower-ranked
-/// status never moves the reply back.
+/// The customer's channel reported on the reply's message `message_id`. A
+/// status moves only as Chatwoot lets it ([`channel_status_may_change`]); an
+/// event that does not show the status marks it for reading from Chatwoot
+/// instead. A reply that never had a message (`recorded`) has no channel.
 async fn channel_status(
     tx: &mut dyn Tx,
     reply_id: &str,
-    status: &Option<String>,
-    error: &Option<String>,
+    message_id: i64,
+    report: Report<'_>,
+    now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let Some(stored) = tx.reply(reply_id, true).await? else {
         return Ok(());
     };
-    let rank = |s: &Option<String>| s.as_deref().map_or(0, channel_rank);
-    if status.is_none() || rank(status) < rank(&stored.record.channel_status) {
+    if stored.record.chatwoot_message_id != Some(message_id) {
         return Ok(());
     }
-    let change = ReplyChange {
-        channel_status: Some(status.clone()),
-        channel_error: Some(error.clone()),
-        ..ReplyChange::default()
+    let change = match report.status.as_deref() {
+        None => ReplyChange {
+            channel_status_stale_at: Some(Some(now)),
+            ..ReplyChange::default()
+        },
+        Some(status) => {
+            let current = stored.record.channel_status.as_deref();
+            if !channel_status_may_change(current, status) {
+                return Ok(());
+            }
+            channel_change(status, report.error.as_deref())
+        }
     };
+    tx.update_reply(reply_id, &change).await
+}
+
+/// Writes a channel status; Chatwoot keeps an error only on a failed message
+/// (`app/services/messages/status_update_service.rb`).
+fn channel_change(status: &str, error: Option<&str>) -> ReplyChange {
+    let error = (status == "failed")
+        .then(|| error.map(str::to_owned))
+        .flatten();
+    ReplyChange {
+        channel_status: Some(Some(status.to_owned())),
+        channel_error: Some(error),
+        ..ReplyChange::default()
+    }
+}
+
+/// Records a channel status read from Chatwoot, which is the truth as of the
+/// read. The reply stays marked for reading when an event marked it again
+/// after `since`: that change may have come after the read.
+pub(crate) async fn record_channel_status(
+    tx: &mut dyn Tx,
+    reply_id: &str,
+    status: &str,
+    error: Option<&str>,
+    since: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let Some(stored) = tx.reply(reply_id, true).await? else {
+        return Ok(());
+    };
+    let mut change = channel_change(status, error);
+    if stored.stale_since == Some(stored_time(since)) {
+        change.channel_status_stale_at = Some(None);
+    }
     tx.update_reply(reply_id, &change).await
 }

@@ -95,6 +95,9 @@ pub enum Outcome {
     },
     Dead {
         error: String,
+        /// This or an earlier attempt may have created the message: an
+        /// operator's retry looks for it before sending.
+        maybe_sent: bool,
     },
 }
 
@@ -133,6 +136,23 @@ pub enum EventOutcome {
     Processed,
     /// Seen before (same delivery id or same event): nothing done.
     Duplicate,
+    /// Stored, but it names a reply whose message it is not (another
+    /// account, conversation, direction or message id): nothing done.
+    Mismatch,
+}
+
+/// A reply whose channel status changed in Chatwoot without an event showing
+/// the new one: the worker reads it from Chatwoot's message list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleChannelStatus {
+    pub reply_id: String,
+    pub account_id: i64,
+    pub conversation_id: i64,
+    /// The Chatwoot message to read (`GET …/messages?after=<message_id - 1>`).
+    pub message_id: i64,
+    /// When an event last said the status needs reading; handed back to
+    /// [`Store::record_channel_status`] so a newer event is not forgotten.
+    pub since: DateTime<Utc>,
 }
 
 /// Counts for `/hc` and the metrics.
@@ -173,8 +193,15 @@ pub trait Store: Send + Sync {
     /// Replies matching `filter`, newest first, at most `filter.limit`.
     async fn list(&self, filter: &ReplyFilter) -> Result<Vec<ReplyRecord>, StoreError>;
 
-    /// Puts a `dead` reply back in the queue with a fresh attempt budget.
-    async fn requeue(&self, reply_id: &str, now: DateTime<Utc>) -> Result<Requeued, StoreError>;
+    /// Puts a `dead` reply back in the queue with a fresh attempt budget. A
+    /// reply that may have been sent is looked up before it is sent again,
+    /// unless `force`.
+    async fn requeue(
+        &self,
+        reply_id: &str,
+        force: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Requeued, StoreError>;
 
     /// How many replies are in each status.
     async fn count_by_status(&self) -> Result<Vec<(Status, i64)>, StoreError>;
@@ -187,6 +214,24 @@ pub trait Store: Send + Sync {
         payload: &str,
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError>;
+
+    /// Up to `limit` replies whose channel status must be read from Chatwoot,
+    /// longest waiting first.
+    async fn stale_channel_statuses(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<StaleChannelStatus>, StoreError>;
+
+    /// Records the channel status read from Chatwoot for a reply listed by
+    /// [`Store::stale_channel_statuses`]. It stays listed if an event marked it
+    /// again after `since`, since that change may postdate the read.
+    async fn record_channel_status(
+        &self,
+        reply_id: &str,
+        status: &str,
+        error: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Deletes events received before `before`; returns how many.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
@@ -230,7 +275,14 @@ pub trait Store: Send + Sync {
 /// The columns every read of a reply selects, in both backends.
 const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, status, attempts, \
      last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
-     channel_status, channel_error, fingerprint";
+     channel_status, channel_error, fingerprint, uncertain, channel_status_stale_at";
+
+/// Replies whose channel status needs reading, longest waiting first; the
+/// same SQL on both backends (one bind: the limit).
+const STALE_CHANNEL_STATUSES: &str = "SELECT reply_id, account_id, conversation_id, \
+     chatwoot_message_id, channel_status_stale_at FROM gold_replies \
+     WHERE channel_status_stale_at IS NOT NULL AND chatwoot_message_id IS NOT NULL \
+     ORDER BY channel_status_stale_at, reply_id LIMIT $1";
 
 /// Reads a stored `status`; an unknown one is a decode error, not a panic.
 pub(crate) fn status_column(raw: &str) -> Result<Status, sqlx::Error> {

@@ -9,7 +9,8 @@
 use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
     status_column, status_counts, Cursor, EventOutcome, Ingested, Job, Outcome, QueueStats,
-    ReplyFilter, ReplyRecord, Requeued, Store, StoreError, REPLY_COLUMNS,
+    ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
+    STALE_CHANNEL_STATUSES,
 };
 use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
@@ -50,6 +51,8 @@ fn stored(row: &PgRow) -> Result<Stored, sqlx::Error> {
     Ok(Stored {
         record: record(row)?,
         fingerprint: row.try_get("fingerprint")?,
+        uncertain: row.try_get("uncertain")?,
+        stale_since: row.try_get("channel_status_stale_at")?,
     })
 }
 
@@ -109,6 +112,23 @@ impl Tx for PgTx<'_> {
         fetch_stored(self.0, reply_id, lock).await
     }
 
+    async fn reply_by_message(
+        &mut self,
+        message_id: i64,
+        lock: bool,
+    ) -> Result<Option<Stored>, StoreError> {
+        let lock = if lock { " FOR UPDATE" } else { "" };
+        let sql = format!(
+            "SELECT {REPLY_COLUMNS} FROM gold_replies WHERE chatwoot_message_id = $1 \
+             ORDER BY received_at DESC LIMIT 1{lock}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(message_id)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        Ok(row.as_ref().map(stored).transpose()?)
+    }
+
     async fn insert_reply(
         &mut self,
         new: &NewReply,
@@ -153,6 +173,7 @@ impl Tx for PgTx<'_> {
                 Value::Text(v) => set.push_bind_unseparated(v),
                 Value::Int(v) => set.push_bind_unseparated(v),
                 Value::Time(v) => set.push_bind_unseparated(v),
+                Value::Bool(v) => set.push_bind_unseparated(v),
             };
         }
         update.push(" WHERE reply_id = ").push_bind(reply_id);
@@ -166,17 +187,19 @@ impl Tx for PgTx<'_> {
         account_id: i64,
         conversation_id: i64,
         due: DateTime<Utc>,
+        maybe_sent: bool,
     ) -> Result<(), StoreError> {
         lock_conversation(self.0, account_id, conversation_id).await?;
         sqlx::query(
-            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
-             VALUES ($1, $2, $3, $4, NOT EXISTS (SELECT 1 FROM delivery_jobs \
-             WHERE account_id = $2 AND conversation_id = $3))",
+            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, \
+             maybe_sent, is_head) VALUES ($1, $2, $3, $4, $5, NOT EXISTS (SELECT 1 \
+             FROM delivery_jobs WHERE account_id = $2 AND conversation_id = $3))",
         )
         .bind(reply_id)
         .bind(account_id)
         .bind(conversation_id)
         .bind(due)
+        .bind(maybe_sent)
         .execute(&mut *self.0)
         .await?;
         Ok(())
@@ -379,9 +402,14 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
     }
 
-    async fn requeue(&self, reply_id: &str, now: DateTime<Utc>) -> Result<Requeued, StoreError> {
+    async fn requeue(
+        &self,
+        reply_id: &str,
+        force: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Requeued, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let requeued = lifecycle::requeue(&mut PgTx(&mut tx), reply_id, now).await?;
+        let requeued = lifecycle::requeue(&mut PgTx(&mut tx), reply_id, force, now).await?;
         tx.commit().await?;
         if matches!(requeued, Requeued::Queued(_)) {
             self.announce.notify_one();
@@ -407,6 +435,40 @@ impl Store for PostgresStore {
         let outcome = lifecycle::record_event(&mut PgTx(&mut tx), event, payload, now).await?;
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn stale_channel_statuses(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<StaleChannelStatus>, StoreError> {
+        let rows = sqlx::query(STALE_CHANNEL_STATUSES)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let stale = |row: &PgRow| -> Result<StaleChannelStatus, sqlx::Error> {
+            Ok(StaleChannelStatus {
+                reply_id: row.try_get("reply_id")?,
+                account_id: row.try_get("account_id")?,
+                conversation_id: row.try_get("conversation_id")?,
+                message_id: row.try_get("chatwoot_message_id")?,
+                since: row.try_get("channel_status_stale_at")?,
+            })
+        };
+        Ok(rows.iter().map(stale).collect::<Result<_, _>>()?)
+    }
+
+    async fn record_channel_status(
+        &self,
+        reply_id: &str,
+        status: &str,
+        error: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut pg = PgTx(&mut tx);
+        lifecycle::record_channel_status(&mut pg, reply_id, status, error, since).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

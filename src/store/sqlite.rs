@@ -9,7 +9,8 @@
 use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
     status_column, status_counts, EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyFilter,
-    ReplyRecord, Requeued, Store, StoreError, REPLY_COLUMNS,
+    ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
+    STALE_CHANNEL_STATUSES,
 };
 use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
@@ -211,6 +212,8 @@ fn stored(row: &SqliteRow) -> Result<Stored, sqlx::Error> {
     Ok(Stored {
         record: record(row)?,
         fingerprint: row.try_get("fingerprint")?,
+        uncertain: row.try_get("uncertain")?,
+        stale_since: time(row.try_get("channel_status_stale_at")?),
     })
 }
 
@@ -399,6 +402,22 @@ impl Tx for SqliteTx<'_> {
         fetch_stored(self.0, reply_id).await
     }
 
+    async fn reply_by_message(
+        &mut self,
+        message_id: i64,
+        _lock: bool,
+    ) -> Result<Option<Stored>, StoreError> {
+        let sql = format!(
+            "SELECT {REPLY_COLUMNS} FROM gold_replies WHERE chatwoot_message_id = ? \
+             ORDER BY received_at DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(message_id)
+            .fetch_optional(&mut *self.0)
+            .await?;
+        Ok(row.as_ref().map(stored).transpose()?)
+    }
+
     async fn insert_reply(
         &mut self,
         new: &NewReply,
@@ -424,6 +443,7 @@ impl Tx for SqliteTx<'_> {
                 Value::Text(v) => set.push_bind_unseparated(v),
                 Value::Int(v) => set.push_bind_unseparated(v),
                 Value::Time(v) => set.push_bind_unseparated(v.map(millis)),
+                Value::Bool(v) => set.push_bind_unseparated(v),
             };
         }
         update.push(" WHERE reply_id = ").push_bind(reply_id);
@@ -437,16 +457,18 @@ impl Tx for SqliteTx<'_> {
         account_id: i64,
         conversation_id: i64,
         due: DateTime<Utc>,
+        maybe_sent: bool,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
-             VALUES (?1, ?2, ?3, ?4, NOT EXISTS (SELECT 1 FROM delivery_jobs \
-             WHERE account_id = ?2 AND conversation_id = ?3))",
+            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, \
+             maybe_sent, is_head) VALUES (?1, ?2, ?3, ?4, ?5, NOT EXISTS (SELECT 1 \
+             FROM delivery_jobs WHERE account_id = ?2 AND conversation_id = ?3))",
         )
         .bind(reply_id)
         .bind(account_id)
         .bind(conversation_id)
         .bind(millis(due))
+        .bind(maybe_sent)
         .execute(&mut *self.0)
         .await?;
         Ok(())
@@ -613,11 +635,18 @@ impl Store for SqliteStore {
         Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
     }
 
-    async fn requeue(&self, reply_id: &str, now: DateTime<Utc>) -> Result<Requeued, StoreError> {
+    async fn requeue(
+        &self,
+        reply_id: &str,
+        force: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Requeued, StoreError> {
         let reply_id = reply_id.to_owned();
         let requeued = self
             .write(move |c| {
-                Box::pin(async move { lifecycle::requeue(&mut SqliteTx(c), &reply_id, now).await })
+                Box::pin(async move {
+                    lifecycle::requeue(&mut SqliteTx(c), &reply_id, force, now).await
+                })
             })
             .await?;
         if matches!(requeued, Requeued::Queued(_)) {
@@ -644,6 +673,51 @@ impl Store for SqliteStore {
         self.write(move |c| {
             Box::pin(async move {
                 lifecycle::record_event(&mut SqliteTx(c), &event, &payload, now).await
+            })
+        })
+        .await
+    }
+
+    async fn stale_channel_statuses(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<StaleChannelStatus>, StoreError> {
+        let rows = sqlx::query(STALE_CHANNEL_STATUSES)
+            .bind(limit as i64)
+            .fetch_all(&self.reads)
+            .await?;
+        let stale = |row: &SqliteRow| -> Result<StaleChannelStatus, sqlx::Error> {
+            Ok(StaleChannelStatus {
+                reply_id: row.try_get("reply_id")?,
+                account_id: row.try_get("account_id")?,
+                conversation_id: row.try_get("conversation_id")?,
+                message_id: row.try_get("chatwoot_message_id")?,
+                since: time(row.try_get("channel_status_stale_at")?).unwrap_or_default(),
+            })
+        };
+        Ok(rows.iter().map(stale).collect::<Result<_, _>>()?)
+    }
+
+    async fn record_channel_status(
+        &self,
+        reply_id: &str,
+        status: &str,
+        error: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (reply_id, status) = (reply_id.to_owned(), status.to_owned());
+        let error = error.map(str::to_owned);
+        self.write(move |c| {
+            Box::pin(async move {
+                let mut tx = SqliteTx(c);
+                lifecycle::record_channel_status(
+                    &mut tx,
+                    &reply_id,
+                    &status,
+                    error.as_deref(),
+                    since,
+                )
+                .await
             })
         })
         .await

@@ -8,10 +8,10 @@
 use crate::helpers;
 use chrono::{DateTime, SubsecRound, Utc};
 use goldrelay::config::DatabaseUrl;
-use goldrelay::domain::{ChatwootEvent, Effect, GoldReply, Status};
+use goldrelay::domain::{ChatwootEvent, Effect, EventMessage, GoldReply, Status};
 use goldrelay::store::{
     self, Backend, Cursor, EventOutcome, Ingested, Job, Outcome, ReplyFilter, ReplyRecord,
-    Requeued, SharedStore,
+    Requeued, SharedStore, StaleChannelStatus,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -101,7 +101,11 @@ conformance! {
         a_confirmation_removes_a_queued_replys_job_for_good,
         a_confirmation_outlives_the_attempt_in_flight,
         a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recorded_ones,
-        a_channel_status_never_moves_backwards,
+        a_channel_status_moves_only_as_chatwoot_lets_it,
+        only_an_outgoing_message_in_the_replys_conversation_confirms_it,
+        an_update_without_the_marker_finds_the_reply_by_its_message_id,
+        an_update_that_does_not_show_the_status_marks_it_for_reading,
+        requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced,
         prune_events_deletes_only_events_received_before_the_cutoff,
         concurrent_claims_from_two_owners_never_share_a_job,
     ],
@@ -186,14 +190,31 @@ fn event(delivery_id: Option<&str>, dedupe_key: &str, effect: Option<Effect>) ->
     }
 }
 
-/// The `message_created` echo of a reply's message.
-fn confirmation(reply_id: &str, message_id: i64) -> ChatwootEvent {
+/// An outgoing message in account 1's conversation `conversation_id`, where
+/// `send` puts every reply.
+fn outgoing(id: i64, conversation_id: i64) -> EventMessage {
+    EventMessage {
+        id,
+        account_id: Some(1),
+        conversation_id: Some(conversation_id),
+        outgoing: true,
+    }
+}
+
+/// The `message_created` echo of a reply's message in its conversation.
+fn confirmation(reply_id: &str, conversation_id: i64, message_id: i64) -> ChatwootEvent {
+    echo(reply_id, outgoing(message_id, conversation_id))
+}
+
+/// A `message_created` about `message`, carrying `reply_id`'s marker.
+fn echo(reply_id: &str, message: EventMessage) -> ChatwootEvent {
+    let message_id = message.id;
     let mut event = event(
         None,
         &format!("message_created:{message_id}"),
         Some(Effect::Confirm {
             reply_id: reply_id.into(),
-            message_id,
+            message,
         }),
     );
     event.message_id = Some(message_id);
@@ -204,26 +225,37 @@ fn confirmation(reply_id: &str, message_id: i64) -> ChatwootEvent {
 /// A `message_updated` with the channel's status for a reply's message.
 fn channel_report(
     reply_id: &str,
-    message_id: i64,
+    message: EventMessage,
     status: &str,
     error: Option<&str>,
 ) -> ChatwootEvent {
+    update(Some(reply_id), message, Some(status), error)
+}
+
+/// A `message_updated` about `message`, with or without a marker and a status.
+fn update(
+    reply_id: Option<&str>,
+    message: EventMessage,
+    status: Option<&str>,
+    error: Option<&str>,
+) -> ChatwootEvent {
+    let message_id = message.id;
+    // Unique per call: every update is a new event.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut event = event(
         None,
-        &format!(
-            "message_updated:{message_id}:{status}:{}",
-            error.unwrap_or("-")
-        ),
+        &format!("message_updated:{message_id}:{seq}"),
         Some(Effect::ChannelStatus {
-            reply_id: reply_id.into(),
-            message_id,
-            status: Some(status.into()),
+            reply_id: reply_id.map(str::to_owned),
+            message,
+            status: status.map(str::to_owned),
             error: error.map(str::to_owned),
         }),
     );
     event.kind = "message_updated".into();
     event.message_id = Some(message_id);
-    event.reply_id = Some(reply_id.into());
+    event.reply_id = reply_id.map(str::to_owned);
     event
 }
 
@@ -238,6 +270,15 @@ fn retry(at: DateTime<Utc>, error: &str, maybe_sent: bool) -> Outcome {
 fn dead(error: &str) -> Outcome {
     Outcome::Dead {
         error: error.into(),
+        maybe_sent: false,
+    }
+}
+
+/// Given up after an attempt that may have created the message.
+fn dead_maybe_sent(error: &str) -> Outcome {
+    Outcome::Dead {
+        error: error.into(),
+        maybe_sent: true,
     }
 }
 
@@ -633,7 +674,7 @@ async fn requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts(s
     finish(&store, "a1", "w", dead("HTTP 422"), t0 + secs(3)).await;
 
     let t1 = t0 + secs(10);
-    let requeued = match store.requeue("a1", t1).await.unwrap() {
+    let requeued = match store.requeue("a1", false, t1).await.unwrap() {
         Requeued::Queued(record) => record,
         other => panic!("a dead reply was not requeued: {other:?}"),
     };
@@ -651,10 +692,44 @@ async fn requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts(s
     assert_eq!(jobs[0].received_at, t1, "its age counts from the requeue");
 }
 
+async fn requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("u1", 7), t0).await;
+    claim_exactly(&store, "w", t0, &["u1"]).await;
+    let timeout = retry(t0 + secs(5), "timeout", true);
+    finish(&store, "u1", "w", timeout, t0 + secs(1)).await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(5), &["u1"]).await;
+    assert!(jobs[0].maybe_sent);
+    finish(&store, "u1", "w", dead_maybe_sent("gave up"), t0 + secs(6)).await;
+
+    let requeue = |force: bool, at| {
+        let store = store.clone();
+        async move {
+            match store.requeue("u1", force, at).await.unwrap() {
+                Requeued::Queued(record) => record,
+                other => panic!("a dead reply was not requeued: {other:?}"),
+            }
+        }
+    };
+    requeue(false, t0 + secs(10)).await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(11), &["u1"]).await;
+    assert!(jobs[0].maybe_sent, "the operator's retry looks first");
+    // It died again for sure (a 422 before anything was stored); the earlier
+    // uncertainty remains, so a plain retry still looks first.
+    finish(&store, "u1", "w", dead("HTTP 422"), t0 + secs(12)).await;
+    requeue(false, t0 + secs(20)).await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(21), &["u1"]).await;
+    assert!(jobs[0].maybe_sent, "still uncertain");
+    finish(&store, "u1", "w", dead("HTTP 422"), t0 + secs(22)).await;
+    requeue(true, t0 + secs(30)).await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(31), &["u1"]).await;
+    assert!(!jobs[0].maybe_sent, "forced: sent without looking");
+}
+
 async fn requeue_refuses_replies_that_are_not_dead_and_unknown_ids(store: SharedStore) {
     let t0 = start();
     assert!(matches!(
-        store.requeue("nope", t0).await.unwrap(),
+        store.requeue("nope", false, t0).await.unwrap(),
         Requeued::NotFound
     ));
     ingest(&store, &send("queued", 1), t0).await;
@@ -668,7 +743,7 @@ async fn requeue_refuses_replies_that_are_not_dead_and_unknown_ids(store: Shared
         ("delivered", Status::Delivered),
         ("recorded", Status::Recorded),
     ] {
-        match store.requeue(reply_id, t0 + secs(2)).await.unwrap() {
+        match store.requeue(reply_id, false, t0 + secs(2)).await.unwrap() {
             Requeued::NotDead(record) => assert_eq!(record.status, status, "{reply_id}"),
             other => panic!("{reply_id} was requeued: {other:?}"),
         }
@@ -835,7 +910,7 @@ async fn a_confirmation_removes_a_queued_replys_job_for_good(store: SharedStore)
     let t0 = start();
     ingest(&store, &send("a1", 7), t0).await;
     ingest(&store, &send("a2", 7), t0 + secs(1)).await;
-    let outcome = record_event(&store, &confirmation("a1", 501), t0 + secs(2)).await;
+    let outcome = record_event(&store, &confirmation("a1", 7, 501), t0 + secs(2)).await;
     assert_eq!(outcome, EventOutcome::Processed);
 
     let a1 = record(&store, "a1").await;
@@ -854,7 +929,7 @@ async fn a_confirmation_outlives_the_attempt_in_flight(store: SharedStore) {
     let t0 = start();
     ingest(&store, &send("r1", 7), t0).await;
     claim_exactly(&store, "w", t0, &["r1"]).await;
-    record_event(&store, &confirmation("r1", 601), t0 + secs(1)).await;
+    record_event(&store, &confirmation("r1", 7, 601), t0 + secs(1)).await;
 
     finish(
         &store,
@@ -888,8 +963,14 @@ async fn a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recor
     finish(&store, "lost", "w", dead("timeout"), t0 + secs(1)).await;
 
     let at = t0 + secs(5);
-    for (reply_id, message_id) in [("sent", 11), ("lost", 12), ("kept", 13), ("unknown", 14)] {
-        let outcome = record_event(&store, &confirmation(reply_id, message_id), at).await;
+    for (reply_id, conversation_id, message_id) in [
+        ("sent", 1, 11),
+        ("lost", 2, 12),
+        ("kept", 3, 13),
+        ("unknown", 4, 14),
+    ] {
+        let confirmation = confirmation(reply_id, conversation_id, message_id);
+        let outcome = record_event(&store, &confirmation, at).await;
         assert_eq!(outcome, EventOutcome::Processed, "{reply_id}");
     }
     let sent = record(&store, "sent").await;
@@ -906,7 +987,7 @@ async fn a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recor
     assert_eq!(lost.chatwoot_message_id, Some(12));
     assert_eq!(lost.confirmed_at, Some(at));
     assert!(matches!(
-        store.requeue("lost", at).await.unwrap(),
+        store.requeue("lost", false, at).await.unwrap(),
         Requeued::NotDead(_)
     ));
     let kept = record(&store, "kept").await;
@@ -915,21 +996,27 @@ async fn a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recor
     claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
 }
 
-async fn a_channel_status_never_moves_backwards(store: SharedStore) {
+/// `(channel_status, channel_error)` of a reply.
+async fn channel(store: &SharedStore, reply_id: &str) -> (Option<String>, Option<String>) {
+    let r = record(store, reply_id).await;
+    (r.channel_status, r.channel_error)
+}
+
+fn some(status: &str, error: Option<&str>) -> (Option<String>, Option<String>) {
+    (Some(status.to_owned()), error.map(str::to_owned))
+}
+
+async fn a_channel_status_moves_only_as_chatwoot_lets_it(store: SharedStore) {
     let t0 = start();
     ingest(&store, &send("r1", 1), t0).await;
     ingest(&store, &send("r2", 2), t0).await;
     claim_exactly(&store, "w", t0, &["r1", "r2"]).await;
     deliver(&store, "r2", "w", t0 + secs(1)).await;
-    let channel = |store: SharedStore, reply_id: &'static str| async move {
-        let r = record(&store, reply_id).await;
-        (r.channel_status, r.channel_error)
-    };
 
     // A report on a message proves it exists: the queued r1 is confirmed too.
     record_event(
         &store,
-        &channel_report("r1", 31, "sent", None),
+        &channel_report("r1", outgoing(31, 1), "sent", None),
         t0 + secs(2),
     )
     .await;
@@ -937,32 +1024,184 @@ async fn a_channel_status_never_moves_backwards(store: SharedStore) {
     assert_eq!(r1.status, Status::Confirmed);
     assert_eq!(r1.channel_status.as_deref(), Some("sent"));
     claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
+    // read never goes back to delivered, nor to sent.
     for (status, expected) in [("read", "read"), ("delivered", "read"), ("sent", "read")] {
-        record_event(
-            &store,
-            &channel_report("r1", 31, status, None),
-            t0 + secs(3),
-        )
-        .await;
-        let now = channel(store.clone(), "r1").await;
-        assert_eq!(now, (Some(expected.to_owned()), None), "after {status}");
+        let report = channel_report("r1", outgoing(31, 1), status, None);
+        record_event(&store, &report, t0 + secs(3)).await;
+        assert_eq!(
+            channel(&store, "r1").await,
+            some(expected, None),
+            "after {status}"
+        );
     }
 
+    // failed is not final: an agent's retry makes the message sent again, and
+    // the error goes with the failure.
     let error = "Message failed to send: more than 24 hours";
-    record_event(
-        &store,
-        &channel_report("r2", 32, "failed", Some(error)),
-        t0 + secs(4),
-    )
-    .await;
-    record_event(
-        &store,
-        &channel_report("r2", 32, "delivered", None),
-        t0 + secs(5),
-    )
-    .await;
-    let r2 = channel(store.clone(), "r2").await;
-    assert_eq!(r2, (Some("failed".to_owned()), Some(error.to_owned())));
+    let steps = [
+        ("failed", Some(error), some("failed", Some(error))),
+        ("sent", None, some("sent", None)),
+        ("failed", Some(error), some("failed", Some(error))),
+        ("delivered", None, some("delivered", None)),
+        ("read", None, some("read", None)),
+        ("failed", Some(error), some("failed", Some(error))),
+        ("bogus", None, some("failed", Some(error))),
+    ];
+    for (status, error, expected) in steps {
+        let report = channel_report("r2", outgoing(9000, 2), status, error);
+        record_event(&store, &report, t0 + secs(4)).await;
+        assert_eq!(channel(&store, "r2").await, expected, "after {status}");
+    }
+}
+
+async fn only_an_outgoing_message_in_the_replys_conversation_confirms_it(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    let foreign = [
+        EventMessage {
+            account_id: Some(2),
+            ..outgoing(41, 7)
+        },
+        EventMessage {
+            account_id: None,
+            ..outgoing(42, 7)
+        },
+        outgoing(43, 8),
+        EventMessage {
+            conversation_id: None,
+            ..outgoing(44, 7)
+        },
+        EventMessage {
+            outgoing: false,
+            ..outgoing(45, 7)
+        },
+    ];
+    for message in foreign {
+        let echo = echo("r1", message.clone());
+        let outcome = record_event(&store, &echo, t0 + secs(1)).await;
+        assert_eq!(outcome, EventOutcome::Mismatch, "{message:?}");
+        let report = channel_report("r1", message.clone(), "failed", Some("no"));
+        let outcome = record_event(&store, &report, t0 + secs(1)).await;
+        assert_eq!(outcome, EventOutcome::Mismatch, "{message:?}");
+    }
+    let r1 = record(&store, "r1").await;
+    assert_eq!((r1.status, r1.chatwoot_message_id), (Status::Queued, None));
+    assert_eq!(channel(&store, "r1").await, (None, None));
+
+    // Still in the queue; once goldrelay knows its message, only that message confirms it.
+    claim_exactly(&store, "w", t0 + secs(2), &["r1"]).await;
+    deliver(&store, "r1", "w", t0 + secs(3)).await;
+    let other = confirmation("r1", 7, 9001);
+    assert_eq!(
+        record_event(&store, &other, t0 + secs(4)).await,
+        EventOutcome::Mismatch
+    );
+    assert_eq!(record(&store, "r1").await.status, Status::Delivered);
+    let ours = confirmation("r1", 7, 9000);
+    assert_eq!(
+        record_event(&store, &ours, t0 + secs(5)).await,
+        EventOutcome::Processed
+    );
+    let r1 = record(&store, "r1").await;
+    assert_eq!(
+        (r1.status, r1.chatwoot_message_id),
+        (Status::Confirmed, Some(9000))
+    );
+}
+
+async fn an_update_without_the_marker_finds_the_reply_by_its_message_id(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    claim_exactly(&store, "w", t0, &["r1"]).await;
+    deliver(&store, "r1", "w", t0 + secs(1)).await;
+    let error = "(#131047) Re-engagement message";
+    let steps = [
+        ("failed", Some(error), some("failed", Some(error))),
+        // An agent's retry in Chatwoot 4.13 empties content_attributes, marker included.
+        ("sent", None, some("sent", None)),
+    ];
+    for (status, error, expected) in steps {
+        let report = update(None, outgoing(9000, 7), Some(status), error);
+        let outcome = record_event(&store, &report, t0 + secs(2)).await;
+        assert_eq!(outcome, EventOutcome::Processed);
+        assert_eq!(channel(&store, "r1").await, expected, "after {status}");
+    }
+    assert_eq!(record(&store, "r1").await.status, Status::Confirmed);
+
+    // Someone else's message, and our message id seen in another conversation.
+    let unknown = update(None, outgoing(777, 7), Some("failed"), Some("x"));
+    let outcome = record_event(&store, &unknown, t0 + secs(3)).await;
+    assert_eq!(outcome, EventOutcome::Processed);
+    let elsewhere = update(None, outgoing(9000, 8), Some("failed"), Some("x"));
+    let outcome = record_event(&store, &elsewhere, t0 + secs(3)).await;
+    assert_eq!(outcome, EventOutcome::Mismatch);
+    assert_eq!(channel(&store, "r1").await, some("sent", None));
+
+    // A reply kept without sending has no message, so no channel either.
+    ingest(&store, &gold("kept", 1, 3, "approve"), t0).await;
+    let report = channel_report("kept", outgoing(555, 3), "read", None);
+    record_event(&store, &report, t0 + secs(4)).await;
+    let kept = record(&store, "kept").await;
+    assert_eq!((kept.status, kept.channel_status), (Status::Recorded, None));
+}
+
+async fn an_update_that_does_not_show_the_status_marks_it_for_reading(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    ingest(&store, &send("r2", 8), t0).await;
+    claim_exactly(&store, "w", t0, &["r1", "r2"]).await;
+    finish(&store, "r1", "w", Outcome::Delivered { message_id: 71 }, t0).await;
+    finish(&store, "r2", "w", Outcome::Delivered { message_id: 81 }, t0).await;
+    let report = channel_report("r1", outgoing(71, 7), "delivered", None);
+    record_event(&store, &report, t0 + secs(1)).await;
+    assert!(store.stale_channel_statuses(10).await.unwrap().is_empty());
+
+    let unseen = |id, conversation| update(None, outgoing(id, conversation), None, None);
+    record_event(&store, &unseen(71, 7), t0 + secs(2)).await;
+    record_event(&store, &unseen(81, 8), t0 + secs(3)).await;
+    let stale = store.stale_channel_statuses(10).await.unwrap();
+    let expected = |reply_id: &str, conversation_id, message_id, at| StaleChannelStatus {
+        reply_id: reply_id.into(),
+        account_id: 1,
+        conversation_id,
+        message_id,
+        since: at,
+    };
+    assert_eq!(
+        stale,
+        [
+            expected("r1", 7, 71, t0 + secs(2)),
+            expected("r2", 8, 81, t0 + secs(3))
+        ]
+    );
+    assert_eq!(store.stale_channel_statuses(1).await.unwrap(), stale[..1]);
+    assert_eq!(
+        channel(&store, "r1").await,
+        some("delivered", None),
+        "an unseen status changes nothing yet"
+    );
+
+    // The worker read r1 as failed; r2 changed again after its read.
+    record_event(&store, &unseen(81, 8), t0 + secs(4)).await;
+    let error = Some("undeliverable");
+    let record_read = |reply_id: &'static str, status, since| {
+        let store = store.clone();
+        async move {
+            store
+                .record_channel_status(reply_id, status, error, since)
+                .await
+                .expect("record_channel_status")
+        }
+    };
+    record_read("r1", "failed", stale[0].since).await;
+    record_read("r2", "read", stale[1].since).await;
+    assert_eq!(channel(&store, "r1").await, some("failed", error));
+    assert_eq!(channel(&store, "r2").await, some("read", None));
+    assert_eq!(
+        store.stale_channel_statuses(10).await.unwrap(),
+        [expected("r2", 8, 81, t0 + secs(4))],
+        "read again: it changed after the read"
+    );
 }
 
 async fn prune_events_deletes_only_events_received_before_the_cutoff(store: SharedStore) {

@@ -44,18 +44,24 @@ async fn deliver(
         .unwrap()
 }
 
-/// The outgoing echo of a message, naming `reply_id`.
-fn echo(reply_id: &str, message_id: i64) -> String {
+/// The outgoing echo of a message in account 1's `conversation_id`, naming `reply_id`.
+fn echo(reply_id: &str, conversation_id: i64, message_id: i64) -> String {
+    echo_body(reply_id, conversation_id, message_id).to_string()
+}
+
+fn echo_body(reply_id: &str, conversation_id: i64, message_id: i64) -> Value {
     let mut body = fixture("webhook_message_created_outgoing_echo.json");
     body["id"] = json!(message_id);
     body["content_attributes"]["gold_reply_id"] = json!(reply_id);
-    body.to_string()
+    body["conversation"]["id"] = json!(conversation_id);
+    body
 }
 
-fn failed_update(reply_id: &str, message_id: i64) -> String {
+fn failed_update(reply_id: &str, conversation_id: i64, message_id: i64) -> String {
     let mut body = fixture("webhook_message_updated_failed.json");
     body["id"] = json!(message_id);
     body["content_attributes"]["gold_reply_id"] = json!(reply_id);
+    body["conversation"]["id"] = json!(conversation_id);
     body["conversation"]["messages"][0]["id"] = json!(message_id);
     body.to_string()
 }
@@ -118,7 +124,7 @@ async fn a_valid_event_of_an_unused_type_is_stored_and_answered_200() {
 #[tokio::test]
 async fn a_wrong_signature_is_refused_with_401_naming_only_the_signature() {
     let app = spawn_app().await;
-    let body = echo("gr-x", 1);
+    let body = echo("gr-x", 1, 1);
     let (status, problem) =
         problem(deliver(&app, &body, &now(), "not-the-secret", "d-1").await).await;
     assert_eq!(status, 401);
@@ -136,7 +142,7 @@ async fn a_missing_signature_is_refused_with_401() {
         .client
         .post(format!("{}/api/webhooks/chatwoot", app.api.address))
         .header("Content-Type", "application/json")
-        .body(echo("gr-x", 1))
+        .body(echo("gr-x", 1, 1))
         .send()
         .await
         .unwrap();
@@ -146,7 +152,7 @@ async fn a_missing_signature_is_refused_with_401() {
 #[tokio::test]
 async fn a_body_changed_by_one_byte_after_signing_is_refused() {
     let app = spawn_app().await;
-    let body = echo("gr-x", 1);
+    let body = echo("gr-x", 1, 1);
     let ts = now();
     let signature = sign(WEBHOOK_SECRET, &ts, body.as_bytes());
     let tampered = body.replacen("gr-x", "gr-y", 1);
@@ -167,7 +173,7 @@ async fn a_body_changed_by_one_byte_after_signing_is_refused() {
 #[tokio::test]
 async fn stale_and_future_timestamps_are_refused_naming_the_timestamp() {
     let app = spawn_app().await;
-    let body = echo("gr-x", 1);
+    let body = echo("gr-x", 1, 1);
     let now = chrono::Utc::now().timestamp();
     for ts in [now - 360, now + 360] {
         let (status, problem) =
@@ -196,8 +202,8 @@ async fn a_second_secret_is_accepted_after_rotation() {
         ];
     })
     .await;
-    let first = deliver(&app, &echo("gr-a", 1), &now(), WEBHOOK_SECRET, "d-1").await;
-    let second = deliver(&app, &echo("gr-b", 2), &now(), ROTATED_SECRET, "d-2").await;
+    let first = deliver(&app, &echo("gr-a", 1, 1), &now(), WEBHOOK_SECRET, "d-1").await;
+    let second = deliver(&app, &echo("gr-b", 1, 2), &now(), ROTATED_SECRET, "d-2").await;
     assert_eq!(
         (first.status().as_u16(), second.status().as_u16()),
         (200, 200)
@@ -222,7 +228,7 @@ async fn a_replayed_delivery_id_is_answered_200_without_processing_twice() {
 #[tokio::test]
 async fn the_same_event_under_two_delivery_ids_is_processed_once() {
     let app = spawn_app().await;
-    let body = echo("gr-none", 77);
+    let body = echo("gr-none", 1, 77);
     let first: Value = deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-1")
         .await
         .json()
@@ -265,7 +271,7 @@ async fn the_echo_of_a_delivered_reply_confirms_it() {
     let message_id = delivered["chatwoot_message_id"].as_i64().unwrap();
     let response = deliver(
         &app,
-        &echo("gr-1", message_id),
+        &echo("gr-1", 5, message_id),
         &now(),
         WEBHOOK_SECRET,
         "d-1",
@@ -318,7 +324,7 @@ async fn a_channel_failure_reaches_the_reply_record() {
         .wait_for_status("gr-fail", "delivered", Duration::from_secs(5))
         .await;
     let message_id = delivered["chatwoot_message_id"].as_i64().unwrap();
-    let body = failed_update("gr-fail", message_id);
+    let body = failed_update("gr-fail", 3, message_id);
     assert_eq!(
         deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-9")
             .await
@@ -357,7 +363,7 @@ async fn the_sandbox_closes_the_whole_loop_with_signed_events() {
 #[tokio::test]
 async fn with_no_secret_configured_every_event_is_refused_and_hc_says_so() {
     let app = spawn_app_with(SandboxConfig::default(), |s| s.webhook_secrets.clear()).await;
-    let body = echo("gr-x", 1);
+    let body = echo("gr-x", 1, 1);
     let (status, problem) =
         problem(deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-1").await).await;
     assert_eq!(status, 401);
@@ -399,4 +405,80 @@ async fn the_unsigned_path_token_is_off_by_default_and_works_when_configured() {
     .await;
     assert_eq!(post(&on, "wrong-token").await.unwrap().status(), 401);
     assert_eq!(post(&on, PATH_TOKEN).await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_marker_on_a_message_that_is_not_the_replys_changes_nothing_and_is_counted() {
+    let app = spawn_app().await;
+    app.api.post_reply(&reply("gr-own", 5)).await;
+    let delivered = app
+        .api
+        .wait_for_status("gr-own", "delivered", Duration::from_secs(5))
+        .await;
+    let ours = delivered["chatwoot_message_id"].as_i64().unwrap();
+    let mut other_account: Value = serde_json::from_str(&failed_update("gr-own", 5, ours)).unwrap();
+    other_account["account"]["id"] = json!(2);
+    let mut incoming = echo_body("gr-own", 5, ours);
+    incoming["message_type"] = json!("incoming");
+    let foreign = [
+        ("another conversation", failed_update("gr-own", 6, ours)),
+        ("another account", other_account.to_string()),
+        ("incoming", incoming.to_string()),
+        ("another message", echo("gr-own", 5, ours + 1000)),
+        (
+            "another message's failure",
+            failed_update("gr-own", 5, ours + 1001),
+        ),
+    ];
+    for (i, (what, body)) in foreign.iter().enumerate() {
+        let response = deliver(&app, body, &now(), WEBHOOK_SECRET, &format!("d-{i}")).await;
+        assert_eq!(response.status(), 200, "{what}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["status"], "mismatch", "{what}");
+    }
+    let record: Value = app.api.get_reply("gr-own").await.json().await.unwrap();
+    assert_eq!(record["status"], "delivered", "{record}");
+    assert_eq!(record["chatwoot_message_id"], ours);
+    assert!(record["channel_status"].is_null(), "{record}");
+    let metrics = reqwest::get(format!("{}/metrics", app.api.address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("goldrelay_webhook_mismatches_total 5"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_retry_without_the_marker_brings_a_failed_reply_back_to_sent() {
+    let app = spawn_app().await;
+    app.chatwoot.set_webhook(
+        format!("{}/api/webhooks/chatwoot", app.api.address),
+        Some(WEBHOOK_SECRET.into()),
+    );
+    app.api.post_reply(&reply("gr-retry", 4)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-retry", "confirmed", Duration::from_secs(5))
+        .await;
+    let message_id = record["chatwoot_message_id"].as_i64().unwrap();
+    let error = "(#131047) Re-engagement message";
+    assert!(
+        app.chatwoot
+            .set_status(message_id, "failed", Some(error))
+            .await
+    );
+    let record: Value = app.api.get_reply("gr-retry").await.json().await.unwrap();
+    assert_eq!(
+        (&record["channel_status"], &record["channel_error"]),
+        (&json!("failed"), &json!(error))
+    );
+    // Chatwoot 4.13 empties content_attributes on retry: no marker comes back.
+    assert!(app.chatwoot.agent_retry(message_id).await);
+    let record: Value = app.api.get_reply("gr-retry").await.json().await.unwrap();
+    assert_eq!(record["channel_status"], "sent", "{record}");
+    assert!(record["channel_error"].is_null(), "{record}");
 }

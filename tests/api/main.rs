@@ -9,6 +9,7 @@
 //! on its own (see its module).
 
 mod auth;
+mod chaos;
 mod conformance;
 mod delivery;
 mod fly_toml;

@@ -10,6 +10,11 @@ pub const MAX_CONTENT_CHARS: usize = 150_000;
 const MAX_APPROVED_BY_CHARS: usize = 256;
 const MAX_TAGS: usize = 32;
 const MAX_TAG_CHARS: usize = 64;
+/// PostgreSQL's `text` and `jsonb` cannot hold U+0000, so no field may carry it.
+const NUL_MESSAGE: &str = "must not contain NUL characters (\\u0000)";
+/// The largest integer a JSON number written with a fraction (`2372.0`) is
+/// exact for; past it, `f64` has already rounded what the client wrote.
+const MAX_EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
 const FIELDS: [&str; 10] = [
     "reply_id",
     "account_id",
@@ -101,7 +106,7 @@ impl GoldReply {
         let mut errors: Vec<FieldError> = obj
             .keys()
             .filter(|k| !FIELDS.contains(&k.as_str()))
-            .map(|k| FieldError::new(k, "is not a known field"))
+            .map(|k| FieldError::new(&k.replace('\0', "\\u0000"), "is not a known field"))
             .collect();
         let mut check = Checker {
             obj,
@@ -223,6 +228,7 @@ impl<'a> Checker<'a> {
     fn required_str(&mut self, field: &str) -> Option<&'a str> {
         match self.present(field) {
             None => self.fail(field, "is required"),
+            Some(Value::String(s)) if s.contains('\0') => self.fail(field, NUL_MESSAGE),
             Some(Value::String(s)) => return Some(s),
             Some(_) => self.fail(field, "must be a string"),
         }
@@ -232,7 +238,7 @@ impl<'a> Checker<'a> {
     fn positive_int(&mut self, field: &str) -> Option<i64> {
         match self.present(field) {
             None => self.fail(field, "is required"),
-            Some(v) => match v.as_i64() {
+            Some(v) => match integral(v) {
                 Some(n) if n >= 1 => return Some(n),
                 _ => self.fail(field, "must be an integer of at least 1"),
             },
@@ -285,6 +291,10 @@ impl<'a> Checker<'a> {
                 return None;
             }
             None => return None,
+            Some(Value::String(s)) if s.contains('\0') => {
+                self.fail("approved_by", NUL_MESSAGE);
+                return None;
+            }
             Some(Value::String(s)) => s,
             Some(_) => {
                 self.fail("approved_by", "must be a string");
@@ -305,6 +315,10 @@ impl<'a> Checker<'a> {
     fn optional_object(&mut self, field: &str) -> Option<Value> {
         match self.present(field) {
             None => None,
+            Some(v @ Value::Object(_)) if holds_nul(v) => {
+                self.fail(field, format!("{NUL_MESSAGE} in any key or value"));
+                None
+            }
             Some(v @ Value::Object(_)) => Some(v.clone()),
             Some(_) => {
                 self.fail(field, "must be a JSON object");
@@ -327,6 +341,7 @@ impl<'a> Checker<'a> {
         let mut tags = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match item.as_str() {
+                Some(t) if t.contains('\0') => self.fail(&format!("tags[{i}]"), NUL_MESSAGE),
                 Some(t) if (1..=MAX_TAG_CHARS).contains(&t.chars().count()) => {
                     tags.push(t.to_owned())
                 }
@@ -338,6 +353,37 @@ impl<'a> Checker<'a> {
         }
         tags
     }
+}
+
+/// A JSON integer, or a number written with a zero fraction (`2372.0`): JSON
+/// Schema's `integer` is about the value, not the spelling.
+fn integral(value: &Value) -> Option<i64> {
+    if let Some(n) = value.as_i64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    // In range, the cast is exact: the fraction is zero and |f| <= 2^53.
+    (f.fract() == 0.0 && f.abs() <= MAX_EXACT_FLOAT_INT).then_some(f as i64)
+}
+
+/// Whether a NUL hides anywhere in `value`: a string, a key, at any depth.
+/// Iterative, so a deeply nested body cannot exhaust the stack.
+fn holds_nul(value: &Value) -> bool {
+    let mut pending = vec![value];
+    while let Some(v) = pending.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => return true,
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                pending.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -384,6 +430,40 @@ mod tests {
         b["private"] = json!(false);
         b["tags"] = json!([]);
         assert_eq!(a.fingerprint(), GoldReply::parse(&b).unwrap().fingerprint());
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused_naming_its_field() {
+        let cases = [
+            ("content", json!("Hel\u{0}lo")),
+            ("approved_by", json!("pri\u{0}ya")),
+            ("reply_id", json!("gr\u{0}1")),
+            ("tags", json!(["ok", "b\u{0}d"])),
+            ("draft", json!({"text": ["fine", {"deep": "n\u{0}l"}]})),
+            ("metadata", json!({"k\u{0}ey": 1})),
+        ];
+        for (field, value) in cases {
+            let mut body = valid();
+            body[field] = value;
+            let errors = GoldReply::parse(&body).unwrap_err();
+            let named = if field == "tags" { "tags[1]" } else { field };
+            assert_eq!(errors.len(), 1, "{field}: {errors:?}");
+            assert_eq!(errors[0].field, named);
+        }
+    }
+
+    #[test]
+    fn an_integer_written_with_a_zero_fraction_is_an_integer() {
+        let mut body = valid();
+        body["conversation_id"] = json!(2372.0);
+        assert_eq!(GoldReply::parse(&body).unwrap().conversation_id(), 2372);
+        for refused in [json!(2372.5), json!(1e300), json!(0.0)] {
+            body["conversation_id"] = refused;
+            assert_eq!(
+                GoldReply::parse(&body).unwrap_err()[0].field,
+                "conversation_id"
+            );
+        }
     }
 
     #[test]

@@ -139,7 +139,7 @@ pub async fn path_token(
 ) -> Result<HttpResponse, ApiError> {
     let result = async {
         state.webhooks.check_path_token(&token)?;
-        let body = read_limited(&req, payload, state.max_body_bytes).await?;
+        let body = read_limited(&req, payload, state.max_body_bytes, state.request_timeout).await?;
         accept(&req, &body, &state).await
     }
     .await;
@@ -170,7 +170,7 @@ async fn verified(
     if state.webhooks.secrets.is_empty() {
         return Err(ApiError::Disabled("no CHATWOOT_WEBHOOK_SECRETS configured"));
     }
-    let body = read_limited(&req, payload, state.max_body_bytes).await?;
+    let body = read_limited(&req, payload, state.max_body_bytes, state.request_timeout).await?;
     state.webhooks.verify(req.headers(), &body, Utc::now())?;
     accept(&req, &body, state).await
 }

@@ -325,3 +325,22 @@ async fn a_token_past_its_rate_gets_429_with_retry_after_and_others_are_unaffect
     assert_eq!(other.status(), 200);
     assert_eq!(other.json::<Value>().await.unwrap()["reply_id"], "rated");
 }
+
+#[tokio::test]
+async fn a_head_that_never_completes_is_cut_off_with_a_408() {
+    let timeout = Duration::from_secs(1);
+    let app = spawn_app_with(SandboxConfig::default(), |s| s.request_timeout = timeout).await;
+    let address = app.api.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /hc HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(timeout * 4, stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was never closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < timeout + Duration::from_millis(1500));
+}

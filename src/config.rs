@@ -474,6 +474,24 @@ mod tests {
     }
 
     #[test]
+    fn operator_tokens_are_optional_but_checked_like_support_tokens() {
+        let base = [
+            ("GOLDRELAY_TOKENS", TOKEN),
+            ("CHATWOOT_BASE_URL", "http://localhost:3000"),
+            ("CHATWOOT_API_TOKEN", "x"),
+        ];
+        let settings = load(&base).unwrap();
+        assert!(settings.operator_tokens.is_empty());
+        assert_eq!(settings.request_timeout, Duration::from_secs(10));
+        assert_eq!(settings.token_rate, 0);
+        let mut vars = base.to_vec();
+        vars.push(("GOLDRELAY_OPERATOR_TOKENS", "too-short-to-guess"));
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("GOLDRELAY_OPERATOR_TOKENS: token #1"), "{err}");
+        assert!(!err.contains("too-short-to-guess"), "{err}");
+    }
+
+    #[test]
     fn a_database_password_is_redacted_when_displayed() {
         let url = DatabaseUrl::parse("postgres://relay:hunter2@db.example.com:5432/gold").unwrap();
         assert_eq!(

@@ -18,7 +18,7 @@ use actix_web::dev::{ResourceDef, Service, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
 use problem::ApiError;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// What every handler shares.
@@ -58,6 +58,18 @@ const ALLOWED: [(&str, &str); 9] = [
     ("/api/webhooks/chatwoot", "POST"),
     ("/api/webhooks/chatwoot/{token}", "POST"),
 ];
+
+/// [`ALLOWED`] with its patterns compiled once: compiling them for every
+/// unmatched request would let a flood of 404s cost far more than it should.
+fn allowed() -> &'static [(ResourceDef, &'static str)] {
+    static COMPILED: OnceLock<Vec<(ResourceDef, &'static str)>> = OnceLock::new();
+    COMPILED.get_or_init(|| {
+        ALLOWED
+            .iter()
+            .map(|(pattern, allow)| (ResourceDef::new(*pattern), *allow))
+            .collect()
+    })
+}
 
 /// A route for `GET` that answers `HEAD` too, as HTTP clients expect
 /// (the server sends the headers without the body).
@@ -125,9 +137,9 @@ pub async fn metrics_text(state: &AppState) -> HttpResponse {
 
 /// What no route answered: 405 with `Allow` on a known path, 404 otherwise.
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    let known = ALLOWED
+    let known = allowed()
         .iter()
-        .find(|(pattern, _)| ResourceDef::new(*pattern).is_match(req.path()));
+        .find(|(pattern, _)| pattern.is_match(req.path()));
     if let Some((_, allow)) = known {
         return ApiError::MethodNotAllowed(req.method().to_string(), allow).error_response();
     }

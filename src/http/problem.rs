@@ -32,7 +32,7 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("the reply could not be stored; nothing was accepted, try again")]
+    #[error("{}", store_detail(.0))]
     StoreUnavailable(#[source] StoreError),
     #[error("this endpoint is turned off: {0}")]
     Disabled(&'static str),
@@ -112,8 +112,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::StoreUnavailable(e) = self {
-            tracing::error!(error = %e, "store unavailable");
+        match self {
+            // Expected under load and answered with Retry-After: not an error to page on.
+            ApiError::StoreUnavailable(e @ StoreError::Overloaded(_)) => {
+                tracing::warn!(error = %e, "store overloaded");
+            }
+            ApiError::StoreUnavailable(e) => tracing::error!(error = %e, "store unavailable"),
+            _ => {}
         }
         let mut body = problem(self.status_code(), self.slug(), &self.to_string());
         if let ApiError::Invalid(errors) | ApiError::InvalidQuery(errors) = self {
@@ -155,6 +160,16 @@ impl ApiError {
             }
             _ => {}
         }
+    }
+}
+
+/// What a client is told when the store refused: nothing was done either way.
+fn store_detail(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Overloaded(_) => {
+            "the database is busy; nothing was done, try again after the Retry-After delay"
+        }
+        _ => "the reply could not be stored; nothing was accepted, try again",
     }
 }
 

@@ -20,6 +20,14 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// `GOLDRELAY_TOKENS`: the Support bearer tokens; any one is accepted.
     pub tokens: Vec<SecretString>,
+    /// `GOLDRELAY_OPERATOR_TOKENS`: the operators' bearer tokens (list, retry,
+    /// `/metrics`). None configured: operator endpoints answer 403.
+    pub operator_tokens: Vec<SecretString>,
+    /// `GOLDRELAY_REQUEST_TIMEOUT`: how long a request's head, and then its
+    /// body, may take to arrive before it is answered 408 and closed.
+    pub request_timeout: Duration,
+    /// `GOLDRELAY_TOKEN_RATE`: requests per second each bearer token may make; 0 lifts the cap.
+    pub token_rate: u32,
     /// `DATABASE_URL`: where gold replies are stored.
     pub database_url: DatabaseUrl,
     /// `CHATWOOT_BASE_URL`: the Chatwoot installation, e.g. `https://chat.example.com`.
@@ -158,6 +166,10 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field(
+                "operator_tokens",
+                &format_args!("[{} redacted]", self.operator_tokens.len()),
+            )
             .field("database_url", &self.database_url)
             .field("chatwoot_base_url", &self.chatwoot_base_url.as_str())
             .field("chatwoot_timeout", &self.chatwoot_timeout)
@@ -194,6 +206,9 @@ impl Settings {
         let settings = Settings {
             listen: env.parsed("GOLDRELAY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080))),
             tokens: env.tokens("GOLDRELAY_TOKENS"),
+            operator_tokens: env.optional_tokens("GOLDRELAY_OPERATOR_TOKENS"),
+            request_timeout: env.duration("GOLDRELAY_REQUEST_TIMEOUT", "10s"),
+            token_rate: env.parsed("GOLDRELAY_TOKEN_RATE", 0),
             database_url: env.database_url(),
             chatwoot_base_url: env.url("CHATWOOT_BASE_URL"),
             chatwoot_api_token: env.secret("CHATWOOT_API_TOKEN"),
@@ -232,6 +247,10 @@ impl Settings {
         env.check(
             !settings.chatwoot_timeout.is_zero(),
             "GOLDRELAY_CHATWOOT_TIMEOUT must be more than 0",
+        );
+        env.check(
+            !settings.request_timeout.is_zero(),
+            "GOLDRELAY_REQUEST_TIMEOUT must be more than 0",
         );
         if env.problems.is_empty() {
             Ok(settings)
@@ -371,9 +390,21 @@ impl Env<'_> {
 
     /// Comma-separated tokens; the values never appear in a problem, only their position.
     fn tokens(&mut self, name: &str) -> Vec<SecretString> {
-        let Some(raw) = self.required(name) else {
-            return Vec::new();
-        };
+        match self.required(name) {
+            Some(raw) => self.token_list(name, &raw),
+            None => Vec::new(),
+        }
+    }
+
+    /// Like [`Env::tokens`], but none at all is fine.
+    fn optional_tokens(&mut self, name: &str) -> Vec<SecretString> {
+        match self.optional(name) {
+            Some(raw) => self.token_list(name, &raw),
+            None => Vec::new(),
+        }
+    }
+
+    fn token_list(&mut self, name: &str, raw: &str) -> Vec<SecretString> {
         let mut tokens = Vec::new();
         for (i, token) in raw.split(',').map(str::trim).enumerate() {
             if token.chars().count() < MIN_TOKEN_CHARS {
@@ -440,6 +471,24 @@ mod tests {
             err.starts_with("GOLDRELAY_RETRY_BASE=\"soon\" is invalid"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn operator_tokens_are_optional_but_checked_like_support_tokens() {
+        let base = [
+            ("GOLDRELAY_TOKENS", TOKEN),
+            ("CHATWOOT_BASE_URL", "http://localhost:3000"),
+            ("CHATWOOT_API_TOKEN", "x"),
+        ];
+        let settings = load(&base).unwrap();
+        assert!(settings.operator_tokens.is_empty());
+        assert_eq!(settings.request_timeout, Duration::from_secs(10));
+        assert_eq!(settings.token_rate, 0);
+        let mut vars = base.to_vec();
+        vars.push(("GOLDRELAY_OPERATOR_TOKENS", "too-short-to-guess"));
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("GOLDRELAY_OPERATOR_TOKENS: token #1"), "{err}");
+        assert!(!err.contains("too-short-to-guess"), "{err}");
     }
 
     #[test]

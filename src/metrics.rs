@@ -6,7 +6,12 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How long store-derived gauges are reused: however often anyone scrapes,
+/// the store is asked at most once per this period.
+pub const STORE_GAUGE_TTL: Duration = Duration::from_secs(1);
 
 /// Every metric goldrelay exports.
 pub struct Metrics {
@@ -19,6 +24,9 @@ pub struct Metrics {
     mismatches: IntCounter,
     replies: IntGaugeVec,
     oldest_queued: Gauge,
+    /// When the store-derived gauges were last refreshed; the lock also makes
+    /// concurrent scrapes wait for one refresh instead of each querying.
+    store_refreshed: Mutex<Option<Instant>>,
 }
 
 impl Default for Metrics {
@@ -99,6 +107,7 @@ impl Metrics {
             mismatches,
             replies,
             oldest_queued,
+            store_refreshed: Mutex::new(None),
             registry,
         }
     }
@@ -124,8 +133,22 @@ impl Metrics {
         }
     }
 
-    /// Refreshes the store-derived gauges and renders the text exposition format.
+    /// Refreshes the store-derived gauges (at most once per [`STORE_GAUGE_TTL`])
+    /// and renders the text exposition format.
     pub async fn render(&self, store: &dyn Store) -> String {
+        {
+            let mut refreshed = self.store_refreshed.lock().await;
+            if refreshed.is_none_or(|at| at.elapsed() >= STORE_GAUGE_TTL) {
+                self.refresh_store_gauges(store).await;
+                *refreshed = Some(Instant::now());
+            }
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    async fn refresh_store_gauges(&self, store: &dyn Store) {
         if let Ok(counts) = store.count_by_status().await {
             self.replies.reset();
             for (status, n) in counts {
@@ -139,8 +162,5 @@ impl Metrics {
                 .unwrap_or_default();
             self.oldest_queued.set(age.as_secs_f64());
         }
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
     }
 }

@@ -3,7 +3,7 @@
 use crate::chatwoot::ChatwootClient;
 use crate::config::Settings;
 use crate::delivery::{Policy, Worker, WorkerLink};
-use crate::http::{self, AppState, BearerTokens, WebhookAuth};
+use crate::http::{self, AppState, BearerTokens, Role, WebhookAuth};
 use crate::jobs;
 use crate::metrics::Metrics;
 use crate::store::{self, SharedStore};
@@ -49,8 +49,11 @@ impl Application {
         );
         let state = web::Data::new(AppState {
             store: store.clone(),
-            tokens: BearerTokens::new(&settings.tokens),
+            tokens: BearerTokens::new(&settings.tokens)
+                .grant(Role::Operator, &settings.operator_tokens)
+                .limit_rate(settings.token_rate),
             max_body_bytes: settings.max_body_bytes,
+            request_timeout: settings.request_timeout,
             worker: link.state.clone(),
             webhooks: WebhookAuth::new(
                 settings.webhook_secrets.clone(),
@@ -68,6 +71,8 @@ impl Application {
             .map(|at| metrics_server(state.clone(), at))
             .transpose()?;
         let server = HttpServer::new(move || http::app(state.clone()))
+            // A head must arrive within the deadline too; actix answers 408.
+            .client_request_timeout(settings.request_timeout)
             .disable_signals()
             .shutdown_timeout(settings.shutdown_drain.as_secs().max(1))
             .listen(listener)?

@@ -10,6 +10,11 @@ pub const MAX_CONTENT_CHARS: usize = 150_000;
 const MAX_APPROVED_BY_CHARS: usize = 256;
 const MAX_TAGS: usize = 32;
 const MAX_TAG_CHARS: usize = 64;
+/// PostgreSQL's `text` and `jsonb` cannot hold U+0000, so no field may carry it.
+const NUL_MESSAGE: &str = "must not contain NUL characters (\\u0000)";
+/// The largest integer a JSON number written with a fraction (`2372.0`) is
+/// exact for; past it, `f64` has already rounded what the client wrote.
+const MAX_EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
 const FIELDS: [&str; 10] = [
     "reply_id",
     "account_id",
@@ -101,7 +106,7 @@ impl GoldReply {
         let mut errors: Vec<FieldError> = obj
             .keys()
             .filter(|k| !FIELDS.contains(&k.as_str()))
-            .map(|k| FieldError::new(k, "is not a known field"))
+            .map(|k| FieldError::new(&k.replace('\0', "\\u0000"), "is not a known field"))
             .collect();
         let mut check = Checker {
             obj,
@@ -223,6 +228,7 @@ impl<'a> Checker<'a> {
     fn required_str(&mut self, field: &str) -> Option<&'a str> {
         match self.present(field) {
             None => self.fail(field, "is required"),
+            Some(Value::String(s)) if s.contains('\0') => self.fail(field, NUL_MESSAGE),
             Some(Value::String(s)) => return Some(s),
             Some(_) => self.fail(field, "must be a string"),
         }
@@ -232,7 +238,7 @@ impl<'a> Checker<'a> {
     fn positive_int(&mut self, field: &str) -> Option<i64> {
         match self.present(field) {
             None => self.fail(field, "is required"),
-            Some(v) => match v.as_i64() {
+            Some(v) => match integral(v) {
                 Some(n) if n >= 1 => return Some(n),
                 _ => self.fail(field, "must be an integer of at least 1"),
             },
@@ -285,6 +291,10 @@ impl<'a> Checker<'a> {
                 return None;
             }
             None => return None,
+            Some(Value::String(s)) if s.contains('\0') => {
+                self.fail("approved_by", NUL_MESSAGE);
+                return None;
+            }
             Some(Value::String(s)) => s,
             Some(_) => {
                 self.fail("approved_by", "must be a string");
@@ -305,6 +315,10 @@ impl<'a> Checker<'a> {
     fn optional_object(&mut self, field: &str) -> Option<Value> {
         match self.present(field) {
             None => None,
+            Some(v @ Value::Object(_)) if holds_nul(v) => {
+                self.fail(field, format!("{NUL_MESSAGE} in any key or value"));
+                None
+            }
             Some(v @ Value::Object(_)) => Some(v.clone()),
             Some(_) => {
                 self.fail(field, "must be a JSON object");
@@ -327,6 +341,7 @@ impl<'a> Checker<'a> {
         let mut tags = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match item.as_str() {
+                Some(t) if t.contains('\0') => self.fail(&format!("tags[{i}]"), NUL_MESSAGE),
                 Some(t) if (1..=MAX_TAG_CHARS).contains(&t.chars().count()) => {
                     tags.push(t.to_owned())
                 }
@@ -338,6 +353,37 @@ impl<'a> Checker<'a> {
         }
         tags
     }
+}
+
+/// A JSON integer, or a number written with a zero fraction (`2372.0`): JSON
+/// Schema's `integer` is about the value, not the spelling.
+fn integral(value: &Value) -> Option<i64> {
+    if let Some(n) = value.as_i64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    // In range, the cast is exact: the fraction is zero and |f| <= 2^53.
+    (f.fract() == 0.0 && f.abs() <= MAX_EXACT_FLOAT_INT).then_some(f as i64)
+}
+
+/// Whether a NUL hides anywhere in `value`: a string, a key, at any depth.
+/// Iterative, so a deeply nested body cannot exhaust the stack.
+fn holds_nul(value: &Value) -> bool {
+    let mut pending = vec![value];
+    while let Some(v) = pending.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => return true,
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                pending.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -387,6 +433,40 @@ mod tests {
     }
 
     #[test]
+    fn a_nul_anywhere_is_refused_naming_its_field() {
+        let cases = [
+            ("content", json!("Hel\u{0}lo")),
+            ("approved_by", json!("pri\u{0}ya")),
+            ("reply_id", json!("gr\u{0}1")),
+            ("tags", json!(["ok", "b\u{0}d"])),
+            ("draft", json!({"text": ["fine", {"deep": "n\u{0}l"}]})),
+            ("metadata", json!({"k\u{0}ey": 1})),
+        ];
+        for (field, value) in cases {
+            let mut body = valid();
+            body[field] = value;
+            let errors = GoldReply::parse(&body).unwrap_err();
+            let named = if field == "tags" { "tags[1]" } else { field };
+            assert_eq!(errors.len(), 1, "{field}: {errors:?}");
+            assert_eq!(errors[0].field, named);
+        }
+    }
+
+    #[test]
+    fn an_integer_written_with_a_zero_fraction_is_an_integer() {
+        let mut body = valid();
+        body["conversation_id"] = json!(2372.0);
+        assert_eq!(GoldReply::parse(&body).unwrap().conversation_id(), 2372);
+        for refused in [json!(2372.5), json!(1e300), json!(0.0)] {
+            body["conversation_id"] = refused;
+            assert_eq!(
+                GoldReply::parse(&body).unwrap_err()[0].field,
+                "conversation_id"
+            );
+        }
+    }
+
+    #[test]
     fn reject_needs_no_approver_but_approve_does() {
         let mut body = valid();
         body.as_object_mut().unwrap().remove("approved_by");
@@ -394,5 +474,93 @@ mod tests {
         assert!(GoldReply::parse(&body).is_ok());
         body["action"] = json!("approve");
         assert_eq!(GoldReply::parse(&body).unwrap_err()[0].field, "approved_by");
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, a few levels deep, with NULs and odd numbers likely.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z\u{0}_:.-]{0,8}".prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                prop::collection::btree_map("[a-z\u{0}]{0,6}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A valid body with a few fields replaced, removed or added: close
+    /// enough to valid that many are accepted and the rest fail one rule.
+    fn body() -> impl Strategy<Value = Value> {
+        let key = prop_oneof![
+            prop::sample::select(FIELDS.to_vec()).prop_map(str::to_owned),
+            "[a-z\u{0}]{0,6}",
+        ];
+        let value = prop::option::weighted(0.9, json());
+        prop::collection::btree_map(key, value, 0..4).prop_map(|changes| {
+            let mut body = serde_json::json!({
+                "reply_id": "gr_1", "account_id": 1, "conversation_id": 7,
+                "action": "approve_send", "content": "Hello", "approved_by": "priya"
+            });
+            let object = body.as_object_mut().expect("an object");
+            for (key, value) in changes {
+                match value {
+                    Some(v) => object.insert(key, v),
+                    None => object.remove(&key),
+                };
+            }
+            body
+        })
+    }
+
+    /// Whether `field` names something the body has or must have.
+    fn names_a_field(field: &str, body: &Map<String, Value>) -> bool {
+        let tag = field
+            .strip_prefix("tags[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|i| i.parse::<usize>().ok());
+        FIELDS.contains(&field)
+            || body.contains_key(&field.replace("\\u0000", "\0"))
+            || tag.is_some_and(|i| body["tags"].as_array().is_some_and(|t| i < t.len()))
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics_and_every_error_names_a_field(body in body()) {
+            let object = body.as_object().expect("an object");
+            if let Err(errors) = GoldReply::parse(&body) {
+                prop_assert!(!errors.is_empty());
+                for error in errors {
+                    prop_assert!(!error.message.is_empty());
+                    prop_assert!(names_a_field(&error.field, object), "{error:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn anything_accepted_holds_no_nul_and_keeps_its_ids(body in body()) {
+            if let Ok(reply) = GoldReply::parse(&body) {
+                prop_assert!(reply.account_id() >= 1 && reply.conversation_id() >= 1);
+                let stored = serde_json::to_string(&reply).expect("serialises");
+                prop_assert!(!stored.contains("\\u0000"), "{stored}");
+            }
+        }
+
+        #[test]
+        fn any_value_at_all_is_refused_or_parsed_without_panicking(value in json()) {
+            let _ = GoldReply::parse(&value);
+        }
     }
 }

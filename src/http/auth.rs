@@ -1,26 +1,35 @@
-//! Bearer-token authentication: the [`Caller`] extractor. A handler that takes
-//! a `Caller` cannot run for a request without a valid token.
+//! Bearer-token authentication: the [`Caller`] and [`Operator`] extractors. A
+//! handler that takes one cannot run for a request without a valid token of
+//! a role that may call it, nor past the token's rate.
 
 use super::problem::ApiError;
 use super::AppState;
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, FromRequest, HttpRequest};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::future::{ready, Ready};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 /// What a token lets its bearer do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Support's tools: post gold replies, read them, retry dead ones.
+    /// Support's tools (`GOLDRELAY_TOKENS`): post gold replies, read one.
     Support,
+    /// Operators (`GOLDRELAY_OPERATOR_TOKENS`): everything Support may do, and
+    /// list, retry and read `/metrics`.
+    Operator,
 }
 
 impl Role {
     /// Every role; a new one is added here and to the enum.
-    const ALL: [Role; 1] = [Role::Support];
+    const ALL: [Role; 2] = [Role::Support, Role::Operator];
 
     /// A non-zero code, so 0 can mean "no token matched" in constant-time selection.
     fn code(self) -> u8 {
@@ -44,22 +53,57 @@ impl FromRequest for Caller {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let caller = match req.app_data::<web::Data<AppState>>() {
-            Some(state) => state.tokens.caller(req),
-            None => {
-                // Fail closed: an app built without state authenticates no one.
-                tracing::error!("no AppState registered; refusing the request");
-                Err(ApiError::Unauthorized)
-            }
-        };
-        ready(caller)
+        ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
+    match req.app_data::<web::Data<AppState>>() {
+        Some(state) => state.tokens.caller(req),
+        None => {
+            // Fail closed: an app built without state authenticates no one.
+            tracing::error!("no AppState registered; refusing the request");
+            Err(ApiError::Unauthorized)
+        }
+    }
+}
+
+/// An authenticated caller with the operator role: list, retry, `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operator;
+
+impl FromRequest for Operator {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(operator(req))
+    }
+}
+
+fn operator(req: &HttpRequest) -> Result<Operator, ApiError> {
+    let configured = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|state| state.tokens.has(Role::Operator));
+    // Said before authenticating: no token could open these endpoints anyway.
+    if !configured {
+        return Err(ApiError::NoOperators);
+    }
+    match authenticate(req)?.role {
+        Role::Operator => Ok(Operator),
+        Role::Support => Err(ApiError::RoleRequired("operator")),
     }
 }
 
 /// The accepted tokens and the role each grants, kept only as SHA-256 digests:
 /// comparing digests in constant time reveals neither a token nor its length.
 #[derive(Clone, Default)]
-pub struct BearerTokens(Vec<([u8; 32], Role)>);
+pub struct BearerTokens {
+    known: Vec<([u8; 32], Role)>,
+    /// Per-token request budget; keys are digests of accepted tokens only, so
+    /// unknown tokens cannot grow it.
+    rate: Option<Arc<DefaultKeyedRateLimiter<[u8; 32]>>>,
+}
 
 impl BearerTokens {
     /// Support tokens (`GOLDRELAY_TOKENS`).
@@ -70,20 +114,44 @@ impl BearerTokens {
     /// Adds `tokens`, each granting `role`.
     pub fn grant(mut self, role: Role, tokens: &[SecretString]) -> Self {
         let digests = tokens.iter().map(|t| (digest(t.expose_secret()), role));
-        self.0.extend(digests);
+        self.known.extend(digests);
         self
     }
 
-    /// The caller of `Authorization: Bearer <token>` when the token is one of ours.
+    /// Caps each token at `per_second` requests (`GOLDRELAY_TOKEN_RATE`); 0 lifts the cap.
+    pub fn limit_rate(mut self, per_second: u32) -> Self {
+        self.rate =
+            NonZeroU32::new(per_second).map(|n| Arc::new(RateLimiter::keyed(Quota::per_second(n))));
+        self
+    }
+
+    /// Whether any token grants `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.known.iter().any(|(_, r)| *r == role)
+    }
+
+    /// The caller of `Authorization: Bearer <token>` when the token is one of
+    /// ours and within its rate.
     pub fn caller(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
         let presented = bearer(req).ok_or(ApiError::Unauthorized)?;
         let presented = digest(presented);
         // Check every token so timing does not tell which one matched.
-        let matched = self.0.iter().fold(0u8, |found, (known, role)| {
+        let matched = self.known.iter().fold(0u8, |found, (known, role)| {
             u8::conditional_select(&found, &role.code(), known.ct_eq(&presented))
         });
         let role = Role::from_code(matched).ok_or(ApiError::Unauthorized)?;
+        self.within_rate(&presented)?;
         Ok(Caller { role })
+    }
+
+    fn within_rate(&self, token: &[u8; 32]) -> Result<(), ApiError> {
+        let Some(limiter) = &self.rate else {
+            return Ok(());
+        };
+        limiter.check_key(token).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::TooManyRequests(wait.max(Duration::from_secs(1)))
+        })
     }
 }
 
@@ -114,6 +182,30 @@ mod tests {
             .insert_header((AUTHORIZATION, "Bearer s3cret"))
             .to_http_request();
         assert_eq!(tokens().caller(&req).unwrap().role, Role::Support);
+    }
+
+    #[test]
+    fn an_operator_token_is_an_operator_caller() {
+        let tokens = tokens().grant(Role::Operator, &[SecretString::from("0p3rator")]);
+        let req = TestRequest::default()
+            .insert_header((AUTHORIZATION, "Bearer 0p3rator"))
+            .to_http_request();
+        assert_eq!(tokens.caller(&req).unwrap().role, Role::Operator);
+        assert!(tokens.has(Role::Operator) && !self::tokens().has(Role::Operator));
+    }
+
+    #[test]
+    fn a_token_past_its_rate_is_told_when_to_come_back() {
+        let tokens = tokens().limit_rate(1);
+        let req = TestRequest::default()
+            .insert_header((AUTHORIZATION, "Bearer s3cret"))
+            .to_http_request();
+        assert!(tokens.caller(&req).is_ok());
+        let refused = tokens.caller(&req);
+        assert!(
+            matches!(refused, Err(ApiError::TooManyRequests(wait)) if wait >= Duration::from_secs(1)),
+            "{refused:?}"
+        );
     }
 
     #[test]

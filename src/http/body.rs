@@ -4,6 +4,7 @@ use super::problem::ApiError;
 use actix_web::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
+use std::time::Duration;
 
 /// Requires `application/json`, with or without parameters such as `charset`.
 pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
@@ -21,8 +22,21 @@ pub fn require_json(req: &HttpRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Reads the whole body, refusing it as soon as it passes `limit` bytes.
+/// Reads the whole body, refusing it as soon as it passes `limit` bytes or
+/// when it has not arrived in full within `timeout` (slow clients hold a
+/// worker's memory and a connection; a deadline bounds both).
 pub async fn read_limited(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    timeout: Duration,
+) -> Result<web::Bytes, ApiError> {
+    tokio::time::timeout(timeout, read_within(req, payload, limit))
+        .await
+        .map_err(|_| ApiError::RequestTimeout(timeout))?
+}
+
+async fn read_within(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -35,7 +49,8 @@ pub async fn read_limited(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    // The buffer grows with what arrives, never with what Content-Length promises.
+    let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadBody(e.to_string()))?;
         if body.len() + chunk.len() > limit {

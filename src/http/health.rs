@@ -19,6 +19,9 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     if store_ok {
         HttpResponse::Ok().json(body)
     } else {
-        HttpResponse::ServiceUnavailable().json(body)
+        // Like every store-caused 503: worth asking again shortly.
+        HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+            .json(body)
     }
 }

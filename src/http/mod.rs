@@ -8,17 +8,18 @@ pub mod problem;
 mod replies;
 mod webhook;
 
-pub use auth::{BearerTokens, Caller, Role};
+pub use auth::{BearerTokens, Caller, Operator, Role};
 pub use webhook::WebhookAuth;
 
 use crate::health::WorkerState;
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
-use actix_web::dev::{Service, ServiceResponse};
+use actix_web::dev::{ResourceDef, Service, ServiceResponse};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
-use std::sync::Arc;
-use std::time::Instant;
+use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
+use problem::ApiError;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// What every handler shares.
 pub struct AppState {
@@ -28,6 +29,8 @@ pub struct AppState {
     pub tokens: BearerTokens,
     /// The largest request body read.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive in full.
+    pub request_timeout: Duration,
     /// The delivery worker's phase, for `/hc`; the worker itself is out of reach.
     pub worker: Arc<WorkerState>,
     /// How Chatwoot's webhook requests are verified.
@@ -42,12 +45,44 @@ pub struct AppState {
 #[derive(Clone)]
 pub struct LoggedReplyId(pub String);
 
+/// Every path the API serves and the methods it answers there, for `405`'s
+/// `Allow`; held to the routes by a test over every documented path.
+const ALLOWED: [(&str, &str); 9] = [
+    ("/hc", "GET, HEAD"),
+    ("/metrics", "GET, HEAD"),
+    ("/openapi.json", "GET, HEAD"),
+    ("/api/gold-replies", "GET, HEAD"),
+    ("/api/gold-replies/{reply_id}/retry", "POST"),
+    ("/api/webhooks/gold-replies", "POST"),
+    ("/api/gold-replies/{reply_id}", "GET, HEAD"),
+    ("/api/webhooks/chatwoot", "POST"),
+    ("/api/webhooks/chatwoot/{token}", "POST"),
+];
+
+/// [`ALLOWED`] with its patterns compiled once: compiling them for every
+/// unmatched request would let a flood of 404s cost far more than it should.
+fn allowed() -> &'static [(ResourceDef, &'static str)] {
+    static COMPILED: OnceLock<Vec<(ResourceDef, &'static str)>> = OnceLock::new();
+    COMPILED.get_or_init(|| {
+        ALLOWED
+            .iter()
+            .map(|(pattern, allow)| (ResourceDef::new(*pattern), *allow))
+            .collect()
+    })
+}
+
+/// A route for `GET` that answers `HEAD` too, as HTTP clients expect
+/// (the server sends the headers without the body).
+fn read() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
 /// Registers every route of the API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/hc", web::get().to(health::health))
-        .route("/metrics", web::get().to(metrics))
-        .route("/openapi.json", web::get().to(openapi))
-        .route("/api/gold-replies", web::get().to(replies::list_replies))
+    cfg.route("/hc", read().to(health::health))
+        .route("/metrics", read().to(metrics))
+        .route("/openapi.json", read().to(openapi))
+        .route("/api/gold-replies", read().to(replies::list_replies))
         .route(
             "/api/gold-replies/{reply_id}/retry",
             web::post().to(replies::retry_reply),
@@ -58,7 +93,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route(
             "/api/gold-replies/{reply_id}",
-            web::get().to(replies::get_reply),
+            read().to(replies::get_reply),
         )
         .route("/api/webhooks/chatwoot", web::post().to(webhook::signed))
         .route(
@@ -77,11 +112,20 @@ async fn openapi() -> HttpResponse {
         .body(OPENAPI)
 }
 
-async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+/// `/metrics` on the main listener: operators only, and only when metrics
+/// have no address of their own.
+async fn metrics(
+    req: HttpRequest,
+    caller: Result<Operator, ApiError>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     if !state.metrics_here {
-        return not_found(req).await;
+        return no_route(&req);
     }
-    metrics_text(&state).await
+    match caller {
+        Ok(_) => metrics_text(&state).await,
+        Err(refused) => refused.error_response(),
+    }
 }
 
 /// The Prometheus text exposition.
@@ -91,7 +135,18 @@ pub async fn metrics_text(state: &AppState) -> HttpResponse {
         .body(state.metrics.render(state.store.as_ref()).await)
 }
 
+/// What no route answered: 405 with `Allow` on a known path, 404 otherwise.
 async fn not_found(req: HttpRequest) -> HttpResponse {
+    let known = allowed()
+        .iter()
+        .find(|(pattern, _)| pattern.is_match(req.path()));
+    if let Some((_, allow)) = known {
+        return ApiError::MethodNotAllowed(req.method().to_string(), allow).error_response();
+    }
+    no_route(&req)
+}
+
+fn no_route(req: &HttpRequest) -> HttpResponse {
     let detail = format!("no route for {} {}", req.method(), req.path());
     problem::problem_response(
         StatusCode::NOT_FOUND,

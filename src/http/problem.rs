@@ -6,6 +6,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
+use std::time::Duration;
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -31,12 +32,30 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("the reply could not be stored; nothing was accepted, try again")]
+    #[error("{}", store_detail(.0))]
     StoreUnavailable(#[source] StoreError),
     #[error("this endpoint is turned off: {0}")]
     Disabled(&'static str),
     #[error("only a dead reply can be retried; this one is {0}")]
     NotDead(&'static str),
+    #[error("this endpoint needs a token with the {0} role; yours does not have it")]
+    RoleRequired(&'static str),
+    #[error("operator endpoints are off: no GOLDRELAY_OPERATOR_TOKENS configured")]
+    NoOperators,
+    #[error(
+        "this token made more requests than its rate allows; retry after the Retry-After delay"
+    )]
+    TooManyRequests(Duration),
+    #[error("the request did not arrive in full within {} s; the connection is closed", .0.as_secs_f64())]
+    RequestTimeout(Duration),
+    #[error("the query string could not be read: {0}")]
+    MalformedQuery(String),
+    #[error("the query string breaks {} rule(s)", .0.len())]
+    InvalidQuery(Vec<FieldError>),
+    #[error("cursor is not a cursor this API gave out")]
+    InvalidCursor,
+    #[error("{0} is not allowed here; see the Allow header")]
+    MethodNotAllowed(String, &'static str),
 }
 
 impl ApiError {
@@ -52,9 +71,18 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid-gold-reply",
             ApiError::Conflict(_) => "reply-id-conflict",
             ApiError::NotFound(_) => "not-found",
+            ApiError::StoreUnavailable(StoreError::Overloaded(_)) => "store-overloaded",
             ApiError::StoreUnavailable(_) => "store-unavailable",
             ApiError::Disabled(_) => "disabled",
             ApiError::NotDead(_) => "not-dead",
+            ApiError::RoleRequired(_) => "role-required",
+            ApiError::NoOperators => "operators-not-configured",
+            ApiError::TooManyRequests(_) => "rate-limited",
+            ApiError::RequestTimeout(_) => "request-timeout",
+            ApiError::MalformedQuery(_) => "malformed-query",
+            ApiError::InvalidQuery(_) => "invalid-query",
+            ApiError::InvalidCursor => "invalid-cursor",
+            ApiError::MethodNotAllowed(..) => "method-not-allowed",
         }
     }
 }
@@ -67,8 +95,16 @@ impl ResponseError for ApiError {
             }
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BadJson(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
-            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadJson(_) | ApiError::BadBody(_) | ApiError::MalformedQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Invalid(_) | ApiError::InvalidQuery(_) | ApiError::InvalidCursor => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::RoleRequired(_) | ApiError::NoOperators => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) | ApiError::NotDead(_) => StatusCode::CONFLICT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -76,20 +112,64 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::StoreUnavailable(e) = self {
-            tracing::error!(error = %e, "store unavailable");
+        match self {
+            // Expected under load and answered with Retry-After: not an error to page on.
+            ApiError::StoreUnavailable(e @ StoreError::Overloaded(_)) => {
+                tracing::warn!(error = %e, "store overloaded");
+            }
+            ApiError::StoreUnavailable(e) => tracing::error!(error = %e, "store unavailable"),
+            _ => {}
         }
         let mut body = problem(self.status_code(), self.slug(), &self.to_string());
-        if let ApiError::Invalid(errors) = self {
+        if let ApiError::Invalid(errors) | ApiError::InvalidQuery(errors) = self {
             body["errors"] = json!(errors);
         }
-        let mut response = problem_response(self.status_code(), body);
-        if matches!(self, ApiError::Unauthorized) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        if let ApiError::RoleRequired(role) = self {
+            body["required_role"] = json!(role);
         }
+        let mut response = problem_response(self.status_code(), body);
+        self.add_headers(&mut response);
         response
+    }
+}
+
+impl ApiError {
+    /// The headers that tell a client what to do next.
+    fn add_headers(&self, response: &mut HttpResponse) {
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // A store that refuses now (overloaded or down) is worth asking again soon.
+            ApiError::StoreUnavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::TooManyRequests(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            }
+            ApiError::RequestTimeout(_) => {
+                // What is left of the request cannot be told from the next one.
+                response
+                    .head_mut()
+                    .set_connection_type(actix_web::http::ConnectionType::Close);
+            }
+            ApiError::MethodNotAllowed(_, allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What a client is told when the store refused: nothing was done either way.
+fn store_detail(error: &StoreError) -> &'static str {
+    match error {
+        StoreError::Overloaded(_) => {
+            "the database is busy; nothing was done, try again after the Retry-After delay"
+        }
+        _ => "the reply could not be stored; nothing was accepted, try again",
     }
 }
 
@@ -103,8 +183,30 @@ pub fn problem(status: StatusCode, slug: &str, detail: &str) -> serde_json::Valu
     })
 }
 
+/// An HTTP response carrying the problem document `body`.
 pub fn problem_response(status: StatusCode, body: serde_json::Value) -> HttpResponse {
     HttpResponse::build(status)
         .content_type(PROBLEM_JSON)
         .body(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overloaded_store_is_a_503_to_retry_after_a_second() {
+        for error in [StoreError::Overloaded(2049), StoreError::Unavailable] {
+            let response = ApiError::StoreUnavailable(error).error_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        }
+    }
+
+    #[test]
+    fn a_rate_limited_token_waits_whole_seconds() {
+        let response = ApiError::TooManyRequests(Duration::from_millis(1500)).error_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "2");
+    }
 }

@@ -1,6 +1,6 @@
 //! Support's and operators' endpoints: post a gold reply, read, list and retry.
 
-use super::auth::Caller;
+use super::auth::{Caller, Operator};
 use super::body::{parse_json, read_limited, require_json};
 use super::problem::ApiError;
 use super::{AppState, LoggedReplyId};
@@ -43,7 +43,7 @@ async fn ingest(
     state: &AppState,
 ) -> Result<(&'static str, HttpResponse), ApiError> {
     require_json(req)?;
-    let body = read_limited(req, payload, state.max_body_bytes).await?;
+    let body = read_limited(req, payload, state.max_body_bytes, state.request_timeout).await?;
     let reply = GoldReply::parse(&parse_json(&body)?).map_err(ApiError::Invalid)?;
     let ingested = state
         .store
@@ -91,9 +91,9 @@ pub async fn get_reply(
     Ok(HttpResponse::Ok().json(record))
 }
 
-/// `POST /api/gold-replies/{reply_id}/retry`
+/// `POST /api/gold-replies/{reply_id}/retry` (operators only)
 pub async fn retry_reply(
-    _: Caller,
+    _: Operator,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -120,12 +120,17 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-/// `GET /api/gold-replies?status=&conversation_id=&limit=&cursor=`
+/// `GET /api/gold-replies?status=&conversation_id=&limit=&cursor=` (operators only)
+///
+/// The query string is read here, after authentication, so that an anonymous
+/// caller learns nothing from how a query is refused.
 pub async fn list_replies(
-    _: Caller,
-    query: web::Query<ListQuery>,
+    _: Operator,
+    req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<ListQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::MalformedQuery(e.to_string()))?;
     let filter = filter(query.into_inner())?;
     let limit = filter.limit;
     let items = state
@@ -141,7 +146,7 @@ pub async fn list_replies(
 
 fn filter(query: ListQuery) -> Result<ReplyFilter, ApiError> {
     let invalid =
-        |field: &str, message: &str| ApiError::Invalid(vec![FieldError::new(field, message)]);
+        |field: &str, message: &str| ApiError::InvalidQuery(vec![FieldError::new(field, message)]);
     let status = query
         .status
         .map(|s| {
@@ -155,9 +160,7 @@ fn filter(query: ListQuery) -> Result<ReplyFilter, ApiError> {
     }
     let after = query
         .cursor
-        .map(|c| {
-            decode_cursor(&c).ok_or_else(|| invalid("cursor", "is not a cursor this API gave out"))
-        })
+        .map(|c| decode_cursor(&c).ok_or(ApiError::InvalidCursor))
         .transpose()?;
     Ok(ReplyFilter {
         status,

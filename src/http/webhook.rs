@@ -89,7 +89,8 @@ impl WebhookAuth {
         let sent = timestamp
             .parse::<i64>()
             .map_err(|_| ApiError::BadSignature("timestamp"))?;
-        let skew = (now.timestamp() - sent).unsigned_abs();
+        // abs_diff: a signed but absurd timestamp must not overflow.
+        let skew = now.timestamp().abs_diff(sent);
         if skew > self.tolerance.as_secs() {
             return Err(ApiError::BadSignature("timestamp"));
         }
@@ -139,7 +140,7 @@ pub async fn path_token(
 ) -> Result<HttpResponse, ApiError> {
     let result = async {
         state.webhooks.check_path_token(&token)?;
-        let body = read_limited(&req, payload, state.max_body_bytes).await?;
+        let body = read_limited(&req, payload, state.max_body_bytes, state.request_timeout).await?;
         accept(&req, &body, &state).await
     }
     .await;
@@ -170,7 +171,7 @@ async fn verified(
     if state.webhooks.secrets.is_empty() {
         return Err(ApiError::Disabled("no CHATWOOT_WEBHOOK_SECRETS configured"));
     }
-    let body = read_limited(&req, payload, state.max_body_bytes).await?;
+    let body = read_limited(&req, payload, state.max_body_bytes, state.request_timeout).await?;
     state.webhooks.verify(req.headers(), &body, Utc::now())?;
     accept(&req, &body, state).await
 }
@@ -211,4 +212,81 @@ async fn accept(
         status,
         HttpResponse::Ok().json(json!({ "status": status, "event": event.kind })),
     ))
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    const SECRET: &str = "q3Zx7PkT9mWcR2vLhN8sYdFb";
+
+    fn auth() -> WebhookAuth {
+        WebhookAuth::new(
+            vec![SecretString::from(SECRET)],
+            Duration::from_secs(300),
+            None,
+        )
+    }
+
+    /// A header value a client could send: any bytes HTTP allows there.
+    fn header_value() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..80),
+            "sha256=[0-9a-fA-F]{0,70}".prop_map(String::into_bytes),
+            "-?[0-9]{1,25}".prop_map(String::into_bytes),
+        ]
+    }
+
+    fn headers(signature: Option<Vec<u8>>, timestamp: Option<Vec<u8>>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [(SIGNATURE, signature), (TIMESTAMP, timestamp)] {
+            let value = value.and_then(|v| HeaderValue::from_bytes(&v).ok());
+            if let Some(value) = value {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+        headers
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_headers_and_bodies_are_refused_without_panicking(
+            signature in prop::option::of(header_value()),
+            timestamp in prop::option::of(header_value()),
+            body in prop::collection::vec(any::<u8>(), 0..512),
+            now in any::<i64>().prop_filter_map("a representable instant", |s| {
+                DateTime::from_timestamp(s % 100_000_000_000, 0)
+            }),
+        ) {
+            let refused = auth().verify(&headers(signature, timestamp), &body, now);
+            prop_assert!(matches!(refused, Err(ApiError::BadSignature(_))), "{refused:?}");
+        }
+
+        #[test]
+        fn a_signed_body_with_any_timestamp_is_judged_without_panicking(
+            sent in prop_oneof![any::<i64>(), i64::MIN..i64::MIN + 10, i64::MAX - 10..=i64::MAX],
+            now in 0i64..4_000_000_000,
+        ) {
+            let timestamp = sent.to_string();
+            let signature = format!("sha256={}", hex::encode(expected(&SecretString::from(SECRET), &timestamp, b"{}")));
+            let headers = headers(Some(signature.into_bytes()), Some(timestamp.into_bytes()));
+            let at = DateTime::from_timestamp(now, 0).expect("in range");
+            let fresh = now.abs_diff(sent) <= 300;
+            prop_assert_eq!(auth().verify(&headers, b"{}", at).is_ok(), fresh);
+        }
+
+        #[test]
+        fn a_body_signed_with_the_secret_just_now_is_accepted(
+            body in prop::collection::vec(any::<u8>(), 0..512),
+            now in 0i64..4_000_000_000,
+        ) {
+            let timestamp = now.to_string();
+            let signature = format!("sha256={}", hex::encode(expected(&SecretString::from(SECRET), &timestamp, &body)));
+            let headers = headers(Some(signature.into_bytes()), Some(timestamp.into_bytes()));
+            let at = DateTime::from_timestamp(now, 0).expect("in range");
+            prop_assert!(auth().verify(&headers, &body, at).is_ok());
+        }
+    }
 }

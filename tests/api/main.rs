@@ -14,6 +14,7 @@ mod conformance;
 mod delivery;
 mod fly_toml;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod ingest;
 mod migrations;

@@ -3,7 +3,8 @@
 
 use crate::helpers::relay::{read_log, Serve};
 use crate::helpers::{
-    self, reply, spawn_app, spawn_app_with, TestApp, PATIENCE, TOKEN, WEBHOOK_SECRET,
+    self, reply, spawn_app, spawn_app_with, TestApp, OPERATOR_TOKEN, PATIENCE, TOKEN,
+    WEBHOOK_SECRET,
 };
 use assert_cmd::Command;
 use goldrelay::sandbox::{self, Faults, SandboxConfig};
@@ -12,7 +13,11 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 async fn metrics(app: &TestApp) -> String {
-    reqwest::get(format!("{}/metrics", app.api.address))
+    app.api
+        .client
+        .get(format!("{}/metrics", app.api.address))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
         .await
         .unwrap()
         .text()
@@ -126,7 +131,7 @@ async fn dead_replies_are_listed_by_conversation_a_page_at_a_time() {
         async move {
             client
                 .get(url)
-                .bearer_auth(TOKEN)
+                .bearer_auth(OPERATOR_TOKEN)
                 .send()
                 .await
                 .unwrap()
@@ -163,7 +168,7 @@ async fn listing_needs_the_bearer_token_and_a_known_status() {
         .api
         .client
         .get(format!("{url}?status=lost"))
-        .bearer_auth(TOKEN)
+        .bearer_auth(OPERATOR_TOKEN)
         .send()
         .await
         .unwrap();
@@ -191,7 +196,7 @@ async fn a_dead_reply_is_retried_with_a_fresh_budget_and_delivered() {
         app.api
             .client
             .post(format!("{}/api/gold-replies/{id}/retry", app.api.address))
-            .bearer_auth(TOKEN)
+            .bearer_auth(OPERATOR_TOKEN)
             .send()
     };
     let response = retry("r-1").await.unwrap();

@@ -7,7 +7,7 @@
 //! run with `--include-ignored`; the test gets a schema of its own there.
 
 use crate::helpers::relay::{free_port, read_log, Serve};
-use crate::helpers::{delivered_ids, postgres, reply, Api, TOKEN};
+use crate::helpers::{delivered_ids, postgres, reply, Api, OPERATOR_TOKEN, TOKEN};
 use goldrelay::sandbox::{self, Faults, SandboxConfig, SandboxHandle};
 use serde_json::Value;
 use std::path::Path;
@@ -120,7 +120,7 @@ async fn replies_with_status(api: &Api, status: &str) -> Vec<String> {
             "{}/api/gold-replies?status={status}&limit=20",
             api.address
         ))
-        .bearer_auth(TOKEN)
+        .bearer_auth(OPERATOR_TOKEN)
         .send()
         .await
         .expect("the surviving instance answers")

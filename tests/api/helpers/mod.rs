@@ -14,6 +14,8 @@ use tempfile::TempDir;
 
 pub const TOKEN: &str = "test-token-0123456789abcdefghijklmnop";
 pub const OTHER_TOKEN: &str = "rotated-token-0123456789abcdefghijklm";
+/// An operator's token (`GOLDRELAY_OPERATOR_TOKENS`): list, retry, `/metrics`.
+pub const OPERATOR_TOKEN: &str = "operator-token-0123456789abcdefghijk";
 /// The Chatwoot webhook secret goldrelay is configured with.
 pub const WEBHOOK_SECRET: &str = "q3Zx7PkT9mWcR2vLhN8sYdFb";
 /// Long enough for anything the worker does in these tests; a test that hits
@@ -39,6 +41,7 @@ pub fn test_settings(chatwoot: &SandboxHandle, dir: &TempDir) -> Settings {
     let vars: std::collections::HashMap<&str, String> = [
         ("GOLDRELAY_LISTEN", "127.0.0.1:0".to_owned()),
         ("GOLDRELAY_TOKENS", format!("{TOKEN},{OTHER_TOKEN}")),
+        ("GOLDRELAY_OPERATOR_TOKENS", OPERATOR_TOKEN.to_owned()),
         ("DATABASE_URL", database_url(dir)),
         ("CHATWOOT_BASE_URL", chatwoot.base_url()),
         ("CHATWOOT_API_TOKEN", SandboxConfig::default().user_token),

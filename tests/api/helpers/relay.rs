@@ -2,7 +2,7 @@
 //! itself: a kill, a SIGTERM, a restart on the same database, two instances
 //! side by side, or the log lines a process writes.
 
-use super::{Api, PATIENCE, TOKEN, WEBHOOK_SECRET};
+use super::{Api, OPERATOR_TOKEN, PATIENCE, TOKEN, WEBHOOK_SECRET};
 use goldrelay::sandbox::{SandboxConfig, SandboxHandle};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -31,6 +31,7 @@ impl Serve {
     pub fn new(database_url: &str, chatwoot: &SandboxHandle) -> Self {
         let vars = [
             ("GOLDRELAY_TOKENS", TOKEN.to_owned()),
+            ("GOLDRELAY_OPERATOR_TOKENS", OPERATOR_TOKEN.to_owned()),
             ("DATABASE_URL", database_url.to_owned()),
             ("CHATWOOT_BASE_URL", chatwoot.base_url()),
             ("CHATWOOT_API_TOKEN", SandboxConfig::default().user_token),

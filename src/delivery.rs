@@ -2,19 +2,30 @@
 //!
 //! Order per conversation comes from the store, which only ever hands out a
 //! conversation's oldest job. Concurrency across conversations is bounded by
-//! `concurrency`, and every Chatwoot request passes one shared rate limiter.
+//! `concurrency`, and every Chatwoot request passes one shared rate limiter
+//! and one shared pause (set when Chatwoot throttles).
+//!
+//! Exactly once: an attempt that may have created the message (a timeout, a
+//! reset, a 5xx, a 422 after the commit) is "maybe sent"; the next attempt
+//! waits `lookup_delay`, so a create Chatwoot commits late has landed, and
+//! starts by looking the message up. A lookup that cannot conclude never
+//! leads to a send. See `docs/delivery.md`.
 
-use crate::chatwoot::{ChatwootClient, SendError};
+use crate::chatwoot::{ChatwootClient, Lookup, SendError};
 use crate::health::{WorkerPhase, WorkerState};
 use crate::metrics::Metrics;
 use crate::store::{Job, Outcome, SharedStore};
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The longest the worker sleeps without looking at the queue, so jobs whose
@@ -35,6 +46,9 @@ pub struct Policy {
     pub retry_max: Duration,
     /// Attempts before a reply goes dead.
     pub max_attempts: u32,
+    /// After an attempt that may have created the message, the least wait
+    /// before the next one, which looks the message up first.
+    pub lookup_delay: Duration,
     /// How old a reply may get before it goes dead instead of being retried.
     pub max_age: Duration,
     /// Deliveries in flight at once, across conversations.
@@ -57,6 +71,85 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Dura
     full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// A pause every Chatwoot request of the worker waits out, set when Chatwoot
+/// throttles: rack-attack counts every request from this IP
+/// (`config/initializers/rack_attack.rb`), so slowing down one reply alone
+/// would not help.
+#[derive(Debug, Default)]
+pub struct Pause {
+    state: Mutex<PauseState>,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    until: Option<Instant>,
+    /// Throttled answers in a row; the pause doubles with each.
+    strikes: u32,
+}
+
+impl Pause {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a throttled answer and returns the pause it set: `retry_after`
+    /// when Chatwoot (or its proxy) named one, else a backoff from `base` that
+    /// doubles with each throttle in a row (rack-attack names none); never
+    /// more than `max`.
+    pub fn throttled(
+        &self,
+        retry_after: Option<Duration>,
+        base: Duration,
+        max: Duration,
+    ) -> Duration {
+        let mut state = self.lock();
+        state.strikes = state.strikes.saturating_add(1);
+        let wait = retry_after
+            .unwrap_or_else(|| backoff(state.strikes, base, max, 1.0))
+            .min(max);
+        let now = Instant::now();
+        let until = now.checked_add(wait).unwrap_or(now);
+        state.until = Some(state.until.map_or(until, |u| u.max(until)));
+        wait
+    }
+
+    /// A request went through: the next throttle starts from `base` again.
+    pub fn cleared(&self) {
+        self.lock().strikes = 0;
+    }
+
+    /// How long requests must still wait, if at all.
+    pub fn remaining(&self) -> Option<Duration> {
+        let until = self.lock().until?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+}
+
+/// Runs `future`, turning a panic inside it into the panic's message.
+pub async fn caught<T>(future: impl Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned())
+        })
+}
+
+/// Which step of an attempt failed, which decides how unsure its end is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// The create (or the whole attempt): if it may have created the message,
+    /// the next attempt waits `lookup_delay` and looks it up first.
+    Create,
+    /// The lookup of an earlier attempt's message: it stays maybe sent.
+    Lookup,
+}
+
 /// What the worker shares with the rest of the process: the store wakes it
 /// through `wake`, and `/hc` reads `state`.
 #[derive(Clone, Default)]
@@ -75,6 +168,7 @@ pub struct Worker {
     link: WorkerLink,
     owner: String,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    pause: Pause,
     metrics: Arc<Metrics>,
 }
 
@@ -96,6 +190,7 @@ impl Worker {
             link,
             owner: format!("goldrelay-{}", uuid::Uuid::new_v4()),
             limiter,
+            pause: Pause::default(),
             metrics,
         }
     }
@@ -190,26 +285,7 @@ impl Worker {
     }
 
     async fn deliver(&self, job: Job) {
-        // An attempt never outlives its lease: past it, another instance may
-        // claim the job, and two senders could both create the message.
-        let deadline = self.policy.lease.saturating_sub(LEASE_MARGIN);
-        let (outcome, chatwoot_status) = match tokio::time::timeout(deadline, self.attempt(&job))
-            .await
-        {
-            Ok(attempted) => attempted,
-            Err(_) => {
-                let overran = SendError::Transient {
-                        status: None,
-                        retry_after: None,
-                        maybe_created: true,
-                        detail: format!(
-                            "the attempt took longer than {} (its lease); it is looked up before any resend",
-                            humantime::format_duration(deadline)
-                        ),
-                    };
-                (self.retry_or_give_up(&job, overran, true), None)
-            }
-        };
+        let (outcome, chatwoot_status) = self.outcome_of(&job).await;
         self.observe(&job, &outcome, chatwoot_status);
         let now = Utc::now();
         // The outcome must be recorded: a lost "delivered" would send twice.
@@ -225,27 +301,69 @@ impl Worker {
         }
     }
 
+    /// One attempt within its deadline. A panic inside it becomes a retry
+    /// (maybe sent), so the job is released and its conversation moves on.
+    async fn outcome_of(&self, job: &Job) -> (Outcome, Option<u16>) {
+        // An attempt never outlives its lease: past it, another instance may
+        // claim the job, and two senders could both create the message.
+        let deadline = self.policy.lease.saturating_sub(LEASE_MARGIN);
+        let failed = |detail: String| SendError::Transient {
+            status: None,
+            retry_after: None,
+            maybe_created: true,
+            detail,
+        };
+        match caught(tokio::time::timeout(deadline, self.attempt(job))).await {
+            Ok(Ok(attempted)) => attempted,
+            Ok(Err(_)) => {
+                let overran = failed(format!(
+                    "the attempt took longer than {} (its lease); it is looked up before any resend",
+                    humantime::format_duration(deadline)
+                ));
+                (self.retry_or_give_up(job, overran, Step::Create), None)
+            }
+            Err(panic) => {
+                tracing::error!(reply_id = %job.reply_id, panic = %panic,
+                    "a delivery attempt panicked; its job is released for a later attempt");
+                let error = failed(format!("the delivery attempt failed unexpectedly: {panic}"));
+                (self.retry_or_give_up(job, error, Step::Create), None)
+            }
+        }
+    }
+
     /// One attempt, and the HTTP status Chatwoot answered with, if it answered.
     async fn attempt(&self, job: &Job) -> (Outcome, Option<u16>) {
         if job.maybe_sent {
             match self.look_up(job).await {
-                Ok(Some(message_id)) => return (Outcome::Delivered { message_id }, Some(200)),
-                Ok(None) => {}
+                Ok(Lookup::Found(message_id)) => {
+                    return (Outcome::Delivered { message_id }, Some(200))
+                }
+                Ok(Lookup::Absent) => {}
+                Ok(Lookup::Uncertain(detail)) => {
+                    let unsure = SendError::Transient {
+                        status: None,
+                        retry_after: None,
+                        maybe_created: true,
+                        detail,
+                    };
+                    return (self.retry_or_give_up(job, unsure, Step::Lookup), Some(200));
+                }
                 Err(e @ SendError::Permanent { .. }) => {
                     let error = format!(
-                        "an earlier attempt may have created the message, and checking failed ({}); \
+                        "delivery uncertain: an earlier attempt may have created the message, and checking failed ({}); \
                          not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing",
                         e.detail()
                     );
                     return (Outcome::Dead { error }, e.status());
                 }
                 Err(transient) => {
+                    self.note_throttle(&transient);
                     let status = transient.status();
-                    return (self.retry_or_give_up(job, transient, true), status);
+                    return (self.retry_or_give_up(job, transient, Step::Lookup), status);
                 }
             }
         }
-        self.throttle().await;
+        self.pace().await;
         let sent = self
             .client
             .create_message(
@@ -257,7 +375,10 @@ impl Worker {
             )
             .await;
         match sent {
-            Ok(message_id) => (Outcome::Delivered { message_id }, Some(200)),
+            Ok(message_id) => {
+                self.pause.cleared();
+                (Outcome::Delivered { message_id }, Some(200))
+            }
             Err(e @ SendError::Permanent { .. }) => {
                 let status = e.status();
                 (
@@ -268,31 +389,52 @@ impl Worker {
                 )
             }
             Err(transient) => {
+                self.note_throttle(&transient);
                 let status = transient.status();
-                (self.retry_or_give_up(job, transient, false), status)
+                (self.retry_or_give_up(job, transient, Step::Create), status)
             }
         }
     }
 
-    async fn look_up(&self, job: &Job) -> Result<Option<i64>, SendError> {
-        self.throttle().await;
+    async fn look_up(&self, job: &Job) -> Result<Lookup, SendError> {
         self.client
             .find_reply(
                 job.account_id,
                 job.conversation_id,
                 &job.reply_id,
                 job.received_at,
+                || self.pace(),
             )
             .await
     }
 
-    async fn throttle(&self) {
+    /// Waits out the shared pause, then the rate limiter: before every request.
+    async fn pace(&self) {
+        while let Some(wait) = self.pause.remaining() {
+            tokio::time::sleep(wait).await;
+        }
         if let Some(limiter) = &self.limiter {
             limiter.until_ready().await;
         }
     }
 
-    fn retry_or_give_up(&self, job: &Job, error: SendError, looked_up: bool) -> Outcome {
+    /// A 429 pauses every request of the worker, not just this reply's.
+    fn note_throttle(&self, error: &SendError) {
+        if let SendError::Transient {
+            status: Some(429),
+            retry_after,
+            ..
+        } = error
+        {
+            let p = &self.policy;
+            let wait = self
+                .pause
+                .throttled(*retry_after, p.retry_base, p.retry_max);
+            tracing::warn!(pause = %humantime::format_duration(wait), "Chatwoot throttles; every request waits");
+        }
+    }
+
+    fn retry_or_give_up(&self, job: &Job, error: SendError, step: Step) -> Outcome {
         let SendError::Transient {
             retry_after,
             maybe_created,
@@ -304,28 +446,56 @@ impl Worker {
                 error: error.detail().to_owned(),
             };
         };
+        let maybe_sent = maybe_created || step == Step::Lookup;
+        // Said on every give-up that might leave a message behind: the operator must look.
+        let unsure = if maybe_sent {
+            "; delivery uncertain: an attempt may have created the message and no lookup \
+             confirmed it either way, so it was not sent again: look in the conversation and \
+             retry the reply if it is missing"
+        } else {
+            ""
+        };
         let attempt = u32::try_from(job.attempt).unwrap_or(u32::MAX);
         if attempt >= self.policy.max_attempts {
             return Outcome::Dead {
-                error: format!("gave up after {attempt} attempts: {detail}"),
+                error: format!("gave up after {attempt} attempts: {detail}{unsure}"),
             };
         }
         let p = &self.policy;
-        let delay = backoff(attempt, p.retry_base, p.retry_max, rand::random())
-            .max(retry_after.unwrap_or_default());
-        let at = Utc::now() + delay;
-        if elapsed(job.received_at, at) > p.max_age {
-            return Outcome::Dead {
-                error: format!(
-                    "gave up: the reply would be older than {} at its next attempt: {detail}",
-                    humantime::format_duration(p.max_age)
-                ),
-            };
-        }
-        Outcome::Retry {
-            at,
-            error: detail,
-            maybe_sent: maybe_created || looked_up,
+        let wait_for_commit = if maybe_created && step == Step::Create {
+            p.lookup_delay
+        } else {
+            Duration::ZERO
+        };
+        let backoff = backoff(attempt, p.retry_base, p.retry_max, rand::random());
+        let asked = retry_after.unwrap_or_default();
+        let delay = backoff.max(asked).max(wait_for_commit);
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d));
+        let too_old = at.is_none_or(|at| elapsed(job.received_at, at) > p.max_age);
+        match at {
+            Some(at) if !too_old => Outcome::Retry {
+                at,
+                error: detail,
+                maybe_sent,
+            },
+            _ => {
+                let why = if asked >= delay {
+                    format!(
+                        " (Chatwoot asked to wait {} with Retry-After)",
+                        humantime::format_duration(asked)
+                    )
+                } else {
+                    String::new()
+                };
+                Outcome::Dead {
+                    error: format!(
+                        "gave up: the reply would be older than {} at its next attempt{why}: {detail}{unsure}",
+                        humantime::format_duration(p.max_age)
+                    ),
+                }
+            }
         }
     }
 

@@ -11,6 +11,7 @@
 mod auth;
 mod conformance;
 mod delivery;
+mod exactly_once;
 mod fly_toml;
 mod helpers;
 mod idempotency;

@@ -412,7 +412,7 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     #[test]
-    fn the_flood_guard_is_transient_but_other_422s_are_permanent() {
+    fn the_flood_guard_is_transient_but_other_validation_failures_are_permanent() {
         let h = HeaderMap::new();
         let flood = classify(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -432,6 +432,37 @@ mod tests {
             r#"{"error":"Validation failed: Content is too long (maximum is 150000 characters)"}"#,
         );
         assert!(matches!(long, SendError::Permanent { status: 422, .. }));
+    }
+
+    #[test]
+    fn a_422_raised_after_the_commit_and_a_5xx_may_have_created_the_message() {
+        let h = HeaderMap::new();
+        let redis = r#"{"error":"Redis::CannotConnectError: Error connecting to Redis"}"#;
+        for (status, body) in [
+            (StatusCode::UNPROCESSABLE_ENTITY, redis),
+            (StatusCode::BAD_GATEWAY, "<html>Bad Gateway</html>"),
+            (StatusCode::INTERNAL_SERVER_ERROR, ""),
+        ] {
+            let got = classify(status, &h, body);
+            assert!(
+                matches!(
+                    got,
+                    SendError::Transient {
+                        maybe_created: true,
+                        ..
+                    }
+                ),
+                "{status}: {got:?}"
+            );
+        }
+        let throttled = classify(StatusCode::TOO_MANY_REQUESTS, &h, "Retry later\n");
+        assert!(matches!(
+            throttled,
+            SendError::Transient {
+                maybe_created: false,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -488,5 +519,34 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
         let got = retry_after(&h, now).unwrap().as_secs();
         assert!((29..=30).contains(&got), "{got}");
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_cut_to_the_cap_and_a_past_date_is_no_wait() {
+        let now = Utc::now();
+        let mut h = HeaderMap::new();
+        for huge in [
+            "99999999999999999999",
+            "18446744073709551615",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            h.insert(RETRY_AFTER, HeaderValue::from_static(huge));
+            assert_eq!(retry_after(&h, now), Some(RETRY_AFTER_CAP), "{huge}");
+        }
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        for junk in ["-5", "soon", ""] {
+            h.insert(RETRY_AFTER, HeaderValue::from_static(junk));
+            assert_eq!(retry_after(&h, now), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_header_has_no_underscore_for_proxies_to_drop() {
+        assert!(!TOKEN_HEADER.contains('_'));
+        assert!(TOKEN_HEADER.eq_ignore_ascii_case("api-access-token"));
     }
 }

@@ -410,6 +410,20 @@ mod tests {
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
     #[test]
+    fn the_lookup_delay_is_a_minute_unless_set() {
+        let base = [
+            ("GOLDRELAY_TOKENS", TOKEN),
+            ("CHATWOOT_BASE_URL", "https://chat.example.com"),
+            ("CHATWOOT_API_TOKEN", "x"),
+        ];
+        let settings = load(&base).unwrap();
+        assert_eq!(settings.lookup_delay, Duration::from_secs(60));
+        let mut set = base.to_vec();
+        set.push(("GOLDRELAY_LOOKUP_DELAY", "3s"));
+        assert_eq!(load(&set).unwrap().lookup_delay, Duration::from_secs(3));
+    }
+
+    #[test]
     fn a_missing_token_and_chatwoot_url_are_both_named() {
         let err = load(&[("CHATWOOT_API_TOKEN", "x")])
             .unwrap_err()

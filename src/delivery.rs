@@ -558,4 +558,39 @@ mod tests {
         assert_eq!(backoff(1, base, max, 0.0), Duration::from_secs(4));
         assert!(backoff(1, base, max, 0.99) < Duration::from_secs(8));
     }
+
+    #[tokio::test]
+    async fn a_panic_is_caught_with_its_message() {
+        let ok = caught(async { 7 }).await;
+        assert_eq!(ok, Ok(7));
+        let boom = caught(async { panic!("boom {}", 1) }).await;
+        assert_eq!(boom, Err::<(), _>("boom 1".to_owned()));
+    }
+
+    #[test]
+    fn throttles_in_a_row_double_the_pause_until_a_request_goes_through() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let pause = Pause::default();
+        assert_eq!(pause.remaining(), None);
+        assert_eq!(pause.throttled(None, base, max), base);
+        assert_eq!(pause.throttled(None, base, max), base * 2);
+        assert_eq!(pause.throttled(None, base, max), base * 4);
+        assert!(pause.remaining().is_some_and(|left| left > base * 3));
+        pause.cleared();
+        assert_eq!(pause.throttled(None, base, max), base);
+    }
+
+    #[test]
+    fn a_named_wait_sets_the_pause_but_never_beyond_the_cap() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let pause = Pause::default();
+        let asked = Some(Duration::from_millis(300));
+        assert_eq!(
+            pause.throttled(asked, base, max),
+            Duration::from_millis(300)
+        );
+        let huge = Some(crate::chatwoot::RETRY_AFTER_CAP);
+        assert_eq!(pause.throttled(huge, base, max), max);
+        assert!(pause.remaining().is_some_and(|left| left <= max));
+    }
 }

@@ -140,6 +140,11 @@ pub async fn caught<T>(future: impl Future<Output = T>) -> Result<T, String> {
         })
 }
 
+/// Added to every give-up that may leave a message behind: the operator must look.
+const UNSURE: &str = "; delivery uncertain: an attempt may have created the message and no \
+     lookup confirmed it either way, so it was not sent again: look in the conversation and \
+     retry the reply if it is missing";
+
 /// Which step of an attempt failed, which decides how unsure its end is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Step {
@@ -334,33 +339,8 @@ impl Worker {
     /// One attempt, and the HTTP status Chatwoot answered with, if it answered.
     async fn attempt(&self, job: &Job) -> (Outcome, Option<u16>) {
         if job.maybe_sent {
-            match self.look_up(job).await {
-                Ok(Lookup::Found(message_id)) => {
-                    return (Outcome::Delivered { message_id }, Some(200))
-                }
-                Ok(Lookup::Absent) => {}
-                Ok(Lookup::Uncertain(detail)) => {
-                    let unsure = SendError::Transient {
-                        status: None,
-                        retry_after: None,
-                        maybe_created: true,
-                        detail,
-                    };
-                    return (self.retry_or_give_up(job, unsure, Step::Lookup), Some(200));
-                }
-                Err(e @ SendError::Permanent { .. }) => {
-                    let error = format!(
-                        "delivery uncertain: an earlier attempt may have created the message, and checking failed ({}); \
-                         not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing",
-                        e.detail()
-                    );
-                    return (Outcome::Dead { error }, e.status());
-                }
-                Err(transient) => {
-                    self.note_throttle(&transient);
-                    let status = transient.status();
-                    return (self.retry_or_give_up(job, transient, Step::Lookup), status);
-                }
+            if let Some(ended) = self.check_earlier(job).await {
+                return ended;
             }
         }
         self.pace().await;
@@ -392,6 +372,37 @@ impl Worker {
                 self.note_throttle(&transient);
                 let status = transient.status();
                 (self.retry_or_give_up(job, transient, Step::Create), status)
+            }
+        }
+    }
+
+    /// Looks for the message an earlier attempt may have created; `None`
+    /// when it surely does not exist, so this attempt may send it.
+    async fn check_earlier(&self, job: &Job) -> Option<(Outcome, Option<u16>)> {
+        match self.look_up(job).await {
+            Ok(Lookup::Found(message_id)) => Some((Outcome::Delivered { message_id }, Some(200))),
+            Ok(Lookup::Absent) => None,
+            Ok(Lookup::Uncertain(detail)) => {
+                let unsure = SendError::Transient {
+                    status: None,
+                    retry_after: None,
+                    maybe_created: true,
+                    detail,
+                };
+                Some((self.retry_or_give_up(job, unsure, Step::Lookup), Some(200)))
+            }
+            Err(e @ SendError::Permanent { .. }) => {
+                let error = format!(
+                    "delivery uncertain: an earlier attempt may have created the message, and checking failed ({}); \
+                     not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing",
+                    e.detail()
+                );
+                Some((Outcome::Dead { error }, e.status()))
+            }
+            Err(transient) => {
+                self.note_throttle(&transient);
+                let status = transient.status();
+                Some((self.retry_or_give_up(job, transient, Step::Lookup), status))
             }
         }
     }
@@ -434,6 +445,8 @@ impl Worker {
         }
     }
 
+    /// Retries a transient failure, or gives up on it: at the attempt limit,
+    /// or when the wait would take the reply past its maximum age.
     fn retry_or_give_up(&self, job: &Job, error: SendError, step: Step) -> Outcome {
         let SendError::Transient {
             retry_after,
@@ -447,56 +460,54 @@ impl Worker {
             };
         };
         let maybe_sent = maybe_created || step == Step::Lookup;
-        // Said on every give-up that might leave a message behind: the operator must look.
-        let unsure = if maybe_sent {
-            "; delivery uncertain: an attempt may have created the message and no lookup \
-             confirmed it either way, so it was not sent again: look in the conversation and \
-             retry the reply if it is missing"
-        } else {
-            ""
-        };
+        let unsure = if maybe_sent { UNSURE } else { "" };
+        let p = &self.policy;
         let attempt = u32::try_from(job.attempt).unwrap_or(u32::MAX);
-        if attempt >= self.policy.max_attempts {
+        if attempt >= p.max_attempts {
             return Outcome::Dead {
                 error: format!("gave up after {attempt} attempts: {detail}{unsure}"),
             };
         }
-        let p = &self.policy;
-        let wait_for_commit = if maybe_created && step == Step::Create {
+        // A create Chatwoot may still be committing gets time to land before the lookup.
+        let floor = if maybe_created && step == Step::Create {
             p.lookup_delay
         } else {
             Duration::ZERO
         };
-        let backoff = backoff(attempt, p.retry_base, p.retry_max, rand::random());
         let asked = retry_after.unwrap_or_default();
-        let delay = backoff.max(asked).max(wait_for_commit);
+        let delay = backoff(attempt, p.retry_base, p.retry_max, rand::random())
+            .max(asked)
+            .max(floor);
+        let Some(at) = self.due_at(job, delay) else {
+            let why = if asked >= delay {
+                format!(
+                    " (Chatwoot asked to wait {} with Retry-After)",
+                    humantime::format_duration(asked)
+                )
+            } else {
+                String::new()
+            };
+            let max_age = humantime::format_duration(p.max_age);
+            return Outcome::Dead {
+                error: format!(
+                    "gave up: the reply would be older than {max_age} at its next attempt{why}: {detail}{unsure}"
+                ),
+            };
+        };
+        Outcome::Retry {
+            at,
+            error: detail,
+            maybe_sent,
+        }
+    }
+
+    /// When the next attempt is due after `delay`, unless that is past the
+    /// reply's maximum age (or past any representable time).
+    fn due_at(&self, job: &Job, delay: Duration) -> Option<DateTime<Utc>> {
         let at = chrono::Duration::from_std(delay)
             .ok()
-            .and_then(|d| Utc::now().checked_add_signed(d));
-        let too_old = at.is_none_or(|at| elapsed(job.received_at, at) > p.max_age);
-        match at {
-            Some(at) if !too_old => Outcome::Retry {
-                at,
-                error: detail,
-                maybe_sent,
-            },
-            _ => {
-                let why = if asked >= delay {
-                    format!(
-                        " (Chatwoot asked to wait {} with Retry-After)",
-                        humantime::format_duration(asked)
-                    )
-                } else {
-                    String::new()
-                };
-                Outcome::Dead {
-                    error: format!(
-                        "gave up: the reply would be older than {} at its next attempt{why}: {detail}{unsure}",
-                        humantime::format_duration(p.max_age)
-                    ),
-                }
-            }
-        }
+            .and_then(|d| Utc::now().checked_add_signed(d))?;
+        (elapsed(job.received_at, at) <= self.policy.max_age).then_some(at)
     }
 
     /// One log line and the metrics for one attempt.

@@ -9,12 +9,28 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// The header Chatwoot reads its API token from.
-pub const TOKEN_HEADER: &str = "api_access_token";
-/// How far back a lookup pages through a conversation, at 20 messages a page.
-const MAX_LOOKUP_PAGES: usize = 10;
+/// The header the Chatwoot token is sent in. Chatwoot reads `api_access_token`
+/// or `HTTP_API_ACCESS_TOKEN`, which is what Rack makes of `Api-Access-Token`
+/// (`app/controllers/concerns/access_token_auth_helper.rb`); nginx drops
+/// headers with `_` in their name by default, so the hyphenated one is sent.
+pub const TOKEN_HEADER: &str = "Api-Access-Token";
+/// The most pages a lookup reads (20 messages each, `app/finders/message_finder.rb`):
+/// 10,000 messages. A conversation that busy since the reply was accepted leaves
+/// the lookup uncertain rather than reading without end.
+pub const MAX_LOOKUP_PAGES: usize = 500;
+/// Messages in one list page (`MessageFinder`); a shorter page is the conversation's start.
+const PAGE_SIZE: usize = 20;
 /// Slack for clocks: messages this much older than the reply are still searched.
 const LOOKUP_SLACK_SECS: i64 = 300;
+/// The longest `Retry-After` taken as given. Anything longer (up to
+/// `99999999999999999999` seconds or a date in year 9999) is cut to this, so
+/// adding it to a time cannot overflow; it is far past any sane maximum age.
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(366 * 24 * 3600);
+/// How Chatwoot words a refused `save!`: nothing was stored
+/// (`app/controllers/api/v1/accounts/conversations/messages_controller.rb`).
+const VALIDATION_FAILED: &str = "Validation failed:";
+/// Chatwoot's per-conversation flood guard (`Message#prevent_message_flooding`): it passes.
+const FLOOD_GUARD: &str = "Validation failed: Too many messages";
 
 /// Why a call to Chatwoot did not succeed.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +75,17 @@ struct MessageBody {
     id: i64,
 }
 
+/// What a lookup of an earlier attempt's message concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The message exists: this is its id.
+    Found(i64),
+    /// Every message since shortly before the reply was accepted was read; none is it.
+    Absent,
+    /// The lookup stopped before reaching the reply's time; the message may exist.
+    Uncertain(String),
+}
+
 #[derive(Deserialize)]
 struct ListBody {
     payload: Vec<ListedMessage>,
@@ -75,7 +102,10 @@ struct ListedMessage {
 
 impl ChatwootClient {
     pub fn new(base: Url, token: SecretString, timeout: Duration) -> reqwest::Result<Self> {
+        // A redirect would carry the token to wherever it points, and turn a
+        // POST into a GET; Chatwoot's API never redirects, so none is followed.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("goldrelay/", env!("CARGO_PKG_VERSION")))
@@ -127,31 +157,45 @@ impl ChatwootClient {
         .await
     }
 
-    /// Looks through the conversation's recent messages for one carrying
-    /// `gold_reply_id`, paging back to shortly before `since`.
-    pub async fn find_reply(
+    /// Looks through the conversation for a message carrying `gold_reply_id`,
+    /// paging back (`before=<oldest id seen>`) until the messages are older
+    /// than `since` less a clock slack, or the conversation's start. `pace`
+    /// runs before every page, so lookups keep to the worker's rate. Past
+    /// [`MAX_LOOKUP_PAGES`] the answer is [`Lookup::Uncertain`]; an error
+    /// answer or a failed request is the error.
+    pub async fn find_reply<F, Fut>(
         &self,
         account_id: i64,
         conversation_id: i64,
         reply_id: &str,
         since: DateTime<Utc>,
-    ) -> Result<Option<i64>, SendError> {
+        pace: F,
+    ) -> Result<Lookup, SendError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         let url = self.messages_url(account_id, conversation_id);
+        let horizon = since.timestamp().saturating_sub(LOOKUP_SLACK_SECS);
         let mut before: Option<i64> = None;
         for _ in 0..MAX_LOOKUP_PAGES {
+            pace().await;
             let page = self.list_page(url.clone(), before).await?;
             if let Some(found) = page.iter().find(|m| carries(m, reply_id)) {
-                return Ok(Some(found.id));
+                return Ok(Lookup::Found(found.id));
             }
-            let Some(oldest) = page.first() else {
-                return Ok(None);
+            let Some(oldest) = page.iter().min_by_key(|m| m.id) else {
+                return Ok(Lookup::Absent);
             };
-            if page.len() < 20 || oldest.created_at < since.timestamp() - LOOKUP_SLACK_SECS {
-                return Ok(None);
+            if page.len() < PAGE_SIZE || oldest.created_at < horizon {
+                return Ok(Lookup::Absent);
             }
             before = Some(oldest.id);
         }
-        Ok(None)
+        Ok(Lookup::Uncertain(format!(
+            "the lookup read {MAX_LOOKUP_PAGES} pages of the conversation without reaching \
+             the reply's time"
+        )))
     }
 
     async fn list_page(
@@ -271,27 +315,33 @@ fn carries(message: &ListedMessage, reply_id: &str) -> bool {
         == Some(reply_id)
 }
 
-/// Sorts an HTTP error answer into transient or permanent.
+/// Sorts an HTTP error answer into transient or permanent, and says whether
+/// the message may exist despite it.
+///
+/// `create` rescues every error into 422 `{"error": e.message}`
+/// (`app/controllers/api/v1/accounts/conversations/messages_controller.rb`):
+/// `Validation failed: …` comes from `save!`, before anything is stored, and
+/// is permanent, except the flood guard, which passes. Any other 422 text
+/// (an `after_create_commit` callback raising, e.g. Redis down) comes after
+/// the row was committed, and a 5xx may come from a proxy after Rails
+/// committed: both are maybe-sent. rack-attack's 429 and a 408 never reached Rails.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> SendError {
-    let detail = format!(
-        "Chatwoot answered {}: {}",
-        status.as_u16(),
-        error_text(body)
-    );
-    let flood_guard =
-        status == StatusCode::UNPROCESSABLE_ENTITY && body.contains("Too many messages");
-    let transient = status.is_server_error()
+    let text = error_text(body);
+    let detail = format!("Chatwoot answered {}: {text}", status.as_u16());
+    let unprocessable = status == StatusCode::UNPROCESSABLE_ENTITY;
+    let after_commit = unprocessable && !text.starts_with(VALIDATION_FAILED);
+    let maybe_created = status.is_server_error() || after_commit;
+    let transient = maybe_created
         || matches!(
             status,
             StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
         )
-        || flood_guard;
+        || (unprocessable && text == FLOOD_GUARD);
     if transient {
         SendError::Transient {
             status: Some(status.as_u16()),
             retry_after: retry_after(headers, Utc::now()),
-            // A 5xx may come from a proxy after Rails created the message.
-            maybe_created: status.is_server_error(),
+            maybe_created,
             detail,
         }
     } else {
@@ -320,15 +370,21 @@ fn error_text(body: &str) -> String {
     short
 }
 
-/// `Retry-After` as seconds or as an HTTP date.
+/// `Retry-After` as seconds or as an HTTP date, at most [`RETRY_AFTER_CAP`].
+/// A number too large for any integer type is the cap, not an error; a date
+/// in the past is no wait.
 pub fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = raw.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = raw.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(RETRY_AFTER_CAP));
     }
+    // Compared as SystemTime: no conversion of a far-off date can overflow.
     let at = httpdate::parse_http_date(raw).ok()?;
-    let at: DateTime<Utc> = at.into();
-    (at - now).to_std().ok()
+    let wait = at
+        .duration_since(std::time::SystemTime::from(now))
+        .unwrap_or_default();
+    Some(wait.min(RETRY_AFTER_CAP))
 }
 
 fn describe_transport(e: &reqwest::Error) -> String {
@@ -356,7 +412,7 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     #[test]
-    fn the_flood_guard_is_transient_but_other_422s_are_permanent() {
+    fn the_flood_guard_is_transient_but_other_validation_failures_are_permanent() {
         let h = HeaderMap::new();
         let flood = classify(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -376,6 +432,37 @@ mod tests {
             r#"{"error":"Validation failed: Content is too long (maximum is 150000 characters)"}"#,
         );
         assert!(matches!(long, SendError::Permanent { status: 422, .. }));
+    }
+
+    #[test]
+    fn a_422_raised_after_the_commit_and_a_5xx_may_have_created_the_message() {
+        let h = HeaderMap::new();
+        let redis = r#"{"error":"Redis::CannotConnectError: Error connecting to Redis"}"#;
+        for (status, body) in [
+            (StatusCode::UNPROCESSABLE_ENTITY, redis),
+            (StatusCode::BAD_GATEWAY, "<html>Bad Gateway</html>"),
+            (StatusCode::INTERNAL_SERVER_ERROR, ""),
+        ] {
+            let got = classify(status, &h, body);
+            assert!(
+                matches!(
+                    got,
+                    SendError::Transient {
+                        maybe_created: true,
+                        ..
+                    }
+                ),
+                "{status}: {got:?}"
+            );
+        }
+        let throttled = classify(StatusCode::TOO_MANY_REQUESTS, &h, "Retry later\n");
+        assert!(matches!(
+            throttled,
+            SendError::Transient {
+                maybe_created: false,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -432,5 +519,34 @@ mod tests {
         h.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
         let got = retry_after(&h, now).unwrap().as_secs();
         assert!((29..=30).contains(&got), "{got}");
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_cut_to_the_cap_and_a_past_date_is_no_wait() {
+        let now = Utc::now();
+        let mut h = HeaderMap::new();
+        for huge in [
+            "99999999999999999999",
+            "18446744073709551615",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            h.insert(RETRY_AFTER, HeaderValue::from_static(huge));
+            assert_eq!(retry_after(&h, now), Some(RETRY_AFTER_CAP), "{huge}");
+        }
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        for junk in ["-5", "soon", ""] {
+            h.insert(RETRY_AFTER, HeaderValue::from_static(junk));
+            assert_eq!(retry_after(&h, now), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_header_has_no_underscore_for_proxies_to_drop() {
+        assert!(!TOKEN_HEADER.contains('_'));
+        assert!(TOKEN_HEADER.eq_ignore_ascii_case("api-access-token"));
     }
 }

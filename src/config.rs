@@ -32,7 +32,7 @@ pub struct Settings {
     pub database_url: DatabaseUrl,
     /// `CHATWOOT_BASE_URL`: the Chatwoot installation, e.g. `https://chat.example.com`.
     pub chatwoot_base_url: reqwest::Url,
-    /// `CHATWOOT_API_TOKEN`: sent as `api_access_token`.
+    /// `CHATWOOT_API_TOKEN`: sent as `Api-Access-Token`.
     pub chatwoot_api_token: SecretString,
     /// `GOLDRELAY_CHATWOOT_TIMEOUT`: the deadline for one request to Chatwoot.
     pub chatwoot_timeout: Duration,
@@ -40,6 +40,10 @@ pub struct Settings {
     pub retry_base: Duration,
     /// `GOLDRELAY_RETRY_MAX`: the cap on one backoff delay.
     pub retry_max: Duration,
+    /// `GOLDRELAY_LOOKUP_DELAY`: after an attempt that may have created the
+    /// message (timeout, reset, 5xx, a 422 after the commit), how long the next
+    /// attempt waits before looking it up, so a create Chatwoot commits late is seen.
+    pub lookup_delay: Duration,
     /// `GOLDRELAY_MAX_ATTEMPTS`: attempts before a reply is given up on.
     pub max_attempts: u32,
     /// `GOLDRELAY_MAX_AGE`: age after which a reply is given up on.
@@ -215,6 +219,7 @@ impl Settings {
             chatwoot_timeout: env.duration("GOLDRELAY_CHATWOOT_TIMEOUT", "10s"),
             retry_base: env.duration("GOLDRELAY_RETRY_BASE", "500ms"),
             retry_max: env.duration("GOLDRELAY_RETRY_MAX", "5m"),
+            lookup_delay: env.duration("GOLDRELAY_LOOKUP_DELAY", "60s"),
             max_attempts: env.parsed("GOLDRELAY_MAX_ATTEMPTS", 50),
             max_age: env.duration("GOLDRELAY_MAX_AGE", "24h"),
             max_body_bytes: env.parsed("GOLDRELAY_MAX_BODY", 256 * 1024),
@@ -434,6 +439,20 @@ mod tests {
     }
 
     const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_lookup_delay_is_a_minute_unless_set() {
+        let base = [
+            ("GOLDRELAY_TOKENS", TOKEN),
+            ("CHATWOOT_BASE_URL", "https://chat.example.com"),
+            ("CHATWOOT_API_TOKEN", "x"),
+        ];
+        let settings = load(&base).unwrap();
+        assert_eq!(settings.lookup_delay, Duration::from_secs(60));
+        let mut set = base.to_vec();
+        set.push(("GOLDRELAY_LOOKUP_DELAY", "3s"));
+        assert_eq!(load(&set).unwrap().lookup_delay, Duration::from_secs(3));
+    }
 
     #[test]
     fn a_missing_token_and_chatwoot_url_are_both_named() {

@@ -2,19 +2,30 @@
 //!
 //! Order per conversation comes from the store, which only ever hands out a
 //! conversation's oldest job. Concurrency across conversations is bounded by
-//! `concurrency`, and every Chatwoot request passes one shared rate limiter.
+//! `concurrency`, and every Chatwoot request passes one shared rate limiter
+//! and one shared pause (set when Chatwoot throttles).
+//!
+//! Exactly once: an attempt that may have created the message (a timeout, a
+//! reset, a 5xx, a 422 after the commit) is "maybe sent"; the next attempt
+//! waits `lookup_delay`, so a create Chatwoot commits late has landed, and
+//! starts by looking the message up. A lookup that cannot conclude never
+//! leads to a send. See `docs/delivery.md`.
 
-use crate::chatwoot::{ChatwootClient, SendError};
+use crate::chatwoot::{ChatwootClient, Lookup, SendError};
 use crate::health::{WorkerPhase, WorkerState};
 use crate::metrics::Metrics;
 use crate::store::{Job, Outcome, SharedStore};
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The longest the worker sleeps without looking at the queue, so jobs whose
@@ -35,6 +46,9 @@ pub struct Policy {
     pub retry_max: Duration,
     /// Attempts before a reply goes dead.
     pub max_attempts: u32,
+    /// After an attempt that may have created the message, the least wait
+    /// before the next one, which looks the message up first.
+    pub lookup_delay: Duration,
     /// How old a reply may get before it goes dead instead of being retried.
     pub max_age: Duration,
     /// Deliveries in flight at once, across conversations.
@@ -57,6 +71,90 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Dura
     full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
+/// A pause every Chatwoot request of the worker waits out, set when Chatwoot
+/// throttles: rack-attack counts every request from this IP
+/// (`config/initializers/rack_attack.rb`), so slowing down one reply alone
+/// would not help.
+#[derive(Debug, Default)]
+pub struct Pause {
+    state: Mutex<PauseState>,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    until: Option<Instant>,
+    /// Throttled answers in a row; the pause doubles with each.
+    strikes: u32,
+}
+
+impl Pause {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a throttled answer and returns the pause it set: `retry_after`
+    /// when Chatwoot (or its proxy) named one, else a backoff from `base` that
+    /// doubles with each throttle in a row (rack-attack names none); never
+    /// more than `max`.
+    pub fn throttled(
+        &self,
+        retry_after: Option<Duration>,
+        base: Duration,
+        max: Duration,
+    ) -> Duration {
+        let mut state = self.lock();
+        state.strikes = state.strikes.saturating_add(1);
+        let wait = retry_after
+            .unwrap_or_else(|| backoff(state.strikes, base, max, 1.0))
+            .min(max);
+        let now = Instant::now();
+        let until = now.checked_add(wait).unwrap_or(now);
+        state.until = Some(state.until.map_or(until, |u| u.max(until)));
+        wait
+    }
+
+    /// A request went through: the next throttle starts from `base` again.
+    pub fn cleared(&self) {
+        self.lock().strikes = 0;
+    }
+
+    /// How long requests must still wait, if at all.
+    pub fn remaining(&self) -> Option<Duration> {
+        let until = self.lock().until?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+}
+
+/// Runs `future`, turning a panic inside it into the panic's message.
+pub async fn caught<T>(future: impl Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned())
+        })
+}
+
+/// Added to every give-up that may leave a message behind: the operator must look.
+const UNSURE: &str = "; delivery uncertain: an attempt may have created the message and no \
+     lookup confirmed it either way, so it was not sent again: look in the conversation and \
+     retry the reply if it is missing";
+
+/// Which step of an attempt failed, which decides how unsure its end is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// The create (or the whole attempt): if it may have created the message,
+    /// the next attempt waits `lookup_delay` and looks it up first.
+    Create,
+    /// The lookup of an earlier attempt's message: it stays maybe sent.
+    Lookup,
+}
+
 /// What the worker shares with the rest of the process: the store wakes it
 /// through `wake`, and `/hc` reads `state`.
 #[derive(Clone, Default)]
@@ -75,6 +173,7 @@ pub struct Worker {
     link: WorkerLink,
     owner: String,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    pause: Pause,
     metrics: Arc<Metrics>,
 }
 
@@ -96,6 +195,7 @@ impl Worker {
             link,
             owner: format!("goldrelay-{}", uuid::Uuid::new_v4()),
             limiter,
+            pause: Pause::default(),
             metrics,
         }
     }
@@ -190,26 +290,7 @@ impl Worker {
     }
 
     async fn deliver(&self, job: Job) {
-        // An attempt never outlives its lease: past it, another instance may
-        // claim the job, and two senders could both create the message.
-        let deadline = self.policy.lease.saturating_sub(LEASE_MARGIN);
-        let (outcome, chatwoot_status) = match tokio::time::timeout(deadline, self.attempt(&job))
-            .await
-        {
-            Ok(attempted) => attempted,
-            Err(_) => {
-                let overran = SendError::Transient {
-                        status: None,
-                        retry_after: None,
-                        maybe_created: true,
-                        detail: format!(
-                            "the attempt took longer than {} (its lease); it is looked up before any resend",
-                            humantime::format_duration(deadline)
-                        ),
-                    };
-                (self.retry_or_give_up(&job, overran, true), None)
-            }
-        };
+        let (outcome, chatwoot_status) = self.outcome_of(&job).await;
         self.observe(&job, &outcome, chatwoot_status);
         let now = Utc::now();
         // The outcome must be recorded: a lost "delivered" would send twice.
@@ -225,31 +306,44 @@ impl Worker {
         }
     }
 
+    /// One attempt within its deadline. A panic inside it becomes a retry
+    /// (maybe sent), so the job is released and its conversation moves on.
+    async fn outcome_of(&self, job: &Job) -> (Outcome, Option<u16>) {
+        // An attempt never outlives its lease: past it, another instance may
+        // claim the job, and two senders could both create the message.
+        let deadline = self.policy.lease.saturating_sub(LEASE_MARGIN);
+        let failed = |detail: String| SendError::Transient {
+            status: None,
+            retry_after: None,
+            maybe_created: true,
+            detail,
+        };
+        match caught(tokio::time::timeout(deadline, self.attempt(job))).await {
+            Ok(Ok(attempted)) => attempted,
+            Ok(Err(_)) => {
+                let overran = failed(format!(
+                    "the attempt took longer than {} (its lease); it is looked up before any resend",
+                    humantime::format_duration(deadline)
+                ));
+                (self.retry_or_give_up(job, overran, Step::Create), None)
+            }
+            Err(panic) => {
+                tracing::error!(reply_id = %job.reply_id, panic = %panic,
+                    "a delivery attempt panicked; its job is released for a later attempt");
+                let error = failed(format!("the delivery attempt failed unexpectedly: {panic}"));
+                (self.retry_or_give_up(job, error, Step::Create), None)
+            }
+        }
+    }
+
     /// One attempt, and the HTTP status Chatwoot answered with, if it answered.
     async fn attempt(&self, job: &Job) -> (Outcome, Option<u16>) {
         if job.maybe_sent {
-            match self.look_up(job).await {
-                Ok(Some(message_id)) => return (Outcome::Delivered { message_id }, Some(200)),
-                Ok(None) => {}
-                Err(e @ SendError::Permanent { .. }) => {
-                    let error = format!(
-                        "an earlier attempt may have created the message, and checking failed ({}); \
-                         not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing",
-                        e.detail()
-                    );
-                    let outcome = Outcome::Dead {
-                        error,
-                        maybe_sent: true,
-                    };
-                    return (outcome, e.status());
-                }
-                Err(transient) => {
-                    let status = transient.status();
-                    return (self.retry_or_give_up(job, transient, true), status);
-                }
+            if let Some(ended) = self.check_earlier(job).await {
+                return ended;
             }
         }
-        self.throttle().await;
+        self.pace().await;
         let sent = self
             .client
             .create_message(
@@ -261,43 +355,136 @@ impl Worker {
             )
             .await;
         match sent {
-            Ok(message_id) => (Outcome::Delivered { message_id }, Some(200)),
+            Ok(message_id) => {
+                self.pause.cleared();
+                (Outcome::Delivered { message_id }, Some(200))
+            }
             Err(e @ SendError::Permanent { .. }) => {
                 let status = e.status();
                 (
+                    // Refused for good, and any earlier attempt was looked
+                    // up and found absent: nothing was sent.
                     Outcome::Dead {
                         error: e.detail().to_owned(),
-                        maybe_sent: job.maybe_sent,
+                        maybe_sent: false,
                     },
                     status,
                 )
             }
             Err(transient) => {
+                self.note_throttle(&transient);
                 let status = transient.status();
-                (self.retry_or_give_up(job, transient, false), status)
+                (self.retry_or_give_up(job, transient, Step::Create), status)
             }
         }
     }
 
-    async fn look_up(&self, job: &Job) -> Result<Option<i64>, SendError> {
-        self.throttle().await;
+    /// Looks for the message an earlier attempt may have created; `None`
+    /// when it surely does not exist, so this attempt may send it.
+    async fn check_earlier(&self, job: &Job) -> Option<(Outcome, Option<u16>)> {
+        match self.look_up(job).await {
+            Ok(Lookup::Found(message_id)) => Some((Outcome::Delivered { message_id }, Some(200))),
+            Ok(Lookup::Absent) => None,
+            Ok(Lookup::Uncertain(detail)) => {
+                let unsure = SendError::Transient {
+                    status: None,
+                    retry_after: None,
+                    maybe_created: true,
+                    detail,
+                };
+                Some((self.retry_or_give_up(job, unsure, Step::Lookup), Some(200)))
+            }
+            Err(e @ SendError::Permanent { .. }) => {
+                let error = format!(
+                    "delivery uncertain: an earlier attempt may have created the message, and checking failed ({}); \
+                     not sent again to avoid a duplicate: look in the conversation and retry the reply if it is missing",
+                    e.detail()
+                );
+                let outcome = Outcome::Dead {
+                    error,
+                    maybe_sent: true,
+                };
+                Some((outcome, e.status()))
+            }
+            Err(transient) => {
+                self.note_throttle(&transient);
+                let status = transient.status();
+                Some((self.retry_or_give_up(job, transient, Step::Lookup), status))
+            }
+        }
+    }
+
+    async fn look_up(&self, job: &Job) -> Result<Lookup, SendError> {
         self.client
             .find_reply(
                 job.account_id,
                 job.conversation_id,
                 &job.reply_id,
                 job.received_at,
+                || self.pace(),
             )
             .await
     }
 
-    async fn throttle(&self) {
-        if let Some(limiter) = &self.limiter {
-            limiter.until_ready().await;
+    /// Waits out the shared pause, then the send rate: before every request.
+    /// Where the store serves several instances (PostgreSQL), the rate and
+    /// any pause are the whole deployment's; otherwise this process's own.
+    async fn pace(&self) {
+        while let Some(wait) = self.pause.remaining() {
+            tokio::time::sleep(wait).await;
+        }
+        let Some(limiter) = &self.limiter else {
+            return;
+        };
+        match self
+            .store
+            .reserve_send(self.policy.send_rate, Utc::now())
+            .await
+        {
+            Ok(Some(slot)) => {
+                if let Ok(wait) = (slot - Utc::now()).to_std() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            Ok(None) => limiter.until_ready().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not reserve a shared send slot; pacing this instance alone");
+                limiter.until_ready().await;
+            }
         }
     }
 
-    fn retry_or_give_up(&self, job: &Job, error: SendError, looked_up: bool) -> Outcome {
+    /// A 429 pauses every request of the worker, not just this reply's.
+    fn note_throttle(&self, error: &SendError) {
+        if let SendError::Transient {
+            status: Some(429),
+            retry_after,
+            ..
+        } = error
+        {
+            let p = &self.policy;
+            let wait = self
+                .pause
+                .throttled(*retry_after, p.retry_base, p.retry_max);
+            tracing::warn!(pause = %humantime::format_duration(wait), "Chatwoot throttles; every request waits");
+            // rack-attack counts per client IP, which instances usually share.
+            let until = chrono::Duration::from_std(wait)
+                .ok()
+                .and_then(|wait| Utc::now().checked_add_signed(wait));
+            if let Some(until) = until {
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.pause_sends(until).await {
+                        tracing::warn!(error = %e, "could not pause the other instances' sends");
+                    }
+                });
+            }
+        }
+    }
+
+    /// Retries a transient failure, or gives up on it: at the attempt limit,
+    /// or when the wait would take the reply past its maximum age.
+    fn retry_or_give_up(&self, job: &Job, error: SendError, step: Step) -> Outcome {
         let SendError::Transient {
             retry_after,
             maybe_created,
@@ -310,33 +497,59 @@ impl Worker {
                 maybe_sent: job.maybe_sent,
             };
         };
+        let maybe_sent = maybe_created || step == Step::Lookup;
         // A reply given up on remembers any attempt that may have created it.
-        let dead_maybe_sent = job.maybe_sent || maybe_created || looked_up;
+        let dead_maybe_sent = job.maybe_sent || maybe_sent;
+        let unsure = if maybe_sent { UNSURE } else { "" };
+        let p = &self.policy;
         let attempt = u32::try_from(job.attempt).unwrap_or(u32::MAX);
-        if attempt >= self.policy.max_attempts {
+        if attempt >= p.max_attempts {
             return Outcome::Dead {
-                error: format!("gave up after {attempt} attempts: {detail}"),
+                error: format!("gave up after {attempt} attempts: {detail}{unsure}"),
                 maybe_sent: dead_maybe_sent,
             };
         }
-        let p = &self.policy;
+        // A create Chatwoot may still be committing gets time to land before the lookup.
+        let floor = if maybe_created && step == Step::Create {
+            p.lookup_delay
+        } else {
+            Duration::ZERO
+        };
+        let asked = retry_after.unwrap_or_default();
         let delay = backoff(attempt, p.retry_base, p.retry_max, rand::random())
-            .max(retry_after.unwrap_or_default());
-        let at = Utc::now() + delay;
-        if elapsed(job.received_at, at) > p.max_age {
+            .max(asked)
+            .max(floor);
+        let Some(at) = self.due_at(job, delay) else {
+            let why = if asked >= delay {
+                format!(
+                    " (Chatwoot asked to wait {} with Retry-After)",
+                    humantime::format_duration(asked)
+                )
+            } else {
+                String::new()
+            };
+            let max_age = humantime::format_duration(p.max_age);
             return Outcome::Dead {
                 error: format!(
-                    "gave up: the reply would be older than {} at its next attempt: {detail}",
-                    humantime::format_duration(p.max_age)
+                    "gave up: the reply would be older than {max_age} at its next attempt{why}: {detail}{unsure}"
                 ),
                 maybe_sent: dead_maybe_sent,
             };
-        }
+        };
         Outcome::Retry {
             at,
             error: detail,
-            maybe_sent: maybe_created || looked_up,
+            maybe_sent,
         }
+    }
+
+    /// When the next attempt is due after `delay`, unless that is past the
+    /// reply's maximum age (or past any representable time).
+    fn due_at(&self, job: &Job, delay: Duration) -> Option<DateTime<Utc>> {
+        let at = chrono::Duration::from_std(delay)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))?;
+        (elapsed(job.received_at, at) <= self.policy.max_age).then_some(at)
     }
 
     /// One log line and the metrics for one attempt.
@@ -397,5 +610,40 @@ mod tests {
         let (base, max) = (Duration::from_secs(8), Duration::from_secs(60));
         assert_eq!(backoff(1, base, max, 0.0), Duration::from_secs(4));
         assert!(backoff(1, base, max, 0.99) < Duration::from_secs(8));
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_caught_with_its_message() {
+        let ok = caught(async { 7 }).await;
+        assert_eq!(ok, Ok(7));
+        let boom = caught(async { panic!("boom {}", 1) }).await;
+        assert_eq!(boom, Err::<(), _>("boom 1".to_owned()));
+    }
+
+    #[test]
+    fn throttles_in_a_row_double_the_pause_until_a_request_goes_through() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let pause = Pause::default();
+        assert_eq!(pause.remaining(), None);
+        assert_eq!(pause.throttled(None, base, max), base);
+        assert_eq!(pause.throttled(None, base, max), base * 2);
+        assert_eq!(pause.throttled(None, base, max), base * 4);
+        assert!(pause.remaining().is_some_and(|left| left > base * 3));
+        pause.cleared();
+        assert_eq!(pause.throttled(None, base, max), base);
+    }
+
+    #[test]
+    fn a_named_wait_sets_the_pause_but_never_beyond_the_cap() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let pause = Pause::default();
+        let asked = Some(Duration::from_millis(300));
+        assert_eq!(
+            pause.throttled(asked, base, max),
+            Duration::from_millis(300)
+        );
+        let huge = Some(crate::chatwoot::RETRY_AFTER_CAP);
+        assert_eq!(pause.throttled(huge, base, max), max);
+        assert!(pause.remaining().is_some_and(|left| left <= max));
     }
 }

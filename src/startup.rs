@@ -160,6 +160,7 @@ fn policy(settings: &Settings) -> Policy {
         retry_base: settings.retry_base,
         retry_max: settings.retry_max,
         max_attempts: settings.max_attempts,
+        lookup_delay: settings.lookup_delay,
         max_age: settings.max_age,
         concurrency: settings.delivery_concurrency,
         send_rate: settings.send_rate,

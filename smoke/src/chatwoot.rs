@@ -4,8 +4,10 @@ use crate::http::{self, Answer, TransportError};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
-/// The header Chatwoot reads a user's access token from.
-const TOKEN_HEADER: &str = "api_access_token";
+/// The header the access token goes in: Rack makes `HTTP_API_ACCESS_TOKEN` of
+/// it, which Chatwoot reads (`app/controllers/concerns/access_token_auth_helper.rb`),
+/// and unlike `api_access_token` nginx does not drop it by default.
+const TOKEN_HEADER: &str = "Api-Access-Token";
 
 /// A Chatwoot client.
 pub struct Chatwoot {
@@ -50,5 +52,16 @@ impl Chatwoot {
             request = request.header(TOKEN_HEADER, token.expose_secret());
         }
         http::send(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TOKEN_HEADER;
+
+    #[test]
+    fn the_token_header_survives_a_proxy_that_drops_underscores() {
+        assert!(!TOKEN_HEADER.contains('_'));
+        assert!(TOKEN_HEADER.eq_ignore_ascii_case("api-access-token"));
     }
 }

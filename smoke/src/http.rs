@@ -56,10 +56,12 @@ impl fmt::Display for TransportError {
     }
 }
 
-/// A client with smoke's user agent; redirects are followed, and reqwest
-/// drops credentials when one leaves the host.
+/// A client with smoke's user agent. Redirects are not followed: one would
+/// carry the Chatwoot token (a custom header reqwest does not strip) to
+/// wherever it points, and hide a wrong base URL; the 3xx is the answer.
 pub fn client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("goldrelay-smoke/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(5))
         .timeout(REQUEST_TIMEOUT)

@@ -359,3 +359,44 @@ async fn a_token_that_cannot_list_messages_gives_up_after_an_ambiguous_failure_r
     assert_eq!(creates_of(&app.chatwoot, "gr-bot-late"), 1, "sent again");
     assert_eq!(app.chatwoot.messages(1, 38).len(), 1);
 }
+
+#[tokio::test]
+async fn replies_still_deliver_behind_a_proxy_that_drops_underscored_headers() {
+    let app = spawn_app().await;
+    // nginx's default: `api_access_token` never reaches Chatwoot.
+    app.chatwoot.set_faults(Faults {
+        drop_underscore_headers: true,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-behind-nginx", 39)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-behind-nginx", "delivered", PATIENCE)
+        .await;
+    assert_eq!(record["attempts"], 1, "{record}");
+    assert_eq!(app.delivered_ids(39), ["gr-behind-nginx"]);
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_makes_the_reply_dead_at_once_and_the_conversation_moves_on() {
+    let app = spawn_app().await;
+    // A proxy in front of Chatwoot asks for a wait no clock can add.
+    app.chatwoot.set_faults(Faults {
+        fail_next: 1,
+        fail_status: Some(429),
+        retry_after: Some(u64::MAX),
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-forever", 40)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-forever", "dead", PATIENCE)
+        .await;
+    let error = last_error(&record);
+    assert!(error.contains("Retry-After"), "{error}");
+    assert!(error.contains("older than 1day"), "{error}");
+    assert_eq!(record["attempts"], 1, "{record}");
+    // The worker did not die with it: the conversation's next reply goes out.
+    let marker = app.settle(40).await;
+    assert_eq!(app.delivered_ids(40), [marker]);
+}

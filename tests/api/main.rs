@@ -12,6 +12,7 @@ mod auth;
 mod chaos;
 mod conformance;
 mod delivery;
+mod exactly_once;
 mod fly_toml;
 mod helpers;
 mod hostile;

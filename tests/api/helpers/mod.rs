@@ -49,6 +49,8 @@ pub fn test_settings(chatwoot: &SandboxHandle, dir: &TempDir) -> Settings {
         ("GOLDRELAY_RETRY_BASE", "50ms".into()),
         ("GOLDRELAY_RETRY_MAX", "200ms".into()),
         ("GOLDRELAY_MAX_ATTEMPTS", "10".into()),
+        // Short, so retries after a 5xx stay fast; tests of late commits set more.
+        ("GOLDRELAY_LOOKUP_DELAY", "250ms".into()),
         ("GOLDRELAY_SEND_RATE", "0".into()),
         ("GOLDRELAY_DELIVERY_CONCURRENCY", "8".into()),
         ("GOLDRELAY_SHUTDOWN_DRAIN", "2s".into()),

@@ -39,6 +39,7 @@ impl Serve {
             ("GOLDRELAY_CHATWOOT_TIMEOUT", CHATWOOT_TIMEOUT.to_owned()),
             ("GOLDRELAY_RETRY_BASE", "50ms".to_owned()),
             ("GOLDRELAY_RETRY_MAX", "200ms".to_owned()),
+            ("GOLDRELAY_LOOKUP_DELAY", "250ms".to_owned()),
             ("GOLDRELAY_SEND_RATE", "0".to_owned()),
             ("GOLDRELAY_LOG_FORMAT", "json".to_owned()),
         ];

@@ -1,0 +1,167 @@
+//! Exactly once against a harsh Chatwoot: a create that may have happened is
+//! looked up, after a wait long enough for a late commit, however far back
+//! the lookup must page; a lookup that cannot conclude never sends again.
+
+use crate::helpers::{creates_of, reply, spawn_app_with, wait_for_create, TestApp, PATIENCE};
+use goldrelay::sandbox::{Faults, SandboxConfig};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The record's `last_error`, which must be set.
+fn last_error(record: &Value) -> &str {
+    record["last_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no last_error: {record}"))
+}
+
+/// Asserts `reply_id` reached the conversation as exactly one message, from
+/// exactly one create, and that the record points at it.
+fn assert_sent_once(app: &TestApp, reply_id: &str, conversation_id: i64, record: &Value) {
+    let messages = app.chatwoot.messages(1, conversation_id);
+    let ours: Vec<_> = messages
+        .iter()
+        .filter(|m| m.content_attributes["gold_reply_id"] == reply_id)
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "{reply_id} reached Chatwoot {} times",
+        ours.len()
+    );
+    assert_eq!(creates_of(&app.chatwoot, reply_id), 1, "created again");
+    assert_eq!(record["chatwoot_message_id"], ours[0].id, "{record}");
+}
+
+/// Posts `count` messages to a conversation straight to the sandbox, as agents would.
+async fn chatter(app: &TestApp, conversation_id: i64, count: usize) {
+    let url = format!(
+        "{}/api/v1/accounts/1/conversations/{conversation_id}/messages",
+        app.chatwoot.base_url()
+    );
+    let client = reqwest::Client::new();
+    for i in 0..count {
+        let sent = client
+            .post(&url)
+            .header("Api-Access-Token", SandboxConfig::default().user_token)
+            .json(&json!({"content": format!("agent chatter {i}"), "message_type": "outgoing"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_422_after_the_commit_is_looked_up_and_delivered_once_not_given_up_on() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.lookup_delay = Duration::from_millis(500);
+    })
+    .await;
+    // The row commits, then an after_create_commit callback raises (Redis down).
+    app.chatwoot.set_faults(Faults {
+        error_after_commit_next: 1,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-422-committed", 60)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-422-committed", "delivered", PATIENCE)
+        .await;
+    assert_sent_once(&app, "gr-422-committed", 60, &record);
+    assert_eq!(record["attempts"], 2, "{record}");
+}
+
+#[tokio::test]
+async fn a_create_committed_after_the_client_gave_up_is_found_rather_than_sent_twice() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.chatwoot_timeout = Duration::from_secs(2);
+        s.lookup_delay = Duration::from_secs(3);
+    })
+    .await;
+    // Puma commits 2.6 s after the request arrived, 0.6 s after goldrelay gave up.
+    app.chatwoot.set_faults(Faults {
+        commit_late_next: 1,
+        commit_after_ms: 2600,
+        answer_after_ms: None,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-commit-late", 61)).await;
+    let record = app
+        .api
+        .wait_until("gr-commit-late", "retrying", PATIENCE, |r| {
+            !r["last_error"].is_null()
+        })
+        .await;
+    assert!(last_error(&record).contains("timed out"), "{record}");
+    let record = app
+        .api
+        .wait_for_status("gr-commit-late", "delivered", PATIENCE)
+        .await;
+    assert_sent_once(&app, "gr-commit-late", 61, &record);
+}
+
+#[tokio::test]
+async fn a_lookup_that_keeps_failing_ends_dead_as_uncertain_and_never_sends_again() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.chatwoot_timeout = Duration::from_millis(500);
+        s.max_attempts = 3;
+    })
+    .await;
+    app.chatwoot.set_faults(Faults {
+        late_next: 1,
+        late_ms: 1500,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-unknowable", 62)).await;
+    wait_for_create(&app.chatwoot, "gr-unknowable").await;
+    // From now on every list (and create) fails: the lookup cannot conclude.
+    app.chatwoot.set_faults(Faults {
+        fail_next: 1000,
+        fail_status: Some(503),
+        ..Faults::default()
+    });
+    let record = app
+        .api
+        .wait_for_status("gr-unknowable", "dead", PATIENCE)
+        .await;
+    let error = last_error(&record);
+    assert!(error.contains("gave up after 3 attempts"), "{error}");
+    assert!(error.contains("uncertain"), "does not say so: {error}");
+    assert!(error.contains("503"), "{error}");
+    assert_eq!(creates_of(&app.chatwoot, "gr-unknowable"), 1, "sent again");
+    assert_eq!(app.chatwoot.messages(1, 62).len(), 1);
+}
+
+/// Takes over a minute: Chatwoot's flood guard lets a conversation take 200
+/// messages a minute, and the lookup must page past more than 200.
+#[tokio::test]
+async fn the_lookup_pages_back_past_hundreds_of_newer_messages_to_find_the_reply() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        // goldrelay gives up only once the conversation is busy.
+        s.chatwoot_timeout = Duration::from_secs(70);
+        s.lookup_delay = Duration::from_secs(1);
+    })
+    .await;
+    app.chatwoot.set_faults(Faults {
+        commit_late_next: 1,
+        commit_after_ms: 200,
+        answer_after_ms: None,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-buried", 63)).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while app.chatwoot.messages(1, 63).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 199 now, the flood guard's limit with ours; 21 more once the minute is over.
+    chatter(&app, 63, 199).await;
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    chatter(&app, 63, 21).await;
+    let record = app
+        .api
+        .wait_for_status("gr-buried", "delivered", Duration::from_secs(30))
+        .await;
+    assert_eq!(app.chatwoot.messages(1, 63).len(), 221);
+    assert_sent_once(&app, "gr-buried", 63, &record);
+}

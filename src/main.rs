@@ -110,6 +110,11 @@ enum RepliesCommand {
     Retry {
         /// The reply's reply_id.
         reply_id: String,
+        /// Send without looking in the conversation first, even when an
+        /// earlier attempt may have created the message (risks a duplicate:
+        /// check the conversation before you force).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -209,10 +214,18 @@ async fn replies(command: RepliesCommand) -> anyhow::Result<()> {
             print!("{}", ops::list(&store, filter).await?);
         }
         RepliesCommand::Show { reply_id } => print!("{}", ops::show(&store, &reply_id).await?),
-        RepliesCommand::Retry { reply_id } => {
-            let record = ops::retry(&store, &reply_id).await?;
+        RepliesCommand::Retry { reply_id, force } => {
+            let (record, lookup_first) = ops::retry(&store, &reply_id, force).await?;
+            let how = if lookup_first {
+                "an earlier attempt may have created the message, so the next attempt looks in \
+                 the conversation before it sends"
+            } else if force {
+                "forced: the next attempt sends without looking in the conversation"
+            } else {
+                "the next attempt sends it"
+            };
             println!(
-                "{} is queued again (a running goldrelay picks it up within seconds)",
+                "{} is queued again; {how} (a running goldrelay picks it up within seconds)",
                 record.reply_id
             );
         }

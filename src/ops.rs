@@ -46,10 +46,18 @@ pub async fn show(store: &SharedStore, reply_id: &str) -> anyhow::Result<String>
     }
 }
 
-/// `goldrelay replies retry ID`: puts a dead reply back in the queue.
-pub async fn retry(store: &SharedStore, reply_id: &str) -> anyhow::Result<ReplyRecord> {
-    match store.requeue(reply_id, false, Utc::now()).await? {
-        Requeued::Queued(record) => Ok(record),
+/// `goldrelay replies retry ID [--force]`: puts a dead reply back in the
+/// queue; whether its next attempt looks in the conversation first.
+pub async fn retry(
+    store: &SharedStore,
+    reply_id: &str,
+    force: bool,
+) -> anyhow::Result<(ReplyRecord, bool)> {
+    match store.requeue(reply_id, force, Utc::now()).await? {
+        Requeued::Queued {
+            record,
+            lookup_first,
+        } => Ok((record, lookup_first)),
         Requeued::NotDead(record) => bail!(
             "only a dead reply can be retried; {reply_id:?} is {}",
             record.status.as_str()

@@ -94,20 +94,40 @@ pub async fn get_reply(
 /// `POST /api/gold-replies/{reply_id}/retry` (operators only)
 pub async fn retry_reply(
     _: Operator,
+    req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<RetryQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::MalformedQuery(e.to_string()))?;
+    let force = query.force.unwrap_or(false);
     let id = reply_id(&path)?;
     let requeued = state
         .store
-        .requeue(id.as_str(), false, Utc::now())
+        .requeue(id.as_str(), force, Utc::now())
         .await
         .map_err(ApiError::StoreUnavailable)?;
     match requeued {
-        Requeued::Queued(record) => Ok(located(HttpResponse::Accepted(), &record)),
+        Requeued::Queued {
+            record,
+            lookup_first,
+        } => {
+            let mut body = serde_json::to_value(&record).unwrap_or_default();
+            body["retry"] = json!({ "forced": force, "lookup_first": lookup_first });
+            Ok(HttpResponse::Accepted()
+                .insert_header((LOCATION, format!("/api/gold-replies/{}", record.reply_id)))
+                .json(body))
+        }
         Requeued::NotDead(record) => Err(ApiError::NotDead(record.status.as_str())),
         Requeued::NotFound => Err(not_found(&path)),
     }
+}
+
+/// The retry endpoint's query string.
+#[derive(Deserialize)]
+pub struct RetryQuery {
+    /// Send without looking in the conversation first.
+    force: Option<bool>,
 }
 
 /// The list endpoint's query string.

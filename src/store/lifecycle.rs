@@ -349,7 +349,10 @@ pub(crate) async fn requeue(
         .reply(reply_id, false)
         .await?
         .ok_or(StoreError::Unavailable)?;
-    Ok(Requeued::Queued(stored.record))
+    Ok(Requeued::Queued {
+        record: stored.record,
+        lookup_first: look_first,
+    })
 }
 
 /// Stores a verified Chatwoot event and applies its effect, unless it was

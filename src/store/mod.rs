@@ -122,8 +122,13 @@ pub struct Cursor {
 /// What putting a reply back in the queue did.
 #[derive(Debug)]
 pub enum Requeued {
-    /// Queued again with a fresh attempt budget.
-    Queued(ReplyRecord),
+    /// Queued again with a fresh attempt budget. `lookup_first`: an earlier
+    /// attempt may have created the message, so the next one looks before
+    /// it sends (unless the retry was forced).
+    Queued {
+        record: ReplyRecord,
+        lookup_first: bool,
+    },
     /// Only a `dead` reply can be retried; this is its record.
     NotDead(ReplyRecord),
     NotFound,

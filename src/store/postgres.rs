@@ -411,7 +411,7 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let requeued = lifecycle::requeue(&mut PgTx(&mut tx), reply_id, force, now).await?;
         tx.commit().await?;
-        if matches!(requeued, Requeued::Queued(_)) {
+        if matches!(requeued, Requeued::Queued { .. }) {
             self.announce.notify_one();
         }
         Ok(requeued)

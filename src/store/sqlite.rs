@@ -649,7 +649,7 @@ impl Store for SqliteStore {
                 })
             })
             .await?;
-        if matches!(requeued, Requeued::Queued(_)) {
+        if matches!(requeued, Requeued::Queued { .. }) {
             self.new_jobs();
         }
         Ok(requeued)

@@ -675,7 +675,7 @@ async fn requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts(s
 
     let t1 = t0 + secs(10);
     let requeued = match store.requeue("a1", false, t1).await.unwrap() {
-        Requeued::Queued(record) => record,
+        Requeued::Queued { record, .. } => record,
         other => panic!("a dead reply was not requeued: {other:?}"),
     };
     assert_eq!(requeued.status, Status::Queued);
@@ -706,7 +706,7 @@ async fn requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced(s
         let store = store.clone();
         async move {
             match store.requeue("u1", force, at).await.unwrap() {
-                Requeued::Queued(record) => record,
+                Requeued::Queued { record, .. } => record,
                 other => panic!("a dead reply was not requeued: {other:?}"),
             }
         }

@@ -165,3 +165,80 @@ async fn the_lookup_pages_back_past_hundreds_of_newer_messages_to_find_the_reply
     assert_eq!(app.chatwoot.messages(1, 63).len(), 221);
     assert_sent_once(&app, "gr-buried", 63, &record);
 }
+
+/// Leaves `reply_id` dead with an uncertain history: its create reached
+/// Chatwoot (and committed), but no lookup could say so.
+async fn dead_but_maybe_sent(app: &TestApp, reply_id: &str, conversation_id: i64) {
+    app.chatwoot.set_faults(Faults {
+        late_next: 1,
+        late_ms: 1500,
+        ..Faults::default()
+    });
+    app.api.accept(&reply(reply_id, conversation_id)).await;
+    wait_for_create(&app.chatwoot, reply_id).await;
+    app.chatwoot.set_faults(Faults {
+        fail_next: 1000,
+        fail_status: Some(503),
+        ..Faults::default()
+    });
+    app.api.wait_for_status(reply_id, "dead", PATIENCE).await;
+    app.chatwoot.set_faults(Faults::default());
+}
+
+async fn operator_retry(app: &TestApp, reply_id: &str, query: &str) -> Value {
+    let response = app
+        .api
+        .client
+        .post(format!(
+            "{}/api/gold-replies/{reply_id}/retry{query}",
+            app.api.address
+        ))
+        .bearer_auth(crate::helpers::OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_operator_retry_after_a_maybe_sent_attempt_looks_first_and_sends_nothing_twice() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.chatwoot_timeout = Duration::from_millis(500);
+        s.max_attempts = 3;
+    })
+    .await;
+    dead_but_maybe_sent(&app, "gr-retry-looks", 64).await;
+    let answer = operator_retry(&app, "gr-retry-looks", "").await;
+    assert_eq!(
+        answer["retry"],
+        json!({"forced": false, "lookup_first": true}),
+        "{answer}"
+    );
+    let record = app
+        .api
+        .wait_for_status("gr-retry-looks", "delivered", PATIENCE)
+        .await;
+    assert_sent_once(&app, "gr-retry-looks", 64, &record);
+}
+
+#[tokio::test]
+async fn a_forced_operator_retry_sends_without_looking_and_says_so() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.chatwoot_timeout = Duration::from_millis(500);
+        s.max_attempts = 3;
+    })
+    .await;
+    dead_but_maybe_sent(&app, "gr-retry-forced", 65).await;
+    let answer = operator_retry(&app, "gr-retry-forced", "?force=true").await;
+    assert_eq!(
+        answer["retry"],
+        json!({"forced": true, "lookup_first": false}),
+        "{answer}"
+    );
+    app.api
+        .wait_for_status("gr-retry-forced", "delivered", PATIENCE)
+        .await;
+    // What the operator chose: a second message, which the answer warned of.
+    assert_eq!(creates_of(&app.chatwoot, "gr-retry-forced"), 2);
+}

@@ -350,7 +350,7 @@ impl Worker {
                 job.account_id,
                 job.conversation_id,
                 &job.reply_id,
-                &job.content,
+                &crate::chatwoot::as_sent(&job.content, job.liquid),
                 job.private,
             )
             .await;

@@ -15,13 +15,14 @@ const NUL_MESSAGE: &str = "must not contain NUL characters (\\u0000)";
 /// The largest integer a JSON number written with a fraction (`2372.0`) is
 /// exact for; past it, `f64` has already rounded what the client wrote.
 const MAX_EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "reply_id",
     "account_id",
     "conversation_id",
     "action",
     "content",
     "private",
+    "liquid",
     "approved_by",
     "draft",
     "tags",
@@ -74,6 +75,11 @@ pub struct GoldReply {
     action: Action,
     content: String,
     private: bool,
+    /// Let Chatwoot fill Liquid variables such as `{{contact.name}}`. Left
+    /// out of the fingerprint when false, so replies stored before this
+    /// field existed keep theirs.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    liquid: bool,
     approved_by: Option<String>,
     draft: Option<Value>,
     tags: Vec<String>,
@@ -122,6 +128,7 @@ impl GoldReply {
         let action = check.action();
         let content = check.content();
         let private = check.optional_bool("private").unwrap_or(false);
+        let liquid = check.optional_bool("liquid").unwrap_or(false);
         let approved_by = check.approved_by(action);
         let draft = check.optional_object("draft");
         let tags = check.tags();
@@ -140,6 +147,7 @@ impl GoldReply {
                 action,
                 content,
                 private,
+                liquid,
                 approved_by,
                 draft,
                 tags,
@@ -172,6 +180,12 @@ impl GoldReply {
     /// The approved text.
     pub fn content(&self) -> &str {
         &self.content
+    }
+
+    /// Whether Chatwoot may render Liquid in it (`{{contact.name}}`);
+    /// otherwise the customer reads exactly the approved characters.
+    pub fn liquid(&self) -> bool {
+        self.liquid
     }
 
     /// Whether it goes to Chatwoot as a private note.
@@ -404,6 +418,21 @@ mod tests {
         assert!(!reply.private());
         assert!(reply.tags().is_empty());
         assert_eq!(reply.action(), Action::ApproveSend);
+    }
+
+    #[test]
+    fn liquid_defaults_to_off_and_only_turning_it_on_changes_the_fingerprint() {
+        let plain = GoldReply::parse(&valid()).unwrap();
+        let mut off = valid();
+        off["liquid"] = json!(false);
+        let off = GoldReply::parse(&off).unwrap();
+        assert!(!off.liquid());
+        assert_eq!(plain.fingerprint(), off.fingerprint());
+        let mut on = valid();
+        on["liquid"] = json!(true);
+        let on = GoldReply::parse(&on).unwrap();
+        assert!(on.liquid());
+        assert_ne!(plain.fingerprint(), on.fingerprint());
     }
 
     #[test]

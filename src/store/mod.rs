@@ -75,6 +75,9 @@ pub struct Job {
     pub conversation_id: i64,
     pub content: String,
     pub private: bool,
+    /// Chatwoot may render Liquid in `content`; otherwise it is sent so that
+    /// it reads exactly as approved.
+    pub liquid: bool,
     /// This attempt's number, starting at 1.
     pub attempt: i64,
     pub received_at: DateTime<Utc>,

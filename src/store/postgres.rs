@@ -138,8 +138,8 @@ impl Tx for PgTx<'_> {
         let inserted = sqlx::query(
             "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, \
              private, approved_by, draft, tags, metadata, fingerprint, status, received_at, \
-             next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, \
-             $10::jsonb, $11, $12, $13, $14) ON CONFLICT (reply_id) DO NOTHING",
+             next_attempt_at, liquid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, \
+             $10::jsonb, $11, $12, $13, $14, $15) ON CONFLICT (reply_id) DO NOTHING",
         )
         .bind(reply.reply_id().as_str())
         .bind(reply.account_id())
@@ -155,6 +155,7 @@ impl Tx for PgTx<'_> {
         .bind(new.initial_status().as_str())
         .bind(now)
         .bind(reply.action().sends().then_some(now))
+        .bind(reply.liquid())
         .execute(&mut *self.0)
         .await?;
         Ok(inserted.rows_affected() == 1)
@@ -333,7 +334,7 @@ impl Store for PostgresStore {
             let reply_id: String = row.try_get("reply_id")?;
             let reply = sqlx::query(
                 "UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = $1 \
-                 RETURNING content, private, attempts, COALESCE(requeued_at, received_at) AS age_from",
+                 RETURNING content, private, liquid, attempts, COALESCE(requeued_at, received_at) AS age_from",
             )
             .bind(&reply_id)
             .fetch_one(&mut *tx)
@@ -344,6 +345,7 @@ impl Store for PostgresStore {
                 conversation_id: row.try_get("conversation_id")?,
                 content: reply.try_get("content")?,
                 private: reply.try_get("private")?,
+                liquid: reply.try_get("liquid")?,
                 attempt: reply.try_get::<i32, _>("attempts")?.into(),
                 received_at: reply.try_get("age_from")?,
                 maybe_sent: row.try_get("was_maybe_sent")?,

@@ -249,11 +249,11 @@ async fn fetch_stored(
     Ok(row.as_ref().map(stored).transpose()?)
 }
 
-/// The most rows in one INSERT: 14 parameters each, far below SQLite's limit.
+/// The most rows in one INSERT: 15 parameters each, far below SQLite's limit.
 const INSERT_CHUNK: usize = 256;
 const INSERT_REPLY: &str = "INSERT INTO gold_replies (reply_id, account_id, conversation_id, \
      action, content, private, approved_by, draft, tags, metadata, fingerprint, status, \
-     received_at, next_attempt_at) ";
+     received_at, next_attempt_at, liquid) ";
 
 /// Stores a batch of posted replies, answering in the order of `items`. The
 /// whole batch is tried as a few multi-row statements; if any of it fails,
@@ -351,7 +351,8 @@ fn push_reply(
         .push_bind(new.fingerprint.clone())
         .push_bind(new.initial_status().as_str())
         .push_bind(now_ms)
-        .push_bind(reply.action().sends().then_some(now_ms));
+        .push_bind(reply.action().sends().then_some(now_ms))
+        .push_bind(reply.liquid());
 }
 
 /// Adds the jobs of a batch at the back of their conversations' lines, then
@@ -554,7 +555,7 @@ async fn claim_tx(
     let now_ms = millis(now);
     let rows = sqlx::query(
         "SELECT j.seq, j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
-         r.content, r.private, r.attempts, COALESCE(r.requeued_at, r.received_at) AS age_from \
+         r.content, r.private, r.liquid, r.attempts, COALESCE(r.requeued_at, r.received_at) AS age_from \
          FROM delivery_jobs j JOIN gold_replies r ON r.reply_id = j.reply_id \
          WHERE j.is_head = 1 AND j.due_at <= ?1 \
          AND (j.lease_until IS NULL OR j.lease_until <= ?1) \
@@ -589,6 +590,7 @@ async fn claim_tx(
             conversation_id: row.try_get("conversation_id")?,
             content: row.try_get("content")?,
             private: row.try_get("private")?,
+            liquid: row.try_get("liquid")?,
             attempt: row.try_get::<i64, _>("attempts")? + 1,
             received_at: time(row.try_get("age_from")?).unwrap_or(now),
             maybe_sent: row.try_get("maybe_sent")?,

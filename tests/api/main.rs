@@ -18,6 +18,7 @@ mod helpers;
 mod hostile;
 mod idempotency;
 mod ingest;
+mod liquid;
 mod migrations;
 mod operations;
 mod ordering;

@@ -1,6 +1,10 @@
 //! The outbound Chatwoot client: the two calls goldrelay makes, and what their
 //! failures mean (transient or permanent, and whether the message may exist).
 
+mod liquid;
+
+pub use liquid::as_sent;
+
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode, Url};

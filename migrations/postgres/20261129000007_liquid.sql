@@ -1,0 +1,3 @@
+-- Whether Chatwoot may render Liquid in a reply ("liquid": true); otherwise
+-- goldrelay sends it so that the customer reads exactly the approved text.
+ALTER TABLE gold_replies ADD COLUMN liquid BOOLEAN NOT NULL DEFAULT false;

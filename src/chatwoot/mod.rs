@@ -102,6 +102,17 @@ struct ListedMessage {
     created_at: i64,
     #[serde(default)]
     content_attributes: Value,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+/// What Chatwoot holds about a message's fate in the customer's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelReport {
+    /// `sent`, `delivered`, `read` or `failed`.
+    pub status: String,
+    /// `content_attributes.external_error`, kept only while `failed`.
+    pub error: Option<String>,
 }
 
 impl ChatwootClient {
@@ -184,7 +195,9 @@ impl ChatwootClient {
         let mut before: Option<i64> = None;
         for _ in 0..MAX_LOOKUP_PAGES {
             pace().await;
-            let page = self.list_page(url.clone(), before).await?;
+            let page = self
+                .list_page(url.clone(), before.map(|id| ("before", id)))
+                .await?;
             if let Some(found) = page.iter().find(|m| carries(m, reply_id)) {
                 return Ok(Lookup::Found(found.id));
             }
@@ -202,13 +215,35 @@ impl ChatwootClient {
         )))
     }
 
+    /// The channel status Chatwoot holds for `message_id`, read from the
+    /// message list with `after=<message_id - 1>`, which starts at that message
+    /// (`app/finders/message_finder.rb`). `None`: no such message (deleted).
+    pub async fn channel_report(
+        &self,
+        account_id: i64,
+        conversation_id: i64,
+        message_id: i64,
+    ) -> Result<Option<ChannelReport>, SendError> {
+        let url = self.messages_url(account_id, conversation_id);
+        let page = self
+            .list_page(url, Some(("after", message_id.saturating_sub(1))))
+            .await?;
+        Ok(page.into_iter().find(|m| m.id == message_id).and_then(|m| {
+            let error = m.content_attributes["external_error"]
+                .as_str()
+                .map(str::to_owned);
+            let status = m.status?;
+            Some(ChannelReport { status, error })
+        }))
+    }
+
     async fn list_page(
         &self,
         mut url: Url,
-        before: Option<i64>,
+        from: Option<(&str, i64)>,
     ) -> Result<Vec<ListedMessage>, SendError> {
-        if let Some(id) = before {
-            url.query_pairs_mut().append_pair("before", &id.to_string());
+        if let Some((param, id)) = from {
+            url.query_pairs_mut().append_pair(param, &id.to_string());
         }
         self.call(self.authed(self.http.get(url)), Call::Lookup, |_, text| {
             serde_json::from_str::<ListBody>(text)

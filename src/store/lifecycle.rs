@@ -537,14 +537,15 @@ fn channel_change(status: &str, error: Option<&str>) -> ReplyChange {
 pub(crate) async fn record_channel_status(
     tx: &mut dyn Tx,
     reply_id: &str,
-    status: &str,
+    status: Option<&str>,
     error: Option<&str>,
     since: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let Some(stored) = tx.reply(reply_id, true).await? else {
         return Ok(());
     };
-    let mut change = channel_change(status, error);
+    // No status: Chatwoot no longer has the message; nothing more to read.
+    let mut change = status.map_or_else(ReplyChange::default, |s| channel_change(s, error));
     if stored.stale_since == Some(stored_time(since)) {
         change.channel_status_stale_at = Some(None);
     }

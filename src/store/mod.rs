@@ -231,12 +231,13 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<StaleChannelStatus>, StoreError>;
 
     /// Records the channel status read from Chatwoot for a reply listed by
-    /// [`Store::stale_channel_statuses`]. It stays listed if an event marked it
-    /// again after `since`, since that change may postdate the read.
+    /// [`Store::stale_channel_statuses`] (`None`: Chatwoot no longer has the
+    /// message, so the status stays as it was). It stays listed if an event
+    /// marked it again after `since`, since that change may postdate the read.
     async fn record_channel_status(
         &self,
         reply_id: &str,
-        status: &str,
+        status: Option<&str>,
         error: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<(), StoreError>;

@@ -462,7 +462,7 @@ impl Store for PostgresStore {
     async fn record_channel_status(
         &self,
         reply_id: &str,
-        status: &str,
+        status: Option<&str>,
         error: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<(), StoreError> {

@@ -703,11 +703,11 @@ impl Store for SqliteStore {
     async fn record_channel_status(
         &self,
         reply_id: &str,
-        status: &str,
+        status: Option<&str>,
         error: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let (reply_id, status) = (reply_id.to_owned(), status.to_owned());
+        let (reply_id, status) = (reply_id.to_owned(), status.map(str::to_owned));
         let error = error.map(str::to_owned);
         self.write(move |c| {
             Box::pin(async move {
@@ -715,7 +715,7 @@ impl Store for SqliteStore {
                 lifecycle::record_channel_status(
                     &mut tx,
                     &reply_id,
-                    &status,
+                    status.as_deref(),
                     error.as_deref(),
                     since,
                 )

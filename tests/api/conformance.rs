@@ -1188,7 +1188,7 @@ async fn an_update_that_does_not_show_the_status_marks_it_for_reading(store: Sha
         let store = store.clone();
         async move {
             store
-                .record_channel_status(reply_id, status, error, since)
+                .record_channel_status(reply_id, Some(status), error, since)
                 .await
                 .expect("record_channel_status")
         }

@@ -487,3 +487,60 @@ async fn an_agent_retry_without_the_marker_brings_a_failed_reply_back_to_sent() 
     assert_eq!(record["channel_status"], "sent", "{record}");
     assert!(record["channel_error"].is_null(), "{record}");
 }
+
+/// Posts a message to the sandbox conversation as an agent would, so that it
+/// becomes the conversation's latest public message.
+async fn agent_says(app: &crate::helpers::TestApp, conversation_id: i64, text: &str) {
+    let url = format!(
+        "{}/api/v1/accounts/1/conversations/{conversation_id}/messages",
+        app.chatwoot.base_url()
+    );
+    let answer = reqwest::Client::new()
+        .post(url)
+        .header("Api-Access-Token", SandboxConfig::default().user_token)
+        .json(&json!({ "content": text }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}
+
+async fn wait_for_channel_status(app: &crate::helpers::TestApp, id: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let record: Value = app.api.get_reply(id).await.json().await.unwrap();
+        if record["channel_status"] == status {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "channel status never became {status}: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_status_change_no_event_shows_is_read_from_chatwoot_once_newer_messages_exist() {
+    let app = spawn_app().await;
+    app.chatwoot.set_webhook(
+        format!("{}/api/webhooks/chatwoot", app.api.address),
+        Some(WEBHOOK_SECRET.into()),
+    );
+    app.api.post_reply(&reply("gr-buried-status", 14)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-buried-status", "confirmed", Duration::from_secs(5))
+        .await;
+    let message_id = record["chatwoot_message_id"].as_i64().unwrap();
+    // Now ours is no longer the latest: its updates' payloads list the newer one.
+    agent_says(&app, 14, "Anything else I can do?").await;
+    app.chatwoot
+        .set_status(message_id, "failed", Some("24 hour window closed"))
+        .await;
+    let record = wait_for_channel_status(&app, "gr-buried-status", "failed").await;
+    assert_eq!(record["channel_error"], "24 hour window closed", "{record}");
+    app.chatwoot.set_status(message_id, "delivered", None).await;
+    let record = wait_for_channel_status(&app, "gr-buried-status", "delivered").await;
+    assert!(record["channel_error"].is_null(), "{record}");
+}

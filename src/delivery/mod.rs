@@ -11,6 +11,8 @@
 //! starts by looking the message up. A lookup that cannot conclude never
 //! leads to a send. See `docs/delivery.md`.
 
+mod channel;
+
 use crate::chatwoot::{ChatwootClient, Lookup, SendError};
 use crate::health::{WorkerPhase, WorkerState};
 use crate::metrics::Metrics;
@@ -207,6 +209,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(this.policy.concurrency));
         let mut tasks = JoinSet::new();
         this.link.state.set(WorkerPhase::Running);
+        tokio::spawn(this.clone().read_channel_statuses(shutdown.clone()));
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let wait = this.claim_and_spawn(&slots, &mut tasks).await;

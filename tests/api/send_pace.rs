@@ -49,3 +49,51 @@ async fn a_single_sqlite_instance_paces_itself() {
         .unwrap();
     assert_eq!(store.reserve_send(20, Utc::now()).await.unwrap(), None);
 }
+
+/// Chatwoot's rack-attack counts requests per client IP
+/// (`config/initializers/rack_attack.rb`), and instances usually leave through
+/// one address: two instances together must keep to the one rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
+async fn two_goldrelay_processes_together_send_no_faster_than_the_rate() {
+    use crate::helpers::relay::Serve;
+    use goldrelay::sandbox::{self, SandboxConfig};
+    const RATE: i64 = 5;
+    let chatwoot =
+        sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let database = helpers::postgres::fresh_database();
+    // Few jobs per claim, so both processes have work at the same time.
+    let serve = Serve::new(&database, &chatwoot)
+        .env("GOLDRELAY_SEND_RATE", &RATE.to_string())
+        .env("GOLDRELAY_DELIVERY_CONCURRENCY", "2");
+    let (a, b) = (serve.start("a").await, serve.start("b").await);
+    let ids: Vec<String> = (0..24).map(|i| format!("gr-paced-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let api = if i % 2 == 0 { &a.api } else { &b.api };
+        api.accept(&helpers::reply(id, 300 + i as i64)).await;
+    }
+    for id in &ids {
+        a.api
+            .wait_for_status(id, "delivered", std::time::Duration::from_secs(30))
+            .await;
+    }
+    if std::env::var("DEBUG_PACE").is_ok() {
+        panic!("keep logs");
+    }
+    let mut at: Vec<i64> = chatwoot.creates().iter().map(|c| c.at_ms).collect();
+    at.sort();
+    eprintln!(
+        "DEBUG {:?}",
+        at.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
+    );
+    // Any RATE + 1 requests in a row span at least a second (less a little
+    // for the scheduler), which two unshared limiters would not keep to.
+    for window in at.windows(RATE as usize + 1) {
+        let span = window[RATE as usize] - window[0];
+        assert!(
+            span >= 900,
+            "{} requests within {span} ms: {at:?}",
+            RATE + 1
+        );
+    }
+}

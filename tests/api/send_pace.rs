@@ -77,15 +77,8 @@ async fn two_goldrelay_processes_together_send_no_faster_than_the_rate() {
             .wait_for_status(id, "delivered", std::time::Duration::from_secs(30))
             .await;
     }
-    if std::env::var("DEBUG_PACE").is_ok() {
-        panic!("keep logs");
-    }
     let mut at: Vec<i64> = chatwoot.creates().iter().map(|c| c.at_ms).collect();
     at.sort();
-    eprintln!(
-        "DEBUG {:?}",
-        at.windows(2).map(|w| w[1] - w[0]).collect::<Vec<_>>()
-    );
     // Any RATE + 1 requests in a row span at least a second (less a little
     // for the scheduler), which two unshared limiters would not keep to.
     for window in at.windows(RATE as usize + 1) {

@@ -423,7 +423,7 @@ impl Worker {
                 job.account_id,
                 job.conversation_id,
                 &job.reply_id,
-                job.received_at,
+                job.accepted_at,
                 || self.pace(),
             )
             .await

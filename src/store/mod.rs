@@ -80,7 +80,11 @@ pub struct Job {
     pub liquid: bool,
     /// This attempt's number, starting at 1.
     pub attempt: i64,
+    /// When the reply's attempt budget started: accepted, or retried by an operator.
     pub received_at: DateTime<Utc>,
+    /// When the reply was first accepted: a lookup pages back to here, since
+    /// any attempt, before an operator's retry too, came after it.
+    pub accepted_at: DateTime<Utc>,
     /// An earlier attempt may have created the message: look before sending.
     pub maybe_sent: bool,
 }

@@ -334,7 +334,8 @@ impl Store for PostgresStore {
             let reply_id: String = row.try_get("reply_id")?;
             let reply = sqlx::query(
                 "UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = $1 \
-                 RETURNING content, private, liquid, attempts, COALESCE(requeued_at, received_at) AS age_from",
+                 RETURNING content, private, liquid, attempts, COALESCE(requeued_at, received_at) AS age_from, \
+                 received_at AS accepted_at",
             )
             .bind(&reply_id)
             .fetch_one(&mut *tx)
@@ -348,6 +349,7 @@ impl Store for PostgresStore {
                 liquid: reply.try_get("liquid")?,
                 attempt: reply.try_get::<i32, _>("attempts")?.into(),
                 received_at: reply.try_get("age_from")?,
+                accepted_at: reply.try_get("accepted_at")?,
                 maybe_sent: row.try_get("was_maybe_sent")?,
             });
         }

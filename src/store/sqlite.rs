@@ -555,7 +555,7 @@ async fn claim_tx(
     let now_ms = millis(now);
     let rows = sqlx::query(
         "SELECT j.seq, j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
-         r.content, r.private, r.liquid, r.attempts, COALESCE(r.requeued_at, r.received_at) AS age_from \
+         r.content, r.private, r.liquid, r.attempts, COALESCE(r.requeued_at, r.received_at) AS age_from, r.received_at AS accepted_at \
          FROM delivery_jobs j JOIN gold_replies r ON r.reply_id = j.reply_id \
          WHERE j.is_head = 1 AND j.due_at <= ?1 \
          AND (j.lease_until IS NULL OR j.lease_until <= ?1) \
@@ -593,6 +593,7 @@ async fn claim_tx(
             liquid: row.try_get("liquid")?,
             attempt: row.try_get::<i64, _>("attempts")? + 1,
             received_at: time(row.try_get("age_from")?).unwrap_or(now),
+            accepted_at: time(row.try_get("accepted_at")?).unwrap_or(now),
             maybe_sent: row.try_get("maybe_sent")?,
         });
     }

@@ -690,6 +690,10 @@ async fn requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts(s
     assert_eq!(jobs[0].attempt, 1, "a fresh attempt budget");
     assert!(!jobs[0].maybe_sent, "the operator chose to send again");
     assert_eq!(jobs[0].received_at, t1, "its age counts from the requeue");
+    assert_eq!(
+        jobs[0].accepted_at, t0,
+        "a lookup still pages back to when the reply was first accepted"
+    );
 }
 
 async fn requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced(store: SharedStore) {

@@ -38,6 +38,9 @@ const MAX_IDLE: Duration = Duration::from_secs(2);
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// The wait after the store failed, before trying again.
 const STORE_RETRY: Duration = Duration::from_millis(500);
+/// How often an attempt's outcome is offered to the store before it is left
+/// to the job's lease (0.5 + 1 + 2 s of waiting).
+const RECORD_TRIES: u32 = 4;
 
 /// How the worker retries and gives up.
 #[derive(Debug, Clone)]
@@ -296,16 +299,27 @@ impl Worker {
         let (outcome, chatwoot_status) = self.outcome_of(&job).await;
         self.observe(&job, &outcome, chatwoot_status);
         let now = Utc::now();
-        // The outcome must be recorded: a lost "delivered" would send twice.
+        // A few quiet tries, then one log line: an outcome that cannot be
+        // recorded must not hold a delivery slot or fill the log. Losing it is
+        // safe: the job was marked maybe-sent when claimed, so once its lease
+        // runs out the next claim looks in the conversation before sending.
         let mut delay = STORE_RETRY;
-        while let Err(e) = self
-            .store
-            .finish(&job.reply_id, &self.owner, outcome.clone(), now)
-            .await
-        {
-            tracing::error!(reply_id = %job.reply_id, error = %e, "could not record a delivery outcome; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
+        for tries_left in (0..RECORD_TRIES).rev() {
+            let recorded = self
+                .store
+                .finish(&job.reply_id, &self.owner, outcome.clone(), now)
+                .await;
+            match recorded {
+                Ok(()) => return,
+                Err(e) if tries_left == 0 => {
+                    tracing::error!(reply_id = %job.reply_id, error = %e,
+                        "could not record a delivery outcome; the job is left to its lease and looked up before any resend");
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
         }
     }
 

@@ -103,6 +103,39 @@ pub(crate) fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 
+/// A JSON document made storable: every NUL inside a string (written
+/// `\u0000`) replaced, so PostgreSQL's jsonb takes it.
+pub(crate) fn storable_json(json: &str) -> std::borrow::Cow<'_, str> {
+    if !json.contains("\\u0000") && !json.contains('\0') {
+        return std::borrow::Cow::Borrowed(json);
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut value) => {
+            clean_strings(&mut value);
+            std::borrow::Cow::Owned(value.to_string())
+        }
+        Err(_) => std::borrow::Cow::Owned(storable(json)),
+    }
+}
+
+fn clean_strings(value: &mut serde_json::Value) {
+    use serde_json::Value as Json;
+    match value {
+        Json::String(s) if s.contains('\0') => *s = storable(s),
+        Json::Array(items) => items.iter_mut().for_each(clean_strings),
+        Json::Object(map) => {
+            let dirty: Vec<String> = map.keys().filter(|k| k.contains('\0')).cloned().collect();
+            for key in dirty {
+                if let Some(v) = map.remove(&key) {
+                    map.insert(storable(&key), v);
+                }
+            }
+            map.values_mut().for_each(clean_strings);
+        }
+        _ => {}
+    }
+}
+
 /// A reply serialised for insertion, before it reaches a transaction (on
 /// SQLite, the single writer every request waits for).
 #[derive(Debug, Clone)]
@@ -363,7 +396,10 @@ pub(crate) async fn record_event(
     payload: &str,
     now: DateTime<Utc>,
 ) -> Result<EventOutcome, StoreError> {
-    if !tx.insert_event(event, payload, now).await? {
+    // Chatwoot's texts may hold NUL, which PostgreSQL refuses in text and
+    // jsonb; Chatwoot does not retry a webhook, so a refusal would lose it.
+    let payload = storable_json(payload);
+    if !tx.insert_event(event, &payload, now).await? {
         return Ok(EventOutcome::Duplicate);
     }
     let now = stored_time(now);

@@ -13,6 +13,7 @@ mod chaos;
 mod conformance;
 mod delivery;
 mod exactly_once;
+mod export;
 mod fly_toml;
 mod helpers;
 mod hostile;

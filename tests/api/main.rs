@@ -11,6 +11,7 @@
 mod auth;
 mod chaos;
 mod conformance;
+mod console;
 mod delivery;
 mod exactly_once;
 mod export;

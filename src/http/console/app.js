@@ -127,11 +127,11 @@ function plainError(reply) {
 }
 
 function statusPill(status) {
-  return el('span', status, 'pill status-' + status);
+  return el('span', status, 'pill status status-' + status);
 }
 
 // accepted → each attempt → delivered → confirmed → channel status
-function history(reply) {
+function timeline(reply) {
   const list = el('ul', null, 'history');
   const step = (text) => list.append(el('li', text));
   step('accepted ' + when(reply.received_at));
@@ -151,7 +151,7 @@ function conversationCard(reply) {
   head.append(el('span', reply.reply_id, 'id'), el('span', reply.action, 'pill'), statusPill(reply.status));
   card.append(head, el('div', reply.content, 'content'));
   card.append(el('div', (reply.approved_by ? 'approved by ' + reply.approved_by : 'approver not given') + (reply.private ? ' · private note' : ''), 'meta'));
-  card.append(history(reply));
+  card.append(timeline(reply));
   const error = plainError(reply);
   if (error) card.append(el('p', error, 'error'));
   return card;
@@ -177,7 +177,7 @@ function operatorCard(reply) {
   const head = el('div', null, 'head');
   head.append(el('span', reply.reply_id, 'id'), statusPill(reply.status));
   card.append(head);
-  card.append(el('div', 'account ' + reply.account_id + ' · conversation ' + reply.conversation_id + ' · ' + reply.attempts + ' attempts · accepted ' + when(reply.received_at), 'meta'));
+  card.append(el('div', 'account ' + reply.account_id + ' · conversation ' + reply.conversation_id + ' · ' + reply.attempts + (reply.attempts === 1 ? ' attempt' : ' attempts') + ' · accepted ' + when(reply.received_at), 'meta'));
   if (reply.status === 'queued' && reply.next_attempt_at) card.append(el('div', 'next attempt ' + when(reply.next_attempt_at), 'meta'));
   const error = plainError(reply);
   if (error) card.append(el('p', error, 'error'));

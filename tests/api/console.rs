@@ -184,15 +184,16 @@ fn chatwoot_page(console: &str) -> String {
 <iframe id="app" src="{console}" style="width:400px;height:860px;border:0;border-left:1px solid #ccc"></iframe>
 <script>
 window.asked = 0;
+var current = 11;
 function context(id) {{
   return JSON.stringify({{ event: 'appContext', data: {{
     conversation: {{ id: id, account_id: 1, inbox_id: 1, status: 'open' }},
     contact: {{ id: 5, name: 'Ann' }}, currentAgent: {{ id: 1, name: 'Priya' }} }} }});
 }}
 window.addEventListener('message', function (e) {{
-  if (e.data === 'chatwoot-dashboard-app:fetch-info') {{ window.asked += 1; e.source.postMessage(context(11), '*'); }}
+  if (e.data === 'chatwoot-dashboard-app:fetch-info') {{ window.asked += 1; e.source.postMessage(context(current), '*'); }}
 }});
-window.switchTo = function (id) {{ document.getElementById('app').contentWindow.postMessage(context(id), '*'); return true; }};
+window.switchTo = function (id) {{ current = id; document.getElementById('app').contentWindow.postMessage(context(id), '*'); return true; }};
 </script></body></html>"#
     )
 }

@@ -238,9 +238,12 @@ async function retryConfirmed() {
 }
 
 // ---- Chatwoot Dashboard App ----
-// Chatwoot answers 'chatwoot-dashboard-app:fetch-info' with a JSON string
+// Chatwoot sends a JSON string
 // {"event":"appContext","data":{"conversation":{...},"contact":{...},"currentAgent":{...}}}
-// and sends it again when the agent opens another conversation.
+// when the frame loads and whenever asked with 'chatwoot-dashboard-app:fetch-info'
+// (app/javascript/dashboard/components/widgets/DashboardApp/Frame.vue). It does
+// not announce a switch of conversation by itself in every version, so the
+// console asks again now and then and whenever its tab is shown.
 
 function onParentMessage(event) {
   if (event.source !== window.parent) return;
@@ -250,16 +253,27 @@ function onParentMessage(event) {
   }
   const conversation = message && message.event === 'appContext' && message.data && message.data.conversation;
   if (!conversation || !conversation.id || !conversation.account_id) return;
-  state.account = Number(conversation.account_id);
-  state.conversation = Number(conversation.id);
+  const account = Number(conversation.account_id);
+  const id = Number(conversation.id);
+  const same = account === state.account && id === state.conversation && state.view === 'conversation';
+  if (same && $('replies').children.length > 0) return;
+  state.account = account;
+  state.conversation = id;
   show('conversation');
+}
+
+function askChatwoot() {
+  window.parent.postMessage('chatwoot-dashboard-app:fetch-info', '*');
 }
 
 function joinChatwoot() {
   if (window.parent === window) return;
   document.body.classList.add('embedded');
   window.addEventListener('message', onParentMessage);
-  window.parent.postMessage('chatwoot-dashboard-app:fetch-info', '*');
+  askChatwoot();
+  setInterval(askChatwoot, 3000);
+  document.addEventListener('visibilitychange', () => { if (!document.hidden) askChatwoot(); });
+  window.addEventListener('focus', askChatwoot);
 }
 
 // ---- wiring ----

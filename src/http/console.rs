@@ -19,15 +19,11 @@ const INDEX: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/app.css");
 
-/// Registers the page, its assets and the conversation read.
+/// Registers the page and its assets: not API, so not in `openapi.json`.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/console", super::read().to(to_index))
         .route("/console/", super::read().to(index))
-        .route("/console/{asset}", super::read().to(asset))
-        .route(
-            "/api/accounts/{account_id}/conversations/{conversation_id}/gold-replies",
-            super::read().to(conversation),
-        );
+        .route("/console/{asset}", super::read().to(asset));
 }
 
 /// The `Content-Security-Policy` of every console response: scripts and
@@ -81,7 +77,7 @@ fn page(state: &AppState, content_type: &str, body: &'static str) -> HttpRespons
 /// `GET /api/accounts/{a}/conversations/{c}/gold-replies` (viewers and
 /// operators): the conversation view's data, oldest first, with each reply's
 /// content and approver, which the status record leaves out.
-async fn conversation(
+pub async fn conversation(
     _: Reader,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,

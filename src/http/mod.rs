@@ -102,6 +102,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", read().to(openapi))
         .route("/api/gold-replies", read().to(replies::list_replies))
         .route("/api/gold-replies/export", read().to(export::export))
+        .route(
+            "/api/accounts/{account_id}/conversations/{conversation_id}/gold-replies",
+            read().to(console::conversation),
+        )
         .configure(console::routes)
         .route(
             "/api/gold-replies/{reply_id}/retry",

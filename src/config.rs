@@ -23,6 +23,10 @@ pub struct Settings {
     /// `GOLDRELAY_OPERATOR_TOKENS`: the operators' bearer tokens (list, retry,
     /// `/metrics`). None configured: operator endpoints answer 403.
     pub operator_tokens: Vec<SecretString>,
+    /// `GOLDRELAY_VIEWER_TOKENS`: read-only bearer tokens (the console, the
+    /// list and the export); they change nothing. None configured: only
+    /// operators read the console's data.
+    pub viewer_tokens: Vec<SecretString>,
     /// `GOLDRELAY_REQUEST_TIMEOUT`: how long a request's head, and then its
     /// body, may take to arrive before it is answered 408 and closed.
     pub request_timeout: Duration,
@@ -174,6 +178,10 @@ impl fmt::Debug for Settings {
                 "operator_tokens",
                 &format_args!("[{} redacted]", self.operator_tokens.len()),
             )
+            .field(
+                "viewer_tokens",
+                &format_args!("[{} redacted]", self.viewer_tokens.len()),
+            )
             .field("database_url", &self.database_url)
             .field("chatwoot_base_url", &self.chatwoot_base_url.as_str())
             .field("chatwoot_timeout", &self.chatwoot_timeout)
@@ -211,6 +219,7 @@ impl Settings {
             listen: env.parsed("GOLDRELAY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080))),
             tokens: env.tokens("GOLDRELAY_TOKENS"),
             operator_tokens: env.optional_tokens("GOLDRELAY_OPERATOR_TOKENS"),
+            viewer_tokens: env.optional_tokens("GOLDRELAY_VIEWER_TOKENS"),
             request_timeout: env.duration("GOLDRELAY_REQUEST_TIMEOUT", "10s"),
             token_rate: env.parsed("GOLDRELAY_TOKEN_RATE", 0),
             database_url: env.database_url(),
@@ -508,6 +517,21 @@ mod tests {
         let err = load(&vars).unwrap_err().to_string();
         assert!(err.contains("GOLDRELAY_OPERATOR_TOKENS: token #1"), "{err}");
         assert!(!err.contains("too-short-to-guess"), "{err}");
+    }
+
+    #[test]
+    fn viewer_tokens_are_optional_but_checked_like_support_tokens() {
+        let base = [
+            ("GOLDRELAY_TOKENS", TOKEN),
+            ("CHATWOOT_BASE_URL", "http://localhost:3000"),
+            ("CHATWOOT_API_TOKEN", "x"),
+        ];
+        assert!(load(&base).unwrap().viewer_tokens.is_empty());
+        let mut vars = base.to_vec();
+        vars.push(("GOLDRELAY_VIEWER_TOKENS", "short-viewer"));
+        let err = load(&vars).unwrap_err().to_string();
+        assert!(err.contains("GOLDRELAY_VIEWER_TOKENS: token #1"), "{err}");
+        assert!(!err.contains("short-viewer"), "{err}");
     }
 
     #[test]

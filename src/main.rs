@@ -1,3 +1,4 @@
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use goldrelay::config::Settings;
 use goldrelay::dev::{self, DevOptions};
@@ -116,6 +117,17 @@ enum RepliesCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Write every decision (the gold dataset) as JSON Lines, oldest first; each
+    /// line's `cursor` resumes the export right after it. Replies of the last
+    /// minute are left for the next export, so none can slip behind a cursor.
+    Export {
+        /// Resume after this cursor (the last line's `cursor`); from the start without it.
+        #[arg(long)]
+        since: Option<String>,
+        /// Write here instead of standard output (appended to, so a resumed export continues it).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -214,6 +226,7 @@ async fn replies(command: RepliesCommand) -> anyhow::Result<()> {
             print!("{}", ops::list(&store, filter).await?);
         }
         RepliesCommand::Show { reply_id } => print!("{}", ops::show(&store, &reply_id).await?),
+        RepliesCommand::Export { since, output } => export(store, since, output).await?,
         RepliesCommand::Retry { reply_id, force } => {
             let (record, lookup_first) = ops::retry(&store, &reply_id, force).await?;
             let how = if lookup_first {
@@ -230,5 +243,24 @@ async fn replies(command: RepliesCommand) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+async fn export(
+    store: goldrelay::store::SharedStore,
+    since: Option<String>,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut out: Box<dyn std::io::Write> = match &output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("could not open {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    ops::export(store, since.as_deref(), &mut out, ops::progress_wanted()).await?;
     Ok(())
 }

@@ -3,10 +3,14 @@
 use crate::chatwoot::{ChatwootClient, SendError};
 use crate::config::Settings;
 use crate::domain::{Status, UnknownStatus};
-use crate::store::{self, ReplyFilter, ReplyRecord, Requeued, SharedStore};
+use crate::store::{
+    self, export_lines, parse_cursor, ReplyFilter, ReplyRecord, Requeued, SharedStore,
+};
 use anyhow::{bail, Context};
 use chrono::Utc;
+use futures_util::StreamExt;
 use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
 
 /// Opens the store `DATABASE_URL` names, as `serve` would.
 pub async fn open_store() -> anyhow::Result<SharedStore> {
@@ -64,6 +68,42 @@ pub async fn retry(
         ),
         Requeued::NotFound => bail!("no gold reply has reply_id {reply_id:?}"),
     }
+}
+
+/// `goldrelay replies export`: the gold dataset after `since` as JSON Lines,
+/// the same lines `GET /api/gold-replies/export` streams, written to `out`
+/// page by page. With `progress`, a running count on standard error.
+/// Returns how many lines were written.
+pub async fn export(
+    store: SharedStore,
+    since: Option<&str>,
+    out: &mut dyn Write,
+    progress: bool,
+) -> anyhow::Result<u64> {
+    let after = since
+        .filter(|s| !s.is_empty())
+        .map(|raw| parse_cursor(raw).with_context(|| format!("{raw:?} is not an export cursor")))
+        .transpose()?;
+    let mut lines = Box::pin(export_lines(store, after, Utc::now()));
+    let mut written = 0u64;
+    while let Some(chunk) = lines.next().await {
+        let chunk = chunk.context("the export stopped; resume it from the last line's cursor")?;
+        out.write_all(chunk.as_bytes())?;
+        written += chunk.bytes().filter(|b| *b == b'\n').count() as u64;
+        if progress {
+            eprint!("\rexported {written} replies");
+        }
+    }
+    out.flush()?;
+    if progress {
+        eprintln!("\rexported {written} replies, done");
+    }
+    Ok(written)
+}
+
+/// Whether the export's progress is worth drawing: only for a person watching.
+pub fn progress_wanted() -> bool {
+    std::io::stderr().is_terminal()
 }
 
 /// Parses `--status`.

@@ -51,6 +51,7 @@ impl Application {
             store: store.clone(),
             tokens: BearerTokens::new(&settings.tokens)
                 .grant(Role::Operator, &settings.operator_tokens)
+                .grant(Role::Viewer, &settings.viewer_tokens)
                 .limit_rate(settings.token_rate),
             max_body_bytes: settings.max_body_bytes,
             request_timeout: settings.request_timeout,
@@ -62,6 +63,7 @@ impl Application {
             ),
             metrics: metrics.clone(),
             metrics_here: settings.metrics_listen.is_none(),
+            console_csp: crate::http::console_csp(&settings.chatwoot_base_url),
         });
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("could not listen on {}", settings.listen))?;

@@ -1,4 +1,4 @@
-//! Bearer-token authentication: the [`Caller`] and [`Operator`] extractors. A
+//! Bearer-token authentication: the [`Caller`], [`Reader`] and [`Operator`] extractors. A
 //! handler that takes one cannot run for a request without a valid token of
 //! a role that may call it, nor past the token's rate.
 
@@ -25,11 +25,14 @@ pub enum Role {
     /// Operators (`GOLDRELAY_OPERATOR_TOKENS`): everything Support may do, and
     /// list, retry and read `/metrics`.
     Operator,
+    /// Read-only (`GOLDRELAY_VIEWER_TOKENS`): the console's data, the list,
+    /// one reply and the export; changes nothing.
+    Viewer,
 }
 
 impl Role {
     /// Every role; a new one is added here and to the enum.
-    const ALL: [Role; 2] = [Role::Support, Role::Operator];
+    const ALL: [Role; 3] = [Role::Support, Role::Operator, Role::Viewer];
 
     /// A non-zero code, so 0 can mean "no token matched" in constant-time selection.
     fn code(self) -> u8 {
@@ -91,7 +94,39 @@ fn operator(req: &HttpRequest) -> Result<Operator, ApiError> {
     }
     match authenticate(req)?.role {
         Role::Operator => Ok(Operator),
-        Role::Support => Err(ApiError::RoleRequired("operator")),
+        Role::Support | Role::Viewer => Err(ApiError::RoleRequired("operator")),
+    }
+}
+
+/// An authenticated caller who may read every reply: a viewer or an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reader;
+
+impl FromRequest for Reader {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(reader(req))
+    }
+}
+
+fn reader(req: &HttpRequest) -> Result<Reader, ApiError> {
+    let state = req.app_data::<web::Data<AppState>>();
+    let viewers = state.is_some_and(|state| state.tokens.has(Role::Viewer));
+    let operators = state.is_some_and(|state| state.tokens.has(Role::Operator));
+    if !viewers && !operators {
+        return Err(ApiError::NoOperators);
+    }
+    // Names only the roles a token could have here, so the refusal says what to ask for.
+    let required = if viewers {
+        "viewer or operator"
+    } else {
+        "operator"
+    };
+    match authenticate(req)?.role {
+        Role::Operator | Role::Viewer => Ok(Reader),
+        Role::Support => Err(ApiError::RoleRequired(required)),
     }
 }
 
@@ -192,6 +227,16 @@ mod tests {
             .to_http_request();
         assert_eq!(tokens.caller(&req).unwrap().role, Role::Operator);
         assert!(tokens.has(Role::Operator) && !self::tokens().has(Role::Operator));
+    }
+
+    #[test]
+    fn a_viewer_token_is_a_viewer_caller() {
+        let tokens = tokens().grant(Role::Viewer, &[SecretString::from("v1ewer")]);
+        let req = TestRequest::default()
+            .insert_header((AUTHORIZATION, "Bearer v1ewer"))
+            .to_http_request();
+        assert_eq!(tokens.caller(&req).unwrap().role, Role::Viewer);
+        assert!(tokens.has(Role::Viewer) && !tokens.has(Role::Operator));
     }
 
     #[test]

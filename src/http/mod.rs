@@ -3,12 +3,14 @@
 
 mod auth;
 mod body;
+mod console;
+mod export;
 mod health;
 pub mod problem;
 mod replies;
 mod webhook;
 
-pub use auth::{BearerTokens, Caller, Operator, Role};
+pub use auth::{BearerTokens, Caller, Operator, Reader, Role};
 pub use webhook::WebhookAuth;
 
 use crate::health::WorkerState;
@@ -39,6 +41,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Whether `/metrics` is served with the API (no separate metrics address).
     pub metrics_here: bool,
+    /// The console's `Content-Security-Policy`, from [`console_csp`].
+    pub console_csp: String,
+}
+
+/// The console's `Content-Security-Policy`: Chatwoot at `chatwoot_base_url`
+/// may frame it as a Dashboard App.
+pub fn console_csp(chatwoot_base_url: &reqwest::Url) -> String {
+    console::content_security_policy(&console::chatwoot_origin(chatwoot_base_url))
 }
 
 /// The reply a request concerned, for its log line.
@@ -47,8 +57,16 @@ pub struct LoggedReplyId(pub String);
 
 /// Every path the API serves and the methods it answers there, for `405`'s
 /// `Allow`; held to the routes by a test over every documented path.
-const ALLOWED: [(&str, &str); 9] = [
+const ALLOWED: [(&str, &str); 14] = [
     ("/hc", "GET, HEAD"),
+    ("/api/gold-replies/export", "GET, HEAD"),
+    ("/console", "GET, HEAD"),
+    ("/console/", "GET, HEAD"),
+    ("/console/{asset}", "GET, HEAD"),
+    (
+        "/api/accounts/{account_id}/conversations/{conversation_id}/gold-replies",
+        "GET, HEAD",
+    ),
     ("/metrics", "GET, HEAD"),
     ("/openapi.json", "GET, HEAD"),
     ("/api/gold-replies", "GET, HEAD"),
@@ -83,6 +101,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", read().to(metrics))
         .route("/openapi.json", read().to(openapi))
         .route("/api/gold-replies", read().to(replies::list_replies))
+        .route("/api/gold-replies/export", read().to(export::export))
+        .route(
+            "/api/accounts/{account_id}/conversations/{conversation_id}/gold-replies",
+            read().to(console::conversation),
+        )
+        .configure(console::routes)
         .route(
             "/api/gold-replies/{reply_id}/retry",
             web::post().to(replies::retry_reply),

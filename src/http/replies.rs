@@ -1,6 +1,6 @@
 //! Support's and operators' endpoints: post a gold reply, read, list and retry.
 
-use super::auth::{Caller, Operator};
+use super::auth::{Caller, Operator, Reader};
 use super::body::{parse_json, read_limited, require_json};
 use super::problem::ApiError;
 use super::{AppState, LoggedReplyId};
@@ -140,12 +140,12 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-/// `GET /api/gold-replies?status=&conversation_id=&limit=&cursor=` (operators only)
+/// `GET /api/gold-replies?status=&conversation_id=&limit=&cursor=` (viewers and operators)
 ///
 /// The query string is read here, after authentication, so that an anonymous
 /// caller learns nothing from how a query is refused.
 pub async fn list_replies(
-    _: Operator,
+    _: Reader,
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

@@ -3,10 +3,15 @@
 //! The HTTP and delivery code see only this trait, so a second backend changes
 //! nothing above this module.
 
+mod export;
 mod lifecycle;
 mod postgres;
 mod sqlite;
 
+use export::EXPORT_COLUMNS;
+pub use export::{
+    export_lines, format_cursor, parse_cursor, ExportPage, ExportRecord, EXPORT_SETTLE,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -279,6 +284,10 @@ pub trait Store: Send + Sync {
     async fn pause_sends(&self, _until: DateTime<Utc>) -> Result<(), StoreError> {
         Ok(())
     }
+
+    /// One page of the gold dataset, oldest first by `(received_at, reply_id)`:
+    /// the replies after `page.after`, received no later than `page.until`.
+    async fn export(&self, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError>;
 
     /// Wakes `wake` whenever a new job is committed (by any instance, where
     /// several share the store), so the worker need not poll for it.

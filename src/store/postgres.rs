@@ -12,6 +12,7 @@ use super::{
     ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
     STALE_CHANNEL_STATUSES,
 };
+use super::{ExportPage, ExportRecord, EXPORT_COLUMNS};
 use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -553,6 +554,10 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn export(&self, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError> {
+        export_page(&self.pool, page).await
+    }
+
     fn wake_on_new_jobs(&self, wake: Arc<Notify>) {
         let pool = self.pool.clone();
         tokio::spawn(async move {
@@ -594,4 +599,58 @@ async fn listen(pool: &PgPool, wake: &Notify) -> Result<(), sqlx::Error> {
         listener.recv().await?;
         wake.notify_one();
     }
+}
+
+/// The gold dataset, one page at a time, in `(received_at, reply_id)` order.
+async fn export_page(pool: &PgPool, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError> {
+    let after_at = page.after.as_ref().map(|cursor| cursor.received_at);
+    let after_id = page.after.as_ref().map(|cursor| cursor.reply_id.clone());
+    // Written out (two integers, no text) so the planner uses the conversation's index.
+    let one_conversation = match page.conversation {
+        Some((account, conversation)) => {
+            format!("AND account_id = {account} AND conversation_id = {conversation}")
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {EXPORT_COLUMNS} FROM gold_replies \
+         WHERE ($1::timestamptz IS NULL OR (received_at, reply_id) > ($1, $2)) \
+         AND received_at <= $3 {one_conversation} \
+         ORDER BY received_at, reply_id LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(page.until)
+        .bind(page.limit as i64)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(export_record).collect::<Result<_, _>>()?)
+}
+
+fn export_record(row: &PgRow) -> Result<ExportRecord, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(ExportRecord {
+        reply_id: row.try_get("reply_id")?,
+        account_id: row.try_get("account_id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        action: row.try_get("action")?,
+        content: row.try_get("content")?,
+        private: row.try_get("private")?,
+        draft: row.try_get("draft")?,
+        approved_by: row.try_get("approved_by")?,
+        tags: row.try_get("tags")?,
+        metadata: row.try_get("metadata")?,
+        received_at: row.try_get("received_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+        confirmed_at: row.try_get("confirmed_at")?,
+        status: status_column(&status)?,
+        attempts: row.try_get::<i32, _>("attempts")?.into(),
+        last_error: row.try_get("last_error")?,
+        chatwoot_message_id: row.try_get("chatwoot_message_id")?,
+        channel_status: row.try_get("channel_status")?,
+        channel_error: row.try_get("channel_error")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        uncertain: row.try_get("uncertain")?,
+    })
 }

@@ -12,6 +12,7 @@ use super::{
     ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
     STALE_CHANNEL_STATUSES,
 };
+use super::{ExportPage, ExportRecord, EXPORT_COLUMNS};
 use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
@@ -837,6 +838,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn export(&self, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError> {
+        export_page(&self.reads, page).await
+    }
+
     fn wake_on_new_jobs(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
         let _ = self.wake.set(wake);
     }
@@ -849,4 +854,75 @@ impl SqliteStore {
             wake.notify_one();
         }
     }
+}
+
+/// The gold dataset, one page at a time; the cursor's bound is written out
+/// rather than as a row value so SQLite uses the `received_at` index.
+async fn export_page(
+    reads: &SqlitePool,
+    page: &ExportPage,
+) -> Result<Vec<ExportRecord>, StoreError> {
+    let (after_ms, after_id) = match &page.after {
+        Some(cursor) => (millis(cursor.received_at), cursor.reply_id.clone()),
+        None => (i64::MIN, String::new()),
+    };
+    // Written out, not as `? IS NULL OR …`, so the conversation's index is used.
+    let one_conversation = match page.conversation {
+        Some((account, conversation)) => {
+            format!("AND account_id = {account} AND conversation_id = {conversation}")
+        }
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT {EXPORT_COLUMNS} FROM gold_replies \
+         WHERE received_at >= ? AND (received_at > ? OR reply_id > ?) AND received_at <= ? \
+         {one_conversation} ORDER BY received_at, reply_id LIMIT ?"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after_ms)
+        .bind(after_ms)
+        .bind(after_id)
+        .bind(millis(page.until))
+        .bind(page.limit as i64)
+        .fetch_all(reads)
+        .await?;
+    Ok(rows.iter().map(export_record).collect::<Result<_, _>>()?)
+}
+
+fn export_record(row: &SqliteRow) -> Result<ExportRecord, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    Ok(ExportRecord {
+        reply_id: row.try_get("reply_id")?,
+        account_id: row.try_get("account_id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        action: row.try_get("action")?,
+        content: row.try_get("content")?,
+        private: row.try_get("private")?,
+        draft: json_column(row, "draft")?,
+        approved_by: row.try_get("approved_by")?,
+        tags: json_column(row, "tags")?.unwrap_or_default(),
+        metadata: json_column(row, "metadata")?,
+        received_at: time(row.try_get("received_at")?).unwrap_or_default(),
+        delivered_at: time(row.try_get("delivered_at")?),
+        confirmed_at: time(row.try_get("confirmed_at")?),
+        status: status_column(&status)?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        chatwoot_message_id: row.try_get("chatwoot_message_id")?,
+        channel_status: row.try_get("channel_status")?,
+        channel_error: row.try_get("channel_error")?,
+        next_attempt_at: time(row.try_get("next_attempt_at")?),
+        uncertain: row.try_get("uncertain")?,
+    })
+}
+
+/// A JSON column SQLite keeps as text.
+fn json_column(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let raw: Option<String> = row.try_get(column)?;
+    raw.map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| sqlx::Error::ColumnDecode {
+            index: column.into(),
+            source: Box::new(e),
+        })
 }

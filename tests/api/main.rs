@@ -11,8 +11,10 @@
 mod auth;
 mod chaos;
 mod conformance;
+mod console;
 mod delivery;
 mod exactly_once;
+mod export;
 mod fly_toml;
 mod helpers;
 mod hostile;

@@ -1,0 +1,307 @@
+// goldrelay console. Every value from the API is put on the page with
+// textContent: a reply containing markup shows the markup and never runs it.
+'use strict';
+
+const state = {
+  token: null, // memory only: never stored, never sent anywhere but this origin
+  view: 'conversation',
+  account: null,
+  conversation: null,
+  cursor: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+// An element with text; never parses markup.
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : '';
+}
+
+function say(text) {
+  $('message').textContent = text || '';
+}
+
+// The fragment carries the token and where to look (#token=…&view=…&account=…&conversation=…).
+// The token is taken out of the address bar at once, so it is in no history
+// entry, bookmark or screenshot.
+function readFragment() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  if (params.get('token')) state.token = params.get('token');
+  if (params.get('view') === 'operator') state.view = 'operator';
+  state.account = Number(params.get('account')) || state.account;
+  state.conversation = Number(params.get('conversation')) || state.conversation;
+  params.delete('token');
+  history.replaceState(null, '', location.pathname + location.search + (params.toString() ? '#' + params : ''));
+}
+
+class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail);
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { Authorization: 'Bearer ' + state.token, Accept: 'application/json' },
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new ApiError(response.status, body.detail || response.statusText);
+  return body;
+}
+
+function failed(error) {
+  if (error.status === 401) {
+    state.token = null;
+    say('The token was refused. Enter a viewer or operator token.');
+    askToken();
+    return;
+  }
+  say(error.message);
+}
+
+// ---- header: /hc's verdict ----
+
+async function checkHealth() {
+  const pill = $('health');
+  try {
+    const response = await fetch('/hc');
+    const body = await response.json();
+    const worker = body.worker && body.worker.status;
+    pill.textContent = 'relay ' + body.status + (worker ? ' · worker ' + worker : '');
+    pill.className = 'pill health-' + (body.status === 'ok' ? 'ok' : 'unavailable');
+  } catch (e) {
+    pill.textContent = 'relay unreachable';
+    pill.className = 'pill health-unavailable';
+  }
+}
+
+// ---- token ----
+
+function askToken() {
+  $('token-form').hidden = false;
+  $('conversation-view').hidden = true;
+  $('operator-view').hidden = true;
+  $('token-input').focus();
+}
+
+// ---- views ----
+
+function show(view) {
+  state.view = view;
+  if (!state.token) return askToken();
+  $('token-form').hidden = true;
+  $('conversation-view').hidden = view !== 'conversation';
+  $('operator-view').hidden = view !== 'operator';
+  $('show-conversation').setAttribute('aria-pressed', String(view === 'conversation'));
+  $('show-operator').setAttribute('aria-pressed', String(view === 'operator'));
+  say('');
+  if (view === 'conversation' && state.account && state.conversation) loadConversation();
+  if (view === 'operator') loadOperator(true);
+}
+
+// The last error as a person would say it; the raw text follows for support.
+function plainError(reply) {
+  const raw = reply.last_error;
+  if (!raw) return null;
+  const rules = [
+    [/\b404\b/, 'Chatwoot does not know this conversation or account.'],
+    [/\b401\b|\b403\b/, 'Chatwoot refused goldrelay\'s API token.'],
+    [/\b422\b/, 'Chatwoot refused the message as invalid.'],
+    [/\b429\b/, 'Chatwoot asked goldrelay to slow down.'],
+    [/\b5\d\d\b/, 'Chatwoot had an internal error.'],
+    [/timed? ?out|timeout/i, 'Chatwoot did not answer in time.'],
+    [/connect|reset|refused/i, 'goldrelay could not reach Chatwoot.'],
+    [/age|too old/i, 'The reply waited too long to be sent.'],
+  ];
+  const found = rules.find(([pattern]) => pattern.test(raw));
+  return (found ? found[1] + ' ' : '') + '(' + raw + ')';
+}
+
+function statusPill(status) {
+  return el('span', status, 'pill status status-' + status);
+}
+
+// accepted → each attempt → delivered → confirmed → channel status
+function timeline(reply) {
+  const list = el('ul', null, 'history');
+  const step = (text) => list.append(el('li', text));
+  step('accepted ' + when(reply.received_at));
+  if (reply.attempts > 0) step(reply.attempts + (reply.attempts === 1 ? ' attempt' : ' attempts'));
+  if (reply.status === 'queued' && reply.next_attempt_at) step('next attempt ' + when(reply.next_attempt_at));
+  if (reply.delivered_at) step('delivered to Chatwoot ' + when(reply.delivered_at) + (reply.chatwoot_message_id ? ' (message ' + reply.chatwoot_message_id + ')' : ''));
+  if (reply.confirmed_at) step('confirmed by Chatwoot ' + when(reply.confirmed_at));
+  if (reply.channel_status) step('channel: ' + reply.channel_status + (reply.channel_error ? ' — ' + reply.channel_error : ''));
+  if (reply.uncertain) step('an attempt may have created the message: a retry looks for it first');
+  return list;
+}
+
+function conversationCard(reply) {
+  const card = el('li', null, 'card reply');
+  card.dataset.replyId = reply.reply_id;
+  const head = el('div', null, 'head');
+  head.append(el('span', reply.reply_id, 'id'), el('span', reply.action, 'pill'), statusPill(reply.status));
+  card.append(head, el('div', reply.content, 'content'));
+  card.append(el('div', (reply.approved_by ? 'approved by ' + reply.approved_by : 'approver not given') + (reply.private ? ' · private note' : ''), 'meta'));
+  card.append(timeline(reply));
+  const error = plainError(reply);
+  if (error) card.append(el('p', error, 'error'));
+  return card;
+}
+
+async function loadConversation() {
+  $('account').value = state.account;
+  $('conversation').value = state.conversation;
+  $('conversation-title').textContent = 'Conversation ' + state.conversation + ' (account ' + state.account + ')';
+  try {
+    const body = await api('/api/accounts/' + state.account + '/conversations/' + state.conversation + '/gold-replies');
+    $('replies').replaceChildren(...body.items.map(conversationCard));
+    $('conversation-empty').hidden = body.items.length > 0;
+    if (body.truncated) say('Showing the first ' + body.items.length + ' replies only.');
+  } catch (e) {
+    failed(e);
+  }
+}
+
+function operatorCard(reply) {
+  const card = el('li', null, 'card op');
+  card.dataset.replyId = reply.reply_id;
+  const head = el('div', null, 'head');
+  head.append(el('span', reply.reply_id, 'id'), statusPill(reply.status));
+  card.append(head);
+  card.append(el('div', 'account ' + reply.account_id + ' · conversation ' + reply.conversation_id + ' · ' + reply.attempts + (reply.attempts === 1 ? ' attempt' : ' attempts') + ' · accepted ' + when(reply.received_at), 'meta'));
+  if (reply.status === 'queued' && reply.next_attempt_at) card.append(el('div', 'next attempt ' + when(reply.next_attempt_at), 'meta'));
+  const error = plainError(reply);
+  if (error) card.append(el('p', error, 'error'));
+  if (reply.status === 'dead') {
+    const retry = el('button', 'Retry…', 'retry');
+    retry.type = 'button';
+    retry.addEventListener('click', () => confirmRetry(reply));
+    card.append(retry);
+  }
+  return card;
+}
+
+async function loadOperator(fresh) {
+  if (fresh) state.cursor = null;
+  const query = new URLSearchParams({ limit: '25' });
+  const status = $('status').value;
+  if (status) query.set('status', status);
+  if ($('op-account').value) query.set('account_id', $('op-account').value);
+  if ($('op-conversation').value) query.set('conversation_id', $('op-conversation').value);
+  if (state.cursor) query.set('cursor', state.cursor);
+  try {
+    const body = await api('/api/gold-replies?' + query);
+    const cards = body.items.map(operatorCard);
+    if (fresh) $('operator-list').replaceChildren(...cards);
+    else $('operator-list').append(...cards);
+    state.cursor = body.next_cursor;
+    $('more').hidden = !state.cursor;
+    $('operator-empty').hidden = $('operator-list').children.length > 0;
+  } catch (e) {
+    failed(e);
+  }
+}
+
+// ---- retry, after a confirmation ----
+
+let pendingRetry = null;
+
+function confirmRetry(reply) {
+  pendingRetry = reply;
+  $('confirm-text').textContent = 'Send ' + reply.reply_id + ' to conversation ' + reply.conversation_id +
+    ' again? If an earlier attempt may have created the message, goldrelay looks for it in Chatwoot before sending.';
+  $('confirm').hidden = false;
+  $('confirm-yes').focus();
+}
+
+async function retryConfirmed() {
+  const reply = pendingRetry;
+  $('confirm').hidden = true;
+  pendingRetry = null;
+  try {
+    await api('/api/gold-replies/' + encodeURIComponent(reply.reply_id) + '/retry', { method: 'POST' });
+    say(reply.reply_id + ' is queued again.');
+    loadOperator(true);
+  } catch (e) {
+    if (e.status === 403) say('This token may not retry: only operator tokens can. (' + e.message + ')');
+    else failed(e);
+  }
+}
+
+// ---- Chatwoot Dashboard App ----
+// Chatwoot sends a JSON string
+// {"event":"appContext","data":{"conversation":{...},"contact":{...},"currentAgent":{...}}}
+// when the frame loads and whenever asked with 'chatwoot-dashboard-app:fetch-info'
+// (app/javascript/dashboard/components/widgets/DashboardApp/Frame.vue). It does
+// not announce a switch of conversation by itself in every version, so the
+// console asks again now and then and whenever its tab is shown.
+
+function onParentMessage(event) {
+  if (event.source !== window.parent) return;
+  let message = event.data;
+  if (typeof message === 'string') {
+    try { message = JSON.parse(message); } catch (e) { return; }
+  }
+  const conversation = message && message.event === 'appContext' && message.data && message.data.conversation;
+  if (!conversation || !conversation.id || !conversation.account_id) return;
+  const account = Number(conversation.account_id);
+  const id = Number(conversation.id);
+  const same = account === state.account && id === state.conversation && state.view === 'conversation';
+  if (same && $('replies').children.length > 0) return;
+  state.account = account;
+  state.conversation = id;
+  show('conversation');
+}
+
+function askChatwoot() {
+  window.parent.postMessage('chatwoot-dashboard-app:fetch-info', '*');
+}
+
+function joinChatwoot() {
+  if (window.parent === window) return;
+  document.body.classList.add('embedded');
+  window.addEventListener('message', onParentMessage);
+  askChatwoot();
+  setInterval(askChatwoot, 3000);
+  document.addEventListener('visibilitychange', () => { if (!document.hidden) askChatwoot(); });
+  window.addEventListener('focus', askChatwoot);
+}
+
+// ---- wiring ----
+
+function start() {
+  readFragment();
+  $('token-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    state.token = $('token-input').value.trim();
+    $('token-input').value = '';
+    show(state.view);
+  });
+  $('conversation-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    state.account = Number($('account').value);
+    state.conversation = Number($('conversation').value);
+    loadConversation();
+  });
+  $('operator-form').addEventListener('submit', (e) => { e.preventDefault(); loadOperator(true); });
+  $('more').addEventListener('click', () => loadOperator(false));
+  $('show-conversation').addEventListener('click', () => show('conversation'));
+  $('show-operator').addEventListener('click', () => show('operator'));
+  $('confirm-yes').addEventListener('click', retryConfirmed);
+  $('confirm-no').addEventListener('click', () => { $('confirm').hidden = true; pendingRetry = null; });
+  checkHealth();
+  setInterval(checkHealth, 30000);
+  joinChatwoot();
+  show(state.view);
+}
+
+start();

@@ -1,0 +1,175 @@
+//! The gold dataset as JSON Lines: every decision, oldest first, each line
+//! carrying the cursor that resumes the export right after it.
+
+use super::{Cursor, SharedStore, StoreError};
+use crate::domain::{ReplyId, Status};
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, Stream};
+use serde::Serialize;
+use std::time::Duration;
+
+/// Rows read per query: memory stays flat however large the dataset.
+const EXPORT_PAGE_ROWS: usize = 500;
+
+/// How far behind the present an export stops. A reply's `received_at` is
+/// taken before its transaction commits, so a reply stamped a moment ago may
+/// still appear behind a cursor already handed out; none takes this long.
+pub const EXPORT_SETTLE: Duration = Duration::from_secs(60);
+
+/// Which page of the gold dataset [`Store::export`] reads.
+#[derive(Debug, Clone)]
+pub struct ExportPage {
+    /// Continue after this reply (the previous page's last one).
+    pub after: Option<Cursor>,
+    /// Only replies received at or before this time: later ones may still be
+    /// committing, and one committed behind the cursor would be skipped forever.
+    pub until: DateTime<Utc>,
+    /// Only this `(account_id, conversation_id)`, for the console.
+    pub conversation: Option<(i64, i64)>,
+    pub limit: usize,
+}
+
+/// One decision as the data team receives it: what was drafted, what was
+/// decided, by whom, and what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExportRecord {
+    pub reply_id: String,
+    pub account_id: i64,
+    pub conversation_id: i64,
+    pub action: String,
+    pub content: String,
+    pub private: bool,
+    pub draft: Option<serde_json::Value>,
+    pub approved_by: Option<String>,
+    pub tags: serde_json::Value,
+    pub metadata: Option<serde_json::Value>,
+    pub received_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub status: Status,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub chatwoot_message_id: Option<i64>,
+    pub channel_status: Option<String>,
+    pub channel_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// An attempt may have created the message; a retry looks for it first.
+    pub uncertain: bool,
+}
+
+/// The columns an export selects, in both backends.
+pub(super) const EXPORT_COLUMNS: &str =
+    "reply_id, account_id, conversation_id, action, content, private, \
+     draft, approved_by, tags, metadata, received_at, delivered_at, confirmed_at, status, \
+     attempts, last_error, chatwoot_message_id, channel_status, channel_error, next_attempt_at, \
+     uncertain";
+
+/// One line of the export: the record, and where to resume after it.
+#[derive(Serialize)]
+struct ExportLine<'a> {
+    cursor: String,
+    #[serde(flatten)]
+    record: &'a ExportRecord,
+}
+
+/// Cursors are `<received_at in microseconds>.<reply_id>`: opaque to clients,
+/// exact on both backends, readable in logs.
+pub fn format_cursor(cursor: &Cursor) -> String {
+    format!(
+        "{}.{}",
+        cursor.received_at.timestamp_micros(),
+        cursor.reply_id
+    )
+}
+
+/// Reads a cursor [`format_cursor`] wrote; `None` for anything else.
+pub fn parse_cursor(raw: &str) -> Option<Cursor> {
+    let (micros, reply_id) = raw.split_once('.')?;
+    Some(Cursor {
+        received_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        reply_id: ReplyId::parse(reply_id).ok()?.to_string(),
+    })
+}
+
+impl ExportRecord {
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            received_at: self.received_at,
+            reply_id: self.reply_id.clone(),
+        }
+    }
+}
+
+/// The export after `after`, one chunk of lines per page read from the store.
+/// It ends at the first error: whatever was written resumes from its last line.
+pub fn export_lines(
+    store: SharedStore,
+    after: Option<Cursor>,
+    now: DateTime<Utc>,
+) -> impl Stream<Item = Result<String, StoreError>> {
+    let first = ExportPage {
+        after,
+        until: now - EXPORT_SETTLE,
+        conversation: None,
+        limit: EXPORT_PAGE_ROWS,
+    };
+    stream::try_unfold(Some(first), move |page| {
+        let store = store.clone();
+        async move {
+            let Some(page) = page else {
+                return Ok(None);
+            };
+            let records = store.export(&page).await?;
+            Ok(render(records, page))
+        }
+    })
+}
+
+/// A page's lines, and the page after it unless this one was the last.
+fn render(records: Vec<ExportRecord>, page: ExportPage) -> Option<(String, Option<ExportPage>)> {
+    let last = records.last()?.cursor();
+    let mut chunk = String::new();
+    for record in &records {
+        let line = ExportLine {
+            cursor: format_cursor(&record.cursor()),
+            record,
+        };
+        // A record of strings, numbers and parsed JSON always serializes.
+        chunk.push_str(&serde_json::to_string(&line).unwrap_or_default());
+        chunk.push('\n');
+    }
+    let more = records.len() == page.limit;
+    let next = more.then_some(ExportPage {
+        after: Some(last),
+        ..page
+    });
+    Some((chunk, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_as_the_position_it_was_made_from() {
+        let cursor = Cursor {
+            received_at: DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap(),
+            reply_id: "gr.2026:11-29_x".into(),
+        };
+        assert_eq!(parse_cursor(&format_cursor(&cursor)), Some(cursor));
+    }
+
+    #[test]
+    fn anything_else_is_not_a_cursor() {
+        for raw in [
+            "",
+            "12",
+            "x.reply",
+            "12.",
+            "12.bad id",
+            "99999999999999999999.a",
+        ] {
+            assert_eq!(parse_cursor(raw), None, "{raw:?}");
+        }
+    }
+}

@@ -106,8 +106,13 @@ async fn ingest_batch(
     pool: &PgPool,
     items: &[(NewReply, DateTime<Utc>)],
 ) -> Vec<Result<Ingested, StoreError>> {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => return failed_all(items.len(), &e.into()),
+    };
     let together = async {
-        let mut tx = pool.begin().await?;
+        let begin = begin_and_lock(items);
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, begin).await?;
         match try_ingest_batch(&mut tx, items).await {
             Ok(results) => Ok(Some((tx, results))),
             Err(e) => {
@@ -117,11 +122,12 @@ async fn ingest_batch(
             }
         }
     };
-    match together.await {
+    let results = match together.await {
         Ok(Some((tx, results))) => commit_all(tx, results).await,
         Ok(None) => ingest_each(pool, items).await,
         Err(e) => failed_all(items.len(), &e),
-    }
+    };
+    results
 }
 
 /// Commits a batch's transaction; every answer fails if the commit does.
@@ -253,13 +259,37 @@ const INSERT_BATCH: &str = "WITH input AS ( \
      SELECT inserted.reply_id FROM inserted \
        LEFT JOIN (SELECT pg_notify($15, '') WHERE $16) AS announced ON true";
 
-/// Stores a batch in one statement (after its conversation locks); each
+/// `BEGIN` and the batch's conversation locks in one round trip (a simple
+/// query may hold several statements; it takes no parameters, but the keys
+/// are made of two integers each, so nothing from outside reaches the SQL).
+/// The locks are taken in key order, as [`lock_conversations`] takes them.
+fn begin_and_lock(items: &[(NewReply, DateTime<Utc>)]) -> String {
+    let keys: std::collections::BTreeSet<String> = items
+        .iter()
+        .filter(|(new, _)| new.reply.action().sends())
+        .map(|(new, _)| {
+            let key = conversation_key(new.reply.account_id(), new.reply.conversation_id());
+            format!("'{key}'")
+        })
+        .collect();
+    if keys.is_empty() {
+        return "BEGIN".into();
+    }
+    let keys: Vec<String> = keys.into_iter().collect();
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(k) FROM \
+           (SELECT DISTINCT hashtextextended(c, 0) AS k FROM unnest(ARRAY[{}]::text[]) AS c) \
+           AS keys ORDER BY k",
+        keys.join(", ")
+    )
+}
+
+/// Stores a batch in one statement (its conversation locks are held); each
 /// reply id already taken is answered from its stored row.
 async fn try_ingest_batch(
     conn: &mut PgConnection,
     items: &[(NewReply, DateTime<Utc>)],
 ) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
-    lock_conversations(conn, items).await?;
     // A reply id posted twice in one batch: the first is the one inserted.
     let mut seen = HashSet::new();
     let firsts: Vec<&(NewReply, DateTime<Utc>)> = items

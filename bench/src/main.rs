@@ -12,6 +12,7 @@ mod report;
 mod sandbox;
 mod stats;
 mod support;
+mod sustained;
 mod wrk;
 
 use anyhow::Context;
@@ -29,6 +30,9 @@ struct Cli {
     /// Seconds of each wrk run (four of them).
     #[arg(long, env = "BENCH_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// Seconds of the sustained SQLite run (64 clients), in windows of up to 30 s.
+    #[arg(long, env = "BENCH_SUSTAINED_SECONDS", default_value_t = 180, value_parser = clap::value_parser!(u64).range(2..))]
+    sustained_seconds: u64,
     /// Replies in the drain with the send-rate cap lifted.
     #[arg(long, env = "BENCH_DRAIN_REPLIES", default_value_t = 10_000)]
     drain_replies: usize,
@@ -86,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut h = Harness::new(tools, cli.seconds, run_id)?;
     let bare = ingest::measure(&mut h, Target::Bare).await?;
     let relay = ingest::measure(&mut h, Target::Relay(&Database::Sqlite)).await?;
+    let sustained = sustained::measure(&mut h, cli.sustained_seconds).await?;
     let latency = delivery::measure(&mut h).await?;
     let unlimited = drain::measure(&mut h, cli.drain_replies, 0, &Database::Sqlite).await?;
     let capped = drain::measure(
@@ -105,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         seconds: h.seconds,
         bare,
         relay,
+        sustained,
         latency,
         unlimited,
         capped,

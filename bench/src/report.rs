@@ -6,6 +6,7 @@ use crate::delivery::{self, DeliveryLatency};
 use crate::drain::{Drain, PER_CONVERSATION};
 use crate::harness::Starts;
 use crate::ingest::{Ingest, MANY};
+use crate::sustained::Sustained;
 use std::fmt;
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ pub struct Report {
     pub seconds: u64,
     pub bare: Ingest,
     pub relay: Ingest,
+    pub sustained: Sustained,
     pub latency: DeliveryLatency,
     pub unlimited: Drain,
     pub capped: Drain,
@@ -122,6 +124,7 @@ impl Row {
 impl Report {
     fn rows(&self) -> Vec<Row> {
         let mut rows = self.ingest_rows();
+        rows.extend(self.sustained_rows());
         rows.extend(self.delivery_rows());
         rows.extend(self.footprint_rows());
         rows.extend(self.postgres_rows());
@@ -161,6 +164,42 @@ impl Report {
                 one_p50,
             ),
             latency_row("ingest, 1 client: p99", relay.one.p99, bare.one.p99),
+        ]
+    }
+
+    fn sustained_rows(&self) -> Vec<Row> {
+        let s = &self.sustained;
+        let how = format!("sustained, {MANY} clients, {} s", s.seconds);
+        let window = s.window_seconds();
+        let share = s.accepted_per_sec() / self.bare.many.accepted_per_sec();
+        let wal_mib = s.wal_max_bytes as f64 / (1024.0 * 1024.0);
+        let (first, last) = match (s.windows.first(), s.windows.last()) {
+            (Some(f), Some(l)) => (f.accepted_per_sec(), l.accepted_per_sec()),
+            _ => (0.0, 0.0),
+        };
+        vec![
+            Row::new(format!("{how}: accepted/s"), rate(s.accepted_per_sec()))
+                .against(rate(self.bare.many.accepted_per_sec()), percent(share)),
+            Row::new(
+                format!("{how}: last {window} s against the first {window} s"),
+                format!("{} / {}", rate(last), rate(first)),
+            )
+            .against("", percent(s.last_over_first()))
+            .goal("≥ 90 %", Goal::AtLeast(0.90), s.last_over_first()),
+            Row::new(
+                format!("{how}: largest WAL file"),
+                format!("{wal_mib:.1} MiB"),
+            )
+            .goal("≤ 64 MiB", Goal::Below(64.0 + 1e-9), wal_mib),
+            Row::new(
+                format!("{how}: p99 (the worst {window} s window)"),
+                ms_text(s.p99()),
+            )
+            .against(
+                ms_text(self.bare.many.p99),
+                times(ms(s.p99()) / ms(self.bare.many.p99)),
+            )
+            .goal("< 25 ms", Goal::Below(25.0), ms(s.p99())),
         ]
     }
 
@@ -268,13 +307,17 @@ impl Report {
                         &format!("PostgreSQL: ingest, {MANY} clients: p99"),
                         ingest.many.p99,
                         self.bare.many.p99,
-                    ),
+                    )
+                    .goal("< 20 ms", Goal::Below(20.0), ms(ingest.many.p99)),
                     latency_row(
                         "PostgreSQL: ingest, 1 client: p50",
                         ingest.one.p50,
                         self.bare.one.p50,
-                    ),
-                    drain_row("PostgreSQL, cap lifted", drain),
+                    )
+                    .goal("< 2 ms", Goal::Below(2.0), ms(ingest.one.p50)),
+                    drain_row("PostgreSQL, cap lifted", drain)
+                        .goal("≥ 1 500/s", Goal::AtLeast(1_500.0), drain.per_sec())
+                        .unless_incomplete(drain),
                     Row::new(
                         "PostgreSQL: goldrelay's peak RSS during ingest (the server's not counted)",
                         format!("{:.1} MiB", ingest.peak_rss_kib as f64 / 1024.0),
@@ -299,6 +342,9 @@ impl Report {
             ("goldrelay, 1 client", &self.relay.one),
             ("goldrelay, many clients", &self.relay.many),
         ];
+        for window in &self.sustained.windows {
+            runs.push(("goldrelay, sustained (one window)", window));
+        }
         if let Postgres::Measured(ingest, _) = &self.postgres {
             runs.push(("goldrelay on PostgreSQL, 1 client", &ingest.one));
             runs.push(("goldrelay on PostgreSQL, many clients", &ingest.many));
@@ -335,7 +381,7 @@ impl fmt::Display for Report {
             relay: "goldrelay".into(),
             ceiling: "ceiling (bare handler)".into(),
             ratio: "ratio".into(),
-            target: "target (issue 7)".into(),
+            target: "target (issues 7, 13)".into(),
             verdict: "verdict".into(),
         };
         let rows = self.rows();

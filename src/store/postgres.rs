@@ -3,8 +3,12 @@
 //! Instances claim jobs with `FOR UPDATE SKIP LOCKED`, so no job is held by two
 //! of them, and only a conversation's oldest job is ever claimable, so order
 //! holds across instances. A new job sends `NOTIFY goldrelay_jobs` on commit;
-//! every instance `LISTEN`s and wakes its worker at once. PostgreSQL groups
-//! concurrent commits into shared WAL flushes by itself.
+//! every instance `LISTEN`s and wakes its worker at once.
+//!
+//! Throughput: posted replies go to a few writer tasks, each of which takes
+//! every reply waiting and commits them in one transaction: one multi-row
+//! insert of the replies and their jobs, one WAL flush and one `NOTIFY` per
+//! batch instead of one per reply.
 
 use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
@@ -18,17 +22,35 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, QueryBuilder, Row};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 const CHANNEL: &str = "goldrelay_jobs";
+/// The most replies committed together: bounds one transaction's latency.
+const MAX_BATCH: usize = 256;
+/// Ingest transactions in flight at once. One is filled while another
+/// commits, so a batch never waits for a whole commit before it starts.
+const INGEST_WRITERS: usize = 2;
+/// The most posted replies that may wait for a writer; past this a post is
+/// refused at once (503 with Retry-After) rather than queued for seconds.
+const MAX_WAITING_INGESTS: usize = 2048;
 
 pub struct PostgresStore {
     pool: PgPool,
     /// Asks the announcer to tell every instance that new jobs exist.
     announce: Arc<Notify>,
+    /// Posted replies, waiting for an ingest writer.
+    ingests: mpsc::Sender<PendingIngest>,
+}
+
+/// One posted reply on its way to a writer, and where its answer goes.
+struct PendingIngest {
+    new: NewReply,
+    now: DateTime<Utc>,
+    answer: oneshot::Sender<Result<Ingested, StoreError>>,
 }
 
 impl PostgresStore {
@@ -44,8 +66,341 @@ impl PostgresStore {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let announce = Arc::new(Notify::new());
         tokio::spawn(announce_new_jobs(pool.clone(), announce.clone()));
-        Ok(Self { pool, announce })
+        let (ingests, waiting) = mpsc::channel(MAX_WAITING_INGESTS);
+        let waiting = Arc::new(Mutex::new(waiting));
+        for _ in 0..INGEST_WRITERS {
+            tokio::spawn(run_ingest_writer(pool.clone(), waiting.clone()));
+        }
+        Ok(Self {
+            pool,
+            announce,
+            ingests,
+        })
     }
+}
+
+/// Takes every posted reply waiting (up to [`MAX_BATCH`]), commits them in
+/// one transaction and answers each. Writers take turns at the queue, so
+/// while one commits the next gathers.
+async fn run_ingest_writer(pool: PgPool, waiting: Arc<Mutex<mpsc::Receiver<PendingIngest>>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if waiting.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let (items, answers): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|p| ((p.new, lifecycle::stored_time(p.now)), p.answer))
+            .unzip();
+        let results = ingest_batch(&pool, &items).await;
+        for (answer, result) in answers.into_iter().zip(results) {
+            let _ = answer.send(result);
+        }
+    }
+}
+
+/// Stores a batch of posted replies, answering in the order of `items`. The
+/// whole batch is tried as one statement; if it fails, that transaction is
+/// rolled back and each reply is stored alone (in a savepoint of its own), so
+/// one bad reply fails only itself. A failed commit fails the whole batch.
+async fn ingest_batch(
+    pool: &PgPool,
+    items: &[(NewReply, DateTime<Utc>)],
+) -> Vec<Result<Ingested, StoreError>> {
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(e) => return failed_all(items.len(), &e.into()),
+    };
+    let together = async {
+        let begin = begin_and_lock(items);
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, begin).await?;
+        match try_ingest_batch(&mut tx, items).await {
+            Ok(results) => Ok(Some((tx, results))),
+            Err(e) => {
+                tracing::debug!(error = %e, "a batch of posted replies failed; storing each alone");
+                tx.rollback().await?;
+                Ok::<_, StoreError>(None)
+            }
+        }
+    };
+    let results = match together.await {
+        Ok(Some((tx, results))) => commit_all(tx, results).await,
+        Ok(None) => ingest_each(pool, items).await,
+        Err(e) => failed_all(items.len(), &e),
+    };
+    results
+}
+
+/// Commits a batch's transaction; every answer fails if the commit does.
+async fn commit_all(
+    tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    results: Vec<Result<Ingested, StoreError>>,
+) -> Vec<Result<Ingested, StoreError>> {
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(e) => failed_all(results.len(), &e.into()),
+    }
+}
+
+fn failed_all(n: usize, e: &StoreError) -> Vec<Result<Ingested, StoreError>> {
+    (0..n)
+        .map(|_| Err(StoreError::Commit(e.to_string())))
+        .collect()
+}
+
+/// The fallback: each reply through the state machine in a savepoint of its
+/// own, inside one transaction that took every conversation lock up front,
+/// in the same order as a batch takes them.
+async fn ingest_each(
+    pool: &PgPool,
+    items: &[(NewReply, DateTime<Utc>)],
+) -> Vec<Result<Ingested, StoreError>> {
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(e) => return failed_all(items.len(), &e.into()),
+    };
+    if let Err(e) = lock_conversations(&mut tx, items).await {
+        return failed_all(items.len(), &e);
+    }
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *tx)
+        .await
+    {
+        return failed_all(items.len(), &e.into());
+    }
+    let mut results = Vec::with_capacity(items.len());
+    for (new, now) in items {
+        results.push(ingest_alone(&mut tx, new, *now).await);
+    }
+    commit_all(tx, results).await
+}
+
+async fn ingest_alone(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    new: &NewReply,
+    now: DateTime<Utc>,
+) -> Result<Ingested, StoreError> {
+    let mut savepoint = sqlx::Connection::begin(&mut **tx).await?;
+    match lifecycle::ingest(&mut PgTx(&mut savepoint), new, now).await {
+        Ok(ingested) => {
+            savepoint.commit().await?;
+            Ok(ingested)
+        }
+        Err(e) => {
+            savepoint.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
+/// The advisory-lock key of a conversation, as [`lock_conversation`] spells it.
+fn conversation_key(account_id: i64, conversation_id: i64) -> String {
+    format!("goldrelay:{account_id}:{conversation_id}")
+}
+
+/// Takes the advisory lock of every conversation a batch adds jobs to, in
+/// ascending key order, so two batches (of this or another instance) that
+/// share conversations cannot deadlock.
+async fn lock_conversations(
+    conn: &mut PgConnection,
+    items: &[(NewReply, DateTime<Utc>)],
+) -> Result<(), StoreError> {
+    let keys: Vec<String> = items
+        .iter()
+        .filter(|(new, _)| new.reply.action().sends())
+        .map(|(new, _)| conversation_key(new.reply.account_id(), new.reply.conversation_id()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // Since PostgreSQL 9.6 a volatile output expression is evaluated after
+    // the ORDER BY sort, so the locks are taken in key order.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(k) FROM \
+           (SELECT DISTINCT hashtextextended(c, 0) AS k FROM unnest($1::text[]) AS c) AS keys \
+         ORDER BY k",
+    )
+    .bind(keys)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Inserts a batch's replies and their jobs in one statement. Jobs get their
+/// `seq` in the batch's order, and a job is its conversation's head when it
+/// is the first of the batch there and no job was waiting (the conversation
+/// locks are held, so no other transaction adds one meanwhile). The batch's
+/// one `NOTIFY` is delivered only if the transaction commits.
+const INSERT_BATCH: &str = "WITH input AS ( \
+       SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], \
+         $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+         $13::timestamptz[], $14::bool[], $17::bool[]) WITH ORDINALITY AS t(reply_id, \
+         account_id, conversation_id, action, content, private, approved_by, draft, tags, \
+         metadata, fingerprint, status, received_at, sends, liquid, ord)), \
+     inserted AS ( \
+       INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, \
+         private, approved_by, draft, tags, metadata, fingerprint, status, received_at, \
+         next_attempt_at, liquid) \
+       SELECT reply_id, account_id, conversation_id, action, content, private, approved_by, \
+         draft::jsonb, tags::jsonb, metadata::jsonb, fingerprint, status, received_at, \
+         CASE WHEN sends THEN received_at END, liquid \
+       FROM input ORDER BY ord \
+       ON CONFLICT (reply_id) DO NOTHING RETURNING reply_id), \
+     queued AS ( \
+       SELECT i.*, row_number() OVER (PARTITION BY i.account_id, i.conversation_id \
+         ORDER BY i.ord) AS nth \
+       FROM input i JOIN inserted USING (reply_id) WHERE i.sends), \
+     jobs AS ( \
+       INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
+       SELECT q.reply_id, q.account_id, q.conversation_id, q.received_at, q.nth = 1 AND \
+         NOT EXISTS (SELECT 1 FROM delivery_jobs d \
+           WHERE d.account_id = q.account_id AND d.conversation_id = q.conversation_id) \
+       FROM queued q ORDER BY q.ord) \
+     SELECT inserted.reply_id FROM inserted \
+       LEFT JOIN (SELECT pg_notify($15, '') WHERE $16) AS announced ON true";
+
+/// `BEGIN` and the batch's conversation locks in one round trip (a simple
+/// query may hold several statements; it takes no parameters, but the keys
+/// are made of two integers each, so nothing from outside reaches the SQL).
+/// The locks are taken in key order, as [`lock_conversations`] takes them.
+fn begin_and_lock(items: &[(NewReply, DateTime<Utc>)]) -> String {
+    let keys: std::collections::BTreeSet<String> = items
+        .iter()
+        .filter(|(new, _)| new.reply.action().sends())
+        .map(|(new, _)| {
+            let key = conversation_key(new.reply.account_id(), new.reply.conversation_id());
+            format!("'{key}'")
+        })
+        .collect();
+    if keys.is_empty() {
+        return "BEGIN".into();
+    }
+    let keys: Vec<String> = keys.into_iter().collect();
+    format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(k) FROM \
+           (SELECT DISTINCT hashtextextended(c, 0) AS k FROM unnest(ARRAY[{}]::text[]) AS c) \
+           AS keys ORDER BY k",
+        keys.join(", ")
+    )
+}
+
+/// Stores a batch in one statement (its conversation locks are held); each
+/// reply id already taken is answered from its stored row.
+async fn try_ingest_batch(
+    conn: &mut PgConnection,
+    items: &[(NewReply, DateTime<Utc>)],
+) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
+    // A reply id posted twice in one batch: the first is the one inserted.
+    let mut seen = HashSet::new();
+    let firsts: Vec<&(NewReply, DateTime<Utc>)> = items
+        .iter()
+        .filter(|(new, _)| seen.insert(new.reply.reply_id().as_str()))
+        .collect();
+    let inserted: HashSet<String> = batch_insert(&firsts)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    let taken: Vec<String> = items
+        .iter()
+        .map(|(new, _)| new.reply.reply_id().to_string())
+        .filter(|id| !inserted.contains(id))
+        .collect();
+    let stored = fetch_many(conn, &taken).await?;
+    let mut created = inserted;
+    let mut results = Vec::with_capacity(items.len());
+    for (new, now) in items {
+        let id = new.reply.reply_id().as_str();
+        if created.remove(id) {
+            results.push(Ok(Ingested::Created(lifecycle::created_record(new, *now))));
+            continue;
+        }
+        let row = stored.get(id).cloned().ok_or(StoreError::Unavailable)?;
+        results.push(Ok(lifecycle::existing(row, new)));
+    }
+    Ok(results)
+}
+
+/// The batch insert with every column bound as one array.
+fn batch_insert<'q>(
+    items: &[&'q (NewReply, DateTime<Utc>)],
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
+    let reply = |(new, _): &&'q (NewReply, DateTime<Utc>)| &new.reply;
+    let column = |f: fn(&'q (NewReply, DateTime<Utc>)) -> String| -> Vec<String> {
+        items.iter().map(|item| f(item)).collect()
+    };
+    let sends: Vec<bool> = items.iter().map(|i| reply(i).action().sends()).collect();
+    let any_job = sends.iter().any(|s| *s);
+    sqlx::query_scalar(INSERT_BATCH)
+        .bind(column(|(n, _)| n.reply.reply_id().to_string()))
+        .bind(
+            items
+                .iter()
+                .map(|i| reply(i).account_id())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            items
+                .iter()
+                .map(|i| reply(i).conversation_id())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|(n, _)| n.reply.action().as_str().to_owned()))
+        .bind(column(|(n, _)| n.reply.content().to_owned()))
+        .bind(items.iter().map(|i| reply(i).private()).collect::<Vec<_>>())
+        .bind(
+            items
+                .iter()
+                .map(|i| reply(i).approved_by())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            items
+                .iter()
+                .map(|(n, _)| n.draft.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            items
+                .iter()
+                .map(|(n, _)| n.tags.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            items
+                .iter()
+                .map(|(n, _)| n.metadata.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            items
+                .iter()
+                .map(|(n, _)| n.fingerprint.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|(n, _)| n.initial_status().as_str().to_owned()))
+        .bind(items.iter().map(|(_, now)| *now).collect::<Vec<_>>())
+        .bind(sends)
+        .bind(CHANNEL)
+        .bind(any_job)
+        .bind(items.iter().map(|i| reply(i).liquid()).collect::<Vec<_>>())
+}
+
+/// The stored rows of `reply_ids`, by id.
+async fn fetch_many(
+    conn: &mut PgConnection,
+    reply_ids: &[String],
+) -> Result<HashMap<String, Stored>, StoreError> {
+    if reply_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = ANY($1)");
+    let rows = sqlx::query(&sql).bind(reply_ids).fetch_all(conn).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("reply_id")?, stored(row)?)))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
 }
 
 fn stored(row: &PgRow) -> Result<Stored, sqlx::Error> {
@@ -98,7 +453,7 @@ async fn lock_conversation(
     conversation_id: i64,
 ) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("goldrelay:{account_id}:{conversation_id}"))
+        .bind(conversation_key(account_id, conversation_id))
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -212,35 +567,40 @@ impl Tx for PgTx<'_> {
         reply_id: &str,
         owner: Option<&str>,
     ) -> Result<bool, StoreError> {
+        // Finding the job's conversation and taking its lock is one round
+        // trip; the key is spelled as `conversation_key` spells it.
         let line: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT account_id, conversation_id FROM delivery_jobs WHERE reply_id = $1",
+            "SELECT account_id, conversation_id FROM ( \
+               SELECT account_id, conversation_id, pg_advisory_xact_lock(hashtextextended( \
+                 'goldrelay:' || account_id || ':' || conversation_id, 0)) \
+               FROM delivery_jobs WHERE reply_id = $1) AS locked",
         )
         .bind(reply_id)
         .fetch_optional(&mut *self.0)
         .await?;
-        let Some((account_id, conversation_id)) = line else {
+        if line.is_none() {
             return Ok(false);
-        };
-        lock_conversation(self.0, account_id, conversation_id).await?;
-        let removed = sqlx::query(
-            "DELETE FROM delivery_jobs WHERE reply_id = $1 AND ($2::text IS NULL OR lease_owner = $2)",
+        }
+        // Under the lock: remove the job and make the oldest of the rest of
+        // its line the head (the statement still sees the removed row, so it
+        // is left out by name).
+        let removed: i64 = sqlx::query_scalar(
+            "WITH gone AS ( \
+               DELETE FROM delivery_jobs WHERE reply_id = $1 \
+               AND ($2::text IS NULL OR lease_owner = $2) \
+               RETURNING seq, account_id, conversation_id), \
+             head AS ( \
+               UPDATE delivery_jobs SET is_head = true WHERE seq = ( \
+                 SELECT MIN(d.seq) FROM delivery_jobs d JOIN gone \
+                 ON d.account_id = gone.account_id AND d.conversation_id = gone.conversation_id \
+                 WHERE d.seq <> gone.seq)) \
+             SELECT COUNT(*) FROM gone",
         )
         .bind(reply_id)
         .bind(owner)
-        .execute(&mut *self.0)
+        .fetch_one(&mut *self.0)
         .await?;
-        if removed.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "UPDATE delivery_jobs SET is_head = true WHERE seq = (SELECT MIN(seq) FROM delivery_jobs \
-             WHERE account_id = $1 AND conversation_id = $2)",
-        )
-        .bind(account_id)
-        .bind(conversation_id)
-        .execute(&mut *self.0)
-        .await?;
-        Ok(true)
+        Ok(removed > 0)
     }
 
     async fn reschedule_job(
@@ -289,14 +649,15 @@ impl Tx for PgTx<'_> {
 #[async_trait]
 impl Store for PostgresStore {
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError> {
+        // The writer's transaction sends the NOTIFY for new jobs itself.
+        let (answer, answered) = oneshot::channel();
         let new = NewReply::new(reply);
-        let mut tx = self.pool.begin().await?;
-        let ingested = lifecycle::ingest(&mut PgTx(&mut tx), &new, now).await?;
-        tx.commit().await?;
-        if matches!(ingested, Ingested::Created(_)) && reply.action().sends() {
-            self.announce.notify_one();
-        }
-        Ok(ingested)
+        let pending = PendingIngest { new, now, answer };
+        self.ingests.try_send(pending).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(MAX_WAITING_INGESTS),
+            mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
+        })?;
+        answered.await.map_err(|_| StoreError::Unavailable)?
     }
 
     async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {
@@ -314,48 +675,49 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
-        let mut tx = self.pool.begin().await?;
+        // One statement, so one round trip and no explicit transaction: pick
+        // the due heads, lease them, and count the attempt on their replies.
         let sql = "WITH picked AS ( \
                SELECT j.seq, j.maybe_sent AS was_maybe_sent FROM delivery_jobs j \
                WHERE j.is_head AND j.due_at <= $1 \
                AND (j.lease_until IS NULL OR j.lease_until <= $1) \
-               ORDER BY j.due_at, j.seq LIMIT $2 FOR UPDATE OF j SKIP LOCKED) \
-             UPDATE delivery_jobs j SET lease_owner = $3, lease_until = $4, maybe_sent = true \
-             FROM picked WHERE j.seq = picked.seq \
-             RETURNING j.reply_id, j.account_id, j.conversation_id, picked.was_maybe_sent";
+               ORDER BY j.due_at, j.seq LIMIT $2 FOR UPDATE OF j SKIP LOCKED), \
+             leased AS ( \
+               UPDATE delivery_jobs j SET lease_owner = $3, lease_until = $4, maybe_sent = true \
+               FROM picked WHERE j.seq = picked.seq \
+               RETURNING j.seq, j.due_at, j.reply_id, j.account_id, j.conversation_id, \
+                 picked.was_maybe_sent), \
+             counted AS ( \
+               UPDATE gold_replies r SET attempts = r.attempts + 1 FROM leased \
+               WHERE r.reply_id = leased.reply_id \
+               RETURNING r.reply_id, r.content, r.private, r.liquid, r.attempts, \
+                 COALESCE(r.requeued_at, r.received_at) AS age_from, \
+                 r.received_at AS accepted_at) \
+             SELECT l.reply_id, l.account_id, l.conversation_id, l.was_maybe_sent, \
+               c.content, c.private, c.liquid, c.attempts, c.age_from, c.accepted_at \
+             FROM leased l JOIN counted c USING (reply_id) ORDER BY l.due_at, l.seq";
         let leased = sqlx::query(sql)
             .bind(now)
             .bind(limit as i64)
             .bind(owner)
             .bind(lease_until)
-            .fetch_all(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
-        let mut jobs = Vec::with_capacity(leased.len());
-        for row in leased {
-            let reply_id: String = row.try_get("reply_id")?;
-            let reply = sqlx::query(
-                "UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = $1 \
-                 RETURNING content, private, liquid, attempts, COALESCE(requeued_at, received_at) AS age_from, \
-                 received_at AS accepted_at",
-            )
-            .bind(&reply_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            jobs.push(Job {
-                reply_id,
+        let job = |row: &PgRow| -> Result<Job, sqlx::Error> {
+            Ok(Job {
+                reply_id: row.try_get("reply_id")?,
                 account_id: row.try_get("account_id")?,
                 conversation_id: row.try_get("conversation_id")?,
-                content: reply.try_get("content")?,
-                private: reply.try_get("private")?,
-                liquid: reply.try_get("liquid")?,
-                attempt: reply.try_get::<i32, _>("attempts")?.into(),
-                received_at: reply.try_get("age_from")?,
-                accepted_at: reply.try_get("accepted_at")?,
+                content: row.try_get("content")?,
+                private: row.try_get("private")?,
+                liquid: row.try_get("liquid")?,
+                attempt: row.try_get::<i32, _>("attempts")?.into(),
+                received_at: row.try_get("age_from")?,
+                accepted_at: row.try_get("accepted_at")?,
                 maybe_sent: row.try_get("was_maybe_sent")?,
-            });
-        }
-        tx.commit().await?;
-        Ok(jobs)
+            })
+        };
+        Ok(leased.iter().map(job).collect::<Result<_, _>>()?)
     }
 
     async fn finish(

@@ -23,6 +23,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, QueryBuilder, Row};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,9 +68,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // Checkpoints run in a task of their own: copying the WAL into the
-        // database inside the writer would stall every request waiting on it.
-        // The WAL file is cut back to 64 MB whenever it restarts.
+        // Checkpoints copy the WAL into the database in a task of their own:
+        // copying inside the writer would stall every request waiting on it.
+        // The writer only restarts the WAL (see `restart_wal`), and the file
+        // is cut back to 64 MB whenever it restarts.
         let writer_options = options
             .clone()
             .pragma("wal_autocheckpoint", "0")
@@ -78,13 +81,14 @@ impl SqliteStore {
             .run(&mut writer)
             .await?;
         let checkpointer = SqliteConnection::connect_with(&options).await?;
-        tokio::spawn(checkpoint_regularly(checkpointer));
+        let wal_frames = std::sync::Arc::new(AtomicI64::new(0));
+        tokio::spawn(checkpoint_regularly(checkpointer, wal_frames.clone()));
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
         let (writes, rx) = mpsc::channel(MAX_WAITING_WRITES);
-        tokio::spawn(run_writer(writer, rx));
+        tokio::spawn(run_writer(writer, rx, wal_frames));
         Ok(Self {
             writes,
             reads,
@@ -128,19 +132,49 @@ impl SqliteStore {
     }
 }
 
-/// Copies the WAL into the database every half second without blocking the
-/// writer (PASSIVE), so commits stay short. The WAL restarts from its
-/// beginning once a checkpoint has caught up with the writer, which a lull of
-/// a fraction of a second allows; under hours of sustained load it keeps growing.
-async fn checkpoint_regularly(mut conn: SqliteConnection) {
-    const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// WAL frames (4 KiB pages) past which the writer restarts the WAL between
+/// two batches: about 40 MiB, so with what is written until the writer next
+/// looks, the file stays under the 64 MiB the issue allows.
+const RESTART_WAL_FRAMES: i64 = 10 * 1024;
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// Copies the WAL into the database often, without blocking the writer
+/// (PASSIVE), and publishes the WAL's length in frames for the writer. A
+/// PASSIVE checkpoint cannot restart the WAL under sustained writes (new
+/// frames always follow the ones it copied), so the writer does that, cheaply,
+/// since nearly everything is copied by then.
+async fn checkpoint_regularly(mut conn: SqliteConnection, wal_frames: Arc<AtomicI64>) {
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed; the WAL grows until the next one");
+        match checkpoint(&mut conn, "PASSIVE").await {
+            Ok(frames) => wal_frames.store(frames, Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed; the WAL grows until the next one")
+            }
+        }
+    }
+}
+
+/// Runs one checkpoint in `mode`; returns the WAL's length in frames.
+async fn checkpoint(conn: &mut SqliteConnection, mode: &str) -> Result<i64, sqlx::Error> {
+    let sql = format!("PRAGMA wal_checkpoint({mode})");
+    let (_busy, frames, _copied): (i64, i64, i64) = sqlx::query_as(&sql).fetch_one(conn).await?;
+    Ok(frames)
+}
+
+/// Between two batches, once the WAL is long: copies what the checkpointer
+/// has not yet (a fraction of a second of writes) and makes the next commit
+/// write from the start of the WAL again (RESTART waits for readers on older
+/// snapshots, which reads keep short).
+async fn restart_wal(conn: &mut SqliteConnection, wal_frames: &AtomicI64) {
+    if wal_frames.load(Ordering::Relaxed) < RESTART_WAL_FRAMES {
+        return;
+    }
+    match checkpoint(conn, "RESTART").await {
+        Ok(_) => wal_frames.store(0, Ordering::Relaxed),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not restart the WAL; trying after the next batch")
         }
     }
 }
@@ -149,7 +183,11 @@ async fn checkpoint_regularly(mut conn: SqliteConnection) {
 /// answers them all. Each write runs inside a savepoint of its own, so a write
 /// that fails leaves nothing behind and its neighbours commit as if it had
 /// never been there.
-async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
+async fn run_writer(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Write>,
+    wal_frames: Arc<AtomicI64>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // If the transaction cannot even begin, the writes are dropped unrun
@@ -179,6 +217,7 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
             let result = committed.clone().map_err(StoreError::Commit).and(result);
             let _ = answer.send(result);
         }
+        restart_wal(&mut conn, &wal_frames).await;
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Settings {
     pub max_age: Duration,
     /// `GOLDRELAY_MAX_BODY`: the largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// `GOLDRELAY_WRITE_QUEUE`: the most writes that may wait for the database
+    /// before new posts are answered 503 with Retry-After.
+    pub write_queue: usize,
     /// `GOLDRELAY_SEND_RATE`: Chatwoot requests per second, all conversations together; 0 lifts the cap.
     pub send_rate: u32,
     /// `GOLDRELAY_DELIVERY_CONCURRENCY`: conversations delivered to at once.
@@ -232,6 +235,7 @@ impl Settings {
             max_attempts: env.parsed("GOLDRELAY_MAX_ATTEMPTS", 50),
             max_age: env.duration("GOLDRELAY_MAX_AGE", "24h"),
             max_body_bytes: env.parsed("GOLDRELAY_MAX_BODY", 256 * 1024),
+            write_queue: env.parsed("GOLDRELAY_WRITE_QUEUE", 2048),
             send_rate: env.parsed("GOLDRELAY_SEND_RATE", 40),
             delivery_concurrency: env.parsed("GOLDRELAY_DELIVERY_CONCURRENCY", 16),
             shutdown_drain: env.duration("GOLDRELAY_SHUTDOWN_DRAIN", "25s"),
@@ -253,6 +257,10 @@ impl Settings {
         env.check(
             settings.delivery_concurrency >= 1,
             "GOLDRELAY_DELIVERY_CONCURRENCY must be at least 1",
+        );
+        env.check(
+            settings.write_queue >= 1,
+            "GOLDRELAY_WRITE_QUEUE must be at least 1",
         );
         env.check(
             settings.retry_base <= settings.retry_max,

@@ -28,7 +28,10 @@ pub struct Application {
 impl Application {
     /// Opens the store, binds the listener (port 0 picks a free one) and builds the worker.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let store = store::open(&settings.database_url)
+        let tuning = store::StoreOptions {
+            max_waiting_writes: settings.write_queue,
+        };
+        let store = store::open_with(&settings.database_url, &tuning)
             .await
             .with_context(|| format!("could not open the database at {}", settings.database_url))?;
         let client = ChatwootClient::new(

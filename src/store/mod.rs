@@ -324,8 +324,33 @@ pub(crate) fn status_counts(rows: Vec<(String, i64)>) -> Vec<(Status, i64)> {
 /// Opens the store `url` names and applies its migrations. Refuses a database
 /// whose schema is newer than this build knows (sqlx reports the unknown migration).
 pub async fn open(url: &DatabaseUrl) -> Result<SharedStore, StoreError> {
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// [`open`], tuned.
+pub async fn open_with(
+    url: &DatabaseUrl,
+    options: &StoreOptions,
+) -> Result<SharedStore, StoreError> {
     match url.backend() {
-        Backend::Postgres => Ok(Arc::new(PostgresStore::open(url.expose()).await?)),
-        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(url.expose()).await?)),
+        Backend::Postgres => Ok(Arc::new(PostgresStore::open(url.expose(), options).await?)),
+        Backend::Sqlite => Ok(Arc::new(SqliteStore::open(url.expose(), options).await?)),
+    }
+}
+
+/// How a store is run.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The most writes that may wait for the database. Past this a new
+    /// write is refused at once ([`StoreError::Overloaded`]: a post gets 503
+    /// with Retry-After) rather than queued behind seconds of backlog.
+    pub max_waiting_writes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_waiting_writes: 2048,
+        }
     }
 }

@@ -16,7 +16,7 @@ use super::{
     ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
     STALE_CHANNEL_STATUSES,
 };
-use super::{ExportPage, ExportRecord, EXPORT_COLUMNS};
+use super::{ExportPage, ExportRecord, StoreOptions, EXPORT_COLUMNS};
 use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -34,9 +34,6 @@ const MAX_BATCH: usize = 256;
 /// Ingest transactions in flight at once. One is filled while another
 /// commits, so a batch never waits for a whole commit before it starts.
 const INGEST_WRITERS: usize = 2;
-/// The most posted replies that may wait for a writer; past this a post is
-/// refused at once (503 with Retry-After) rather than queued for seconds.
-const MAX_WAITING_INGESTS: usize = 2048;
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -44,6 +41,8 @@ pub struct PostgresStore {
     announce: Arc<Notify>,
     /// Posted replies, waiting for an ingest writer.
     ingests: mpsc::Sender<PendingIngest>,
+    /// How many posted replies may wait for a writer ([`StoreOptions`]).
+    most_waiting: usize,
 }
 
 /// One posted reply on its way to a writer, and where its answer goes.
@@ -55,7 +54,7 @@ struct PendingIngest {
 
 impl PostgresStore {
     /// Connects, and migrates unless another instance holds the migration lock.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, tuning: &StoreOptions) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -66,7 +65,8 @@ impl PostgresStore {
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let announce = Arc::new(Notify::new());
         tokio::spawn(announce_new_jobs(pool.clone(), announce.clone()));
-        let (ingests, waiting) = mpsc::channel(MAX_WAITING_INGESTS);
+        let most = tuning.max_waiting_writes.max(1);
+        let (ingests, waiting) = mpsc::channel(most);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..INGEST_WRITERS {
             tokio::spawn(run_ingest_writer(pool.clone(), waiting.clone()));
@@ -75,6 +75,7 @@ impl PostgresStore {
             pool,
             announce,
             ingests,
+            most_waiting: most,
         })
     }
 }
@@ -654,7 +655,7 @@ impl Store for PostgresStore {
         let new = NewReply::new(reply);
         let pending = PendingIngest { new, now, answer };
         self.ingests.try_send(pending).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(MAX_WAITING_INGESTS),
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(self.most_waiting),
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
         })?;
         answered.await.map_err(|_| StoreError::Unavailable)?

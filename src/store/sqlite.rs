@@ -12,7 +12,7 @@ use super::{
     ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
     STALE_CHANNEL_STATUSES,
 };
-use super::{ExportPage, ExportRecord, EXPORT_COLUMNS};
+use super::{ExportPage, ExportRecord, StoreOptions, EXPORT_COLUMNS};
 use crate::domain::{ChatwootEvent, GoldReply, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
@@ -30,10 +30,6 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The most writes committed together: bounds one transaction's latency.
 const MAX_BATCH: usize = 512;
-/// The most writes that may wait for the writer. Past this a new write is
-/// refused at once (and a post answered 503 with Retry-After) rather than
-/// queued behind a backlog of several seconds.
-pub const MAX_WAITING_WRITES: usize = 2048;
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 type WriteOp =
@@ -55,13 +51,15 @@ struct PendingIngest {
 pub struct SqliteStore {
     writes: mpsc::Sender<Write>,
     reads: SqlitePool,
+    /// How many writes may wait for the writer ([`StoreOptions`]).
+    waiting: usize,
     /// The worker to wake after a commit that added a job.
     wake: std::sync::OnceLock<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and migrates it.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, tuning: &StoreOptions) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -87,11 +85,13 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await?;
-        let (writes, rx) = mpsc::channel(MAX_WAITING_WRITES);
+        let waiting = tuning.max_waiting_writes.max(1);
+        let (writes, rx) = mpsc::channel(waiting);
         tokio::spawn(run_writer(writer, rx, wal_frames));
         Ok(Self {
             writes,
             reads,
+            waiting,
             wake: std::sync::OnceLock::new(),
         })
     }
@@ -126,7 +126,7 @@ impl SqliteStore {
     /// Hands a write to the writer, or refuses it at once when too many wait.
     fn enqueue_write(&self, write: Write) -> Result<(), StoreError> {
         self.writes.try_send(write).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(MAX_WAITING_WRITES),
+            mpsc::error::TrySendError::Full(_) => StoreError::Overloaded(self.waiting),
             mpsc::error::TrySendError::Closed(_) => StoreError::Unavailable,
         })
     }

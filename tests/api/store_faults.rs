@@ -200,3 +200,109 @@ fn a_database_url_of_an_unknown_kind_is_refused_by_every_command_in_one_line() {
         );
     }
 }
+
+/// Holds the database's write lock (SQLite) or a conversation's line lock
+/// (PostgreSQL) until dropped, as a stalled disk or a long transaction would.
+enum Stall {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+async fn stall_writes(url: &str, conversation_id: i64) -> Stall {
+    use sqlx::{Connection, Executor};
+    match Backend::of(url) {
+        Some(Backend::Postgres) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            let lock = format!(
+                "SELECT pg_advisory_lock(hashtextextended('goldrelay:1:{conversation_id}', 0))"
+            );
+            conn.execute(lock.as_str()).await.unwrap();
+            Stall::Postgres(conn)
+        }
+        _ => {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            conn.execute("BEGIN IMMEDIATE").await.unwrap();
+            Stall::Sqlite(conn)
+        }
+    }
+}
+
+async fn release(stall: Stall) {
+    use sqlx::Connection;
+    match stall {
+        Stall::Sqlite(conn) => conn.close().await.unwrap(),
+        Stall::Postgres(conn) => conn.close().await.unwrap(),
+    }
+}
+
+/// Runs on whichever backend `TEST_DATABASE_URL` selects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_writes_back_up_new_posts_get_503_with_retry_after_at_once_and_nothing_accepted_is_lost(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = helpers::database_url(&dir);
+    let app = spawn_app_with(SandboxConfig::default(), |settings| {
+        settings.database_url = DatabaseUrl::parse(&url).unwrap();
+        settings.write_queue = 4;
+    })
+    .await;
+    let stall = stall_writes(&url, 77).await;
+    let mut posts = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let api = helpers::Api::new(app.api.address.clone());
+        posts.spawn(async move {
+            let id = format!("gr-flood-{i}");
+            let started = std::time::Instant::now();
+            let response = api.post_reply(&helpers::reply(&id, 77)).await;
+            let retry_after = response.headers().get("retry-after").cloned();
+            let status = response.status().as_u16();
+            let took = started.elapsed();
+            let problem = response.text().await.unwrap_or_default();
+            (id, status, retry_after.zip(Some(problem)), took)
+        });
+    }
+    // The writes the store cannot take are refused while the rest wait.
+    let mut refused = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while refused.len() < 12 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(Some(done)) = tokio::time::timeout(left, posts.join_next()).await else {
+            panic!(
+                "only {} posts were refused while writes were stalled",
+                refused.len()
+            );
+        };
+        let (id, status, retry_after, took) = done.unwrap();
+        assert_eq!(
+            status, 503,
+            "{id} was answered {status} while writes were stalled"
+        );
+        let (_, problem) = retry_after.expect("a 503 carries Retry-After");
+        assert!(problem.contains("store-overloaded"), "{id}: {problem}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{id} waited {took:?} to be refused"
+        );
+        refused.push(id);
+    }
+    release(stall).await;
+    while let Some(done) = posts.join_next().await {
+        let (id, status, _, _) = done.unwrap();
+        match status {
+            202 => {}
+            503 => refused.push(id),
+            other => panic!("{id} was answered {other}"),
+        }
+    }
+    for id in &refused {
+        let again = app.api.post_reply(&helpers::reply(id, 77)).await;
+        assert_eq!(again.status(), 202, "{id} posted again");
+    }
+    for i in 0..24 {
+        let id = format!("gr-flood-{i}");
+        app.api
+            .wait_for_status(&id, "delivered", helpers::PATIENCE)
+            .await;
+        assert_eq!(helpers::creates_of(&app.chatwoot, &id), 1, "{id}");
+    }
+}

@@ -26,6 +26,7 @@ mod operations;
 mod ordering;
 mod postgres_instances;
 mod postgres_outage;
+mod properties;
 mod restart;
 mod sandbox;
 mod send_pace;

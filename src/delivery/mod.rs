@@ -75,7 +75,11 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Dura
     let full = base.saturating_mul(2u32.saturating_pow(exp)).min(max);
     // A jitter that is not a number gives the full step; float rounding never
     // takes the wait past the step, nor past what a Duration can hold.
-    let jitter = if jitter.is_nan() { 1.0 } else { jitter.clamp(0.0, 1.0) };
+    let jitter = if jitter.is_nan() {
+        1.0
+    } else {
+        jitter.clamp(0.0, 1.0)
+    };
     Duration::try_from_secs_f64(full.as_secs_f64() * (0.5 + 0.5 * jitter))
         .map_or(full, |wait| wait.min(full))
 }

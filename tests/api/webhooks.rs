@@ -544,3 +544,26 @@ async fn a_status_change_no_event_shows_is_read_from_chatwoot_once_newer_message
     let record = wait_for_channel_status(&app, "gr-buried-status", "delivered").await;
     assert!(record["channel_error"].is_null(), "{record}");
 }
+
+/// PostgreSQL refuses NUL in text and jsonb; Chatwoot does not retry a
+/// webhook, so an event carrying one must still be stored and applied.
+#[tokio::test]
+async fn an_event_whose_texts_hold_nul_is_stored_and_applied() {
+    let app = spawn_app().await;
+    app.api.accept(&reply("gr-nul", 15)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-nul", "delivered", Duration::from_secs(5))
+        .await;
+    let message_id = record["chatwoot_message_id"].as_i64().unwrap();
+    let mut body = echo_body("gr-nul", 15, message_id);
+    body["content"] = json!("a customer wrote \u{0} here");
+    body["content_attributes"]["nul\u{0}key"] = json!("x\u{0}y");
+    let response = deliver(&app, &body.to_string(), &now(), WEBHOOK_SECRET, "d-nul").await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let record = app
+        .api
+        .wait_for_status("gr-nul", "confirmed", Duration::from_secs(5))
+        .await;
+    assert_eq!(record["chatwoot_message_id"], message_id);
+}

@@ -398,11 +398,14 @@ async fn the_openapi_document_describes_exactly_the_routes_the_server_has() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_reaches_a_log_line_even_on_errors() {
     const CHATWOOT_TOKEN: &str = "chatwoot-api-token-that-is-wrong-XYZ";
+    const PATH_TOKEN: &str = "webhook-path-token-0123456789abcdefgh";
     let chatwoot =
         sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}/x.db", dir.path().display());
-    let serve = Serve::new(&database, &chatwoot).env("CHATWOOT_API_TOKEN", CHATWOOT_TOKEN);
+    let serve = Serve::new(&database, &chatwoot)
+        .env("CHATWOOT_API_TOKEN", CHATWOOT_TOKEN)
+        .env("GOLDRELAY_WEBHOOK_PATH_TOKEN", PATH_TOKEN);
     let relay = serve.start("goldrelay").await;
     let api = &relay.api;
     // A wrong bearer token that looks like a real one, a good post that Chatwoot
@@ -430,9 +433,28 @@ async fn no_secret_reaches_a_log_line_even_on_errors() {
         .await
         .unwrap();
     assert_eq!(webhook.status(), 401);
+    // The unsigned path-token route: its log line names the route template.
+    for token in [PATH_TOKEN, "webhook-path-token-0123456789abcdefgX"] {
+        api.client
+            .post(format!("{}/api/webhooks/chatwoot/{token}", api.address))
+            .json(&serde_json::json!({"event": "conversation_updated", "id": 1}))
+            .send()
+            .await
+            .unwrap();
+    }
     relay.kill();
     let text = read_log(&serve.log_of("goldrelay"));
-    for secret in [TOKEN, CHATWOOT_TOKEN, WEBHOOK_SECRET] {
+    assert!(
+        text.contains("/api/webhooks/chatwoot/{token}"),
+        "no request line for the path-token route:\n{text}"
+    );
+    for secret in [
+        TOKEN,
+        CHATWOOT_TOKEN,
+        WEBHOOK_SECRET,
+        PATH_TOKEN,
+        "0123456789abcdefgX",
+    ] {
         assert!(!text.contains(secret), "a secret reached the log:\n{text}");
     }
     let lines: Vec<Value> = text

@@ -2,7 +2,7 @@
 
 use crate::chatwoot::{ChatwootClient, SendError};
 use crate::config::Settings;
-use crate::domain::{Status, UnknownStatus};
+use crate::domain::{ReplyId, Status, UnknownStatus};
 use crate::store::{
     self, export_lines, parse_cursor, ReplyFilter, ReplyRecord, Requeued, SharedStore,
 };
@@ -42,9 +42,14 @@ pub async fn list(store: &SharedStore, filter: ReplyFilter) -> anyhow::Result<St
     Ok(out)
 }
 
+/// A reply id from the command line; an impossible one names the rule.
+fn parse_reply_id(raw: &str) -> anyhow::Result<ReplyId> {
+    ReplyId::parse(raw).map_err(|rule| anyhow::anyhow!("{raw:?} is not a reply_id: it {rule}"))
+}
+
 /// `goldrelay replies show ID`: the full status record as JSON.
 pub async fn show(store: &SharedStore, reply_id: &str) -> anyhow::Result<String> {
-    match store.reply(reply_id).await? {
+    match store.reply(&parse_reply_id(reply_id)?).await? {
         Some(record) => Ok(serde_json::to_string_pretty(&record)? + "\n"),
         None => bail!("no gold reply has reply_id {reply_id:?}"),
     }
@@ -57,7 +62,10 @@ pub async fn retry(
     reply_id: &str,
     force: bool,
 ) -> anyhow::Result<(ReplyRecord, bool)> {
-    match store.requeue(reply_id, force, Utc::now()).await? {
+    match store
+        .requeue(&parse_reply_id(reply_id)?, force, Utc::now())
+        .await?
+    {
         Requeued::Queued {
             record,
             lookup_first,

@@ -374,7 +374,7 @@ impl Worker {
             .create_message(
                 job.account_id,
                 job.conversation_id,
-                &job.reply_id,
+                job.reply_id.as_str(),
                 &crate::chatwoot::as_sent(&job.content, job.liquid),
                 job.private,
             )
@@ -444,7 +444,7 @@ impl Worker {
             .find_reply(
                 job.account_id,
                 job.conversation_id,
-                &job.reply_id,
+                job.reply_id.as_str(),
                 job.accepted_at,
                 || self.pace(),
             )
@@ -580,7 +580,7 @@ impl Worker {
     /// One log line and the metrics for one attempt.
     fn observe(&self, job: &Job, outcome: &Outcome, chatwoot_status: Option<u16>) {
         let (reply_id, conversation_id, attempt) =
-            (&job.reply_id, job.conversation_id, job.attempt);
+            (job.reply_id.as_str(), job.conversation_id, job.attempt);
         match outcome {
             Outcome::Delivered { message_id } => {
                 self.metrics.attempt("delivered");

@@ -53,7 +53,7 @@ async fn ingest(
     let (outcome, mut response) = match ingested {
         Ingested::Created(record) => ("accepted", located(HttpResponse::Accepted(), &record)),
         Ingested::Existing(record) => ("duplicate", located(HttpResponse::Ok(), &record)),
-        Ingested::Conflict(record) => return Err(ApiError::Conflict(record.reply_id)),
+        Ingested::Conflict(record) => return Err(ApiError::Conflict(record.reply_id.to_string())),
     };
     response
         .extensions_mut()
@@ -84,7 +84,7 @@ pub async fn get_reply(
     let id = reply_id(&path)?;
     let record = state
         .store
-        .reply(id.as_str())
+        .reply(&id)
         .await
         .map_err(ApiError::StoreUnavailable)?
         .ok_or_else(|| not_found(&path))?;
@@ -104,7 +104,7 @@ pub async fn retry_reply(
     let id = reply_id(&path)?;
     let requeued = state
         .store
-        .requeue(id.as_str(), force, Utc::now())
+        .requeue(&id, force, Utc::now())
         .await
         .map_err(ApiError::StoreUnavailable)?;
     match requeued {
@@ -205,6 +205,6 @@ fn decode_cursor(raw: &str) -> Option<Cursor> {
     let received_at = DateTime::from_timestamp_millis(ms.parse().ok()?)?;
     Some(Cursor {
         received_at,
-        reply_id: ReplyId::parse(reply_id).ok()?.to_string(),
+        reply_id: ReplyId::parse(reply_id).ok()?,
     })
 }

@@ -33,7 +33,7 @@ pub struct ExportPage {
 /// decided, by whom, and what became of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExportRecord {
-    pub reply_id: String,
+    pub reply_id: ReplyId,
     pub account_id: i64,
     pub conversation_id: i64,
     pub action: String,
@@ -87,7 +87,7 @@ pub fn parse_cursor(raw: &str) -> Option<Cursor> {
     let (micros, reply_id) = raw.split_once('.')?;
     Some(Cursor {
         received_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        reply_id: ReplyId::parse(reply_id).ok()?.to_string(),
+        reply_id: ReplyId::parse(reply_id).ok()?,
     })
 }
 
@@ -154,7 +154,7 @@ mod tests {
     fn a_cursor_reads_back_as_the_position_it_was_made_from() {
         let cursor = Cursor {
             received_at: DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap(),
-            reply_id: "gr.2026:11-29_x".into(),
+            reply_id: ReplyId::parse("gr.2026:11-29_x").unwrap(),
         };
         assert_eq!(parse_cursor(&format_cursor(&cursor)), Some(cursor));
     }

@@ -231,7 +231,7 @@ pub(crate) fn created_record(new: &NewReply, now: DateTime<Utc>) -> ReplyRecord 
     let at = stored_time(now);
     let reply = &new.reply;
     ReplyRecord {
-        reply_id: reply.reply_id().to_string(),
+        reply_id: reply.reply_id().clone(),
         account_id: reply.account_id(),
         conversation_id: reply.conversation_id(),
         action: reply.action().as_str().to_owned(),
@@ -456,9 +456,9 @@ async fn apply(
         );
         return Ok(EventOutcome::Mismatch);
     }
-    confirm(tx, &record.reply_id, message.id, now).await?;
+    confirm(tx, record.reply_id.as_str(), message.id, now).await?;
     if let Some(report) = report {
-        channel_status(tx, &record.reply_id, message.id, report, now).await?;
+        channel_status(tx, record.reply_id.as_str(), message.id, report, now).await?;
     }
     Ok(EventOutcome::Processed)
 }

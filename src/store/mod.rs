@@ -16,7 +16,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub use crate::config::{Backend, DatabaseUrl};
-use crate::domain::{ChatwootEvent, GoldReply, Status};
+use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -45,7 +45,7 @@ pub enum StoreError {
 /// The public record of one gold reply: what `GET /api/gold-replies/{id}` shows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplyRecord {
-    pub reply_id: String,
+    pub reply_id: ReplyId,
     pub account_id: i64,
     pub conversation_id: i64,
     pub action: String,
@@ -75,7 +75,7 @@ pub enum Ingested {
 /// A delivery job the worker holds under a lease.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub reply_id: String,
+    pub reply_id: ReplyId,
     pub account_id: i64,
     pub conversation_id: i64,
     pub content: String,
@@ -128,7 +128,7 @@ pub struct ReplyFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cursor {
     pub received_at: DateTime<Utc>,
-    pub reply_id: String,
+    pub reply_id: ReplyId,
 }
 
 /// What putting a reply back in the queue did.
@@ -162,7 +162,7 @@ pub enum EventOutcome {
 /// the new one: the worker reads it from Chatwoot's message list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleChannelStatus {
-    pub reply_id: String,
+    pub reply_id: ReplyId,
     pub account_id: i64,
     pub conversation_id: i64,
     /// The Chatwoot message to read (`GET …/messages?after=<message_id - 1>`).
@@ -186,7 +186,7 @@ pub trait Store: Send + Sync {
     async fn ingest(&self, reply: &GoldReply, now: DateTime<Utc>) -> Result<Ingested, StoreError>;
 
     /// One reply's record.
-    async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError>;
+    async fn reply(&self, reply_id: &ReplyId) -> Result<Option<ReplyRecord>, StoreError>;
 
     /// Leases up to `limit` due jobs, at most one per conversation and always that
     /// conversation's oldest, so replies reach each conversation in order.
@@ -201,7 +201,7 @@ pub trait Store: Send + Sync {
     /// Records how an attempt on a job leased by `owner` ended.
     async fn finish(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         owner: &str,
         outcome: Outcome,
         now: DateTime<Utc>,
@@ -215,7 +215,7 @@ pub trait Store: Send + Sync {
     /// unless `force`.
     async fn requeue(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         force: bool,
         now: DateTime<Utc>,
     ) -> Result<Requeued, StoreError>;
@@ -245,7 +245,7 @@ pub trait Store: Send + Sync {
     /// marked it again after `since`, since that change may postdate the read.
     async fn record_channel_status(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         status: Option<&str>,
         error: Option<&str>,
         since: DateTime<Utc>,
@@ -311,6 +311,14 @@ pub(crate) fn status_column(raw: &str) -> Result<Status, sqlx::Error> {
     Status::parse(raw).ok_or_else(|| sqlx::Error::ColumnDecode {
         index: "status".into(),
         source: format!("unknown status {raw:?}").into(),
+    })
+}
+
+/// Reads a stored `reply_id`; one that is not a valid id is a decode error.
+pub(crate) fn reply_id_column(raw: &str) -> Result<ReplyId, sqlx::Error> {
+    ReplyId::parse(raw).map_err(|problem| sqlx::Error::ColumnDecode {
+        index: "reply_id".into(),
+        source: format!("stored reply_id {raw:?} {problem}").into(),
     })
 }
 

@@ -12,12 +12,12 @@
 
 use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
-    status_column, status_counts, Cursor, EventOutcome, Ingested, Job, Outcome, QueueStats,
-    ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
-    STALE_CHANNEL_STATUSES,
+    reply_id_column, status_column, status_counts, Cursor, EventOutcome, Ingested, Job, Outcome,
+    QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError,
+    REPLY_COLUMNS, STALE_CHANNEL_STATUSES,
 };
 use super::{ExportPage, ExportRecord, StoreOptions, EXPORT_COLUMNS};
-use crate::domain::{ChatwootEvent, GoldReply, Status};
+use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -416,7 +416,7 @@ fn stored(row: &PgRow) -> Result<Stored, sqlx::Error> {
 fn record(row: &PgRow) -> Result<ReplyRecord, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(ReplyRecord {
-        reply_id: row.try_get("reply_id")?,
+        reply_id: reply_id_column(row.try_get("reply_id")?)?,
         account_id: row.try_get("account_id")?,
         conversation_id: row.try_get("conversation_id")?,
         action: row.try_get("action")?,
@@ -661,7 +661,8 @@ impl Store for PostgresStore {
         answered.await.map_err(|_| StoreError::Unavailable)?
     }
 
-    async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {
+    async fn reply(&self, reply_id: &ReplyId) -> Result<Option<ReplyRecord>, StoreError> {
+        let reply_id = reply_id.as_str();
         let mut conn = self.pool.acquire().await?;
         Ok(fetch_stored(&mut conn, reply_id, false)
             .await?
@@ -706,7 +707,7 @@ impl Store for PostgresStore {
             .await?;
         let job = |row: &PgRow| -> Result<Job, sqlx::Error> {
             Ok(Job {
-                reply_id: row.try_get("reply_id")?,
+                reply_id: reply_id_column(row.try_get("reply_id")?)?,
                 account_id: row.try_get("account_id")?,
                 conversation_id: row.try_get("conversation_id")?,
                 content: row.try_get("content")?,
@@ -723,11 +724,12 @@ impl Store for PostgresStore {
 
     async fn finish(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         owner: &str,
         outcome: Outcome,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let reply_id = reply_id.as_str();
         let mut tx = self.pool.begin().await?;
         lifecycle::finish(&mut PgTx(&mut tx), reply_id, owner, outcome, now).await?;
         tx.commit().await?;
@@ -760,7 +762,7 @@ impl Store for PostgresStore {
                 .push(" OR (received_at = ")
                 .push_bind(*received_at)
                 .push(" AND reply_id > ")
-                .push_bind(reply_id.clone())
+                .push_bind(reply_id.to_string())
                 .push("))");
         }
         query
@@ -772,10 +774,11 @@ impl Store for PostgresStore {
 
     async fn requeue(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         force: bool,
         now: DateTime<Utc>,
     ) -> Result<Requeued, StoreError> {
+        let reply_id = reply_id.as_str();
         let mut tx = self.pool.begin().await?;
         let requeued = lifecycle::requeue(&mut PgTx(&mut tx), reply_id, force, now).await?;
         tx.commit().await?;
@@ -815,7 +818,7 @@ impl Store for PostgresStore {
             .await?;
         let stale = |row: &PgRow| -> Result<StaleChannelStatus, sqlx::Error> {
             Ok(StaleChannelStatus {
-                reply_id: row.try_get("reply_id")?,
+                reply_id: reply_id_column(row.try_get("reply_id")?)?,
                 account_id: row.try_get("account_id")?,
                 conversation_id: row.try_get("conversation_id")?,
                 message_id: row.try_get("chatwoot_message_id")?,
@@ -827,11 +830,12 @@ impl Store for PostgresStore {
 
     async fn record_channel_status(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         status: Option<&str>,
         error: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let reply_id = reply_id.as_str();
         let mut tx = self.pool.begin().await?;
         let mut pg = PgTx(&mut tx);
         lifecycle::record_channel_status(&mut pg, reply_id, status, error, since).await?;
@@ -967,7 +971,10 @@ async fn listen(pool: &PgPool, wake: &Notify) -> Result<(), sqlx::Error> {
 /// The gold dataset, one page at a time, in `(received_at, reply_id)` order.
 async fn export_page(pool: &PgPool, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError> {
     let after_at = page.after.as_ref().map(|cursor| cursor.received_at);
-    let after_id = page.after.as_ref().map(|cursor| cursor.reply_id.clone());
+    let after_id = page
+        .after
+        .as_ref()
+        .map(|cursor| cursor.reply_id.to_string());
     // Written out (two integers, no text) so the planner uses the conversation's index.
     let one_conversation = match page.conversation {
         Some((account, conversation)) => {
@@ -994,7 +1001,7 @@ async fn export_page(pool: &PgPool, page: &ExportPage) -> Result<Vec<ExportRecor
 fn export_record(row: &PgRow) -> Result<ExportRecord, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(ExportRecord {
-        reply_id: row.try_get("reply_id")?,
+        reply_id: reply_id_column(row.try_get("reply_id")?)?,
         account_id: row.try_get("account_id")?,
         conversation_id: row.try_get("conversation_id")?,
         action: row.try_get("action")?,

@@ -8,12 +8,12 @@
 
 use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
-    status_column, status_counts, EventOutcome, Ingested, Job, Outcome, QueueStats, ReplyFilter,
-    ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
-    STALE_CHANNEL_STATUSES,
+    reply_id_column, status_column, status_counts, EventOutcome, Ingested, Job, Outcome,
+    QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError,
+    REPLY_COLUMNS, STALE_CHANNEL_STATUSES,
 };
 use super::{ExportPage, ExportRecord, StoreOptions, EXPORT_COLUMNS};
-use crate::domain::{ChatwootEvent, GoldReply, Status};
+use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use futures_util::future::BoxFuture;
@@ -260,7 +260,7 @@ fn stored(row: &SqliteRow) -> Result<Stored, sqlx::Error> {
 fn record(row: &SqliteRow) -> Result<ReplyRecord, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(ReplyRecord {
-        reply_id: row.try_get("reply_id")?,
+        reply_id: reply_id_column(row.try_get("reply_id")?)?,
         account_id: row.try_get("account_id")?,
         conversation_id: row.try_get("conversation_id")?,
         action: row.try_get("action")?,
@@ -609,7 +609,7 @@ async fn claim_tx(
     let mut jobs = Vec::with_capacity(rows.len());
     for row in rows {
         let seq: i64 = row.try_get("seq")?;
-        let reply_id: String = row.try_get("reply_id")?;
+        let reply_id = reply_id_column(row.try_get("reply_id")?)?;
         // Mark the attempt as possibly sent before it starts: if this process
         // dies mid-request, the next claimant looks before sending again.
         sqlx::query(
@@ -621,7 +621,7 @@ async fn claim_tx(
         .execute(&mut *conn)
         .await?;
         sqlx::query("UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = ?")
-            .bind(&reply_id)
+            .bind(reply_id.as_str())
             .execute(&mut *conn)
             .await?;
         jobs.push(Job {
@@ -669,7 +669,7 @@ impl Store for SqliteStore {
         }
         if let Some(cursor) = &filter.after {
             let at = millis(cursor.received_at);
-            query = query.bind(at).bind(at).bind(cursor.reply_id.clone());
+            query = query.bind(at).bind(at).bind(cursor.reply_id.to_string());
         }
         let rows = query
             .bind(filter.limit as i64)
@@ -680,10 +680,11 @@ impl Store for SqliteStore {
 
     async fn requeue(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         force: bool,
         now: DateTime<Utc>,
     ) -> Result<Requeued, StoreError> {
+        let reply_id = reply_id.as_str();
         let reply_id = reply_id.to_owned();
         let requeued = self
             .write(move |c| {
@@ -731,7 +732,7 @@ impl Store for SqliteStore {
             .await?;
         let stale = |row: &SqliteRow| -> Result<StaleChannelStatus, sqlx::Error> {
             Ok(StaleChannelStatus {
-                reply_id: row.try_get("reply_id")?,
+                reply_id: reply_id_column(row.try_get("reply_id")?)?,
                 account_id: row.try_get("account_id")?,
                 conversation_id: row.try_get("conversation_id")?,
                 message_id: row.try_get("chatwoot_message_id")?,
@@ -743,11 +744,12 @@ impl Store for SqliteStore {
 
     async fn record_channel_status(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         status: Option<&str>,
         error: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let reply_id = reply_id.as_str();
         let (reply_id, status) = (reply_id.to_owned(), status.map(str::to_owned));
         let error = error.map(str::to_owned);
         self.write(move |c| {
@@ -790,7 +792,8 @@ impl Store for SqliteStore {
         Ok(ingested)
     }
 
-    async fn reply(&self, reply_id: &str) -> Result<Option<ReplyRecord>, StoreError> {
+    async fn reply(&self, reply_id: &ReplyId) -> Result<Option<ReplyRecord>, StoreError> {
+        let reply_id = reply_id.as_str();
         let mut conn = self.reads.acquire().await?;
         Ok(fetch_stored(&mut conn, reply_id).await?.map(|s| s.record))
     }
@@ -809,11 +812,12 @@ impl Store for SqliteStore {
 
     async fn finish(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         owner: &str,
         outcome: Outcome,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let reply_id = reply_id.as_str();
         let (reply_id, owner) = (reply_id.to_owned(), owner.to_owned());
         self.write(move |c| {
             Box::pin(async move {
@@ -902,7 +906,7 @@ async fn export_page(
     page: &ExportPage,
 ) -> Result<Vec<ExportRecord>, StoreError> {
     let (after_ms, after_id) = match &page.after {
-        Some(cursor) => (millis(cursor.received_at), cursor.reply_id.clone()),
+        Some(cursor) => (millis(cursor.received_at), cursor.reply_id.to_string()),
         None => (i64::MIN, String::new()),
     };
     // Written out, not as `? IS NULL OR …`, so the conversation's index is used.
@@ -931,7 +935,7 @@ async fn export_page(
 fn export_record(row: &SqliteRow) -> Result<ExportRecord, sqlx::Error> {
     let status: String = row.try_get("status")?;
     Ok(ExportRecord {
-        reply_id: row.try_get("reply_id")?,
+        reply_id: reply_id_column(row.try_get("reply_id")?)?,
         account_id: row.try_get("account_id")?,
         conversation_id: row.try_get("conversation_id")?,
         action: row.try_get("action")?,

@@ -8,7 +8,7 @@
 use crate::helpers;
 use chrono::{DateTime, SubsecRound, Utc};
 use goldrelay::config::DatabaseUrl;
-use goldrelay::domain::{ChatwootEvent, Effect, EventMessage, GoldReply, Status};
+use goldrelay::domain::{ChatwootEvent, Effect, EventMessage, GoldReply, ReplyId, Status};
 use goldrelay::store::{
     self, Backend, Cursor, EventOutcome, Ingested, Job, Outcome, ReplyFilter, ReplyRecord,
     Requeued, SharedStore, StaleChannelStatus,
@@ -166,6 +166,11 @@ fn body(reply_id: &str, account_id: i64, conversation_id: i64, action: &str) -> 
     })
 }
 
+/// A reply id the store's methods take.
+fn rid(raw: &str) -> ReplyId {
+    ReplyId::parse(raw).expect("a valid reply id")
+}
+
 fn parse(body: &Value) -> GoldReply {
     GoldReply::parse(body).expect("a valid gold reply")
 }
@@ -294,7 +299,7 @@ async fn ingest(store: &SharedStore, reply: &GoldReply, now: DateTime<Utc>) -> R
 
 async fn record(store: &SharedStore, reply_id: &str) -> ReplyRecord {
     store
-        .reply(reply_id)
+        .reply(&rid(reply_id))
         .await
         .expect("reply")
         .unwrap_or_else(|| panic!("no record for {reply_id}"))
@@ -325,7 +330,7 @@ async fn finish(
     now: DateTime<Utc>,
 ) {
     store
-        .finish(reply_id, owner, outcome, now)
+        .finish(&rid(reply_id), owner, outcome, now)
         .await
         .expect("finish");
 }
@@ -349,11 +354,14 @@ async fn record_event(
 
 async fn listed(store: &SharedStore, filter: ReplyFilter) -> Vec<String> {
     let records = store.list(&filter).await.expect("list");
-    records.into_iter().map(|r| r.reply_id).collect()
+    records
+        .into_iter()
+        .map(|r| r.reply_id.to_string())
+        .collect()
 }
 
 fn ids(jobs: &[Job]) -> BTreeSet<String> {
-    jobs.iter().map(|j| j.reply_id.clone()).collect()
+    jobs.iter().map(|j| j.reply_id.to_string()).collect()
 }
 
 fn set(ids: &[&str]) -> BTreeSet<String> {
@@ -674,7 +682,7 @@ async fn requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts(s
     finish(&store, "a1", "w", dead("HTTP 422"), t0 + secs(3)).await;
 
     let t1 = t0 + secs(10);
-    let requeued = match store.requeue("a1", false, t1).await.unwrap() {
+    let requeued = match store.requeue(&rid("a1"), false, t1).await.unwrap() {
         Requeued::Queued { record, .. } => record,
         other => panic!("a dead reply was not requeued: {other:?}"),
     };
@@ -709,7 +717,7 @@ async fn requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced(s
     let requeue = |force: bool, at| {
         let store = store.clone();
         async move {
-            match store.requeue("u1", force, at).await.unwrap() {
+            match store.requeue(&rid("u1"), force, at).await.unwrap() {
                 Requeued::Queued { record, .. } => record,
                 other => panic!("a dead reply was not requeued: {other:?}"),
             }
@@ -733,7 +741,7 @@ async fn requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced(s
 async fn requeue_refuses_replies_that_are_not_dead_and_unknown_ids(store: SharedStore) {
     let t0 = start();
     assert!(matches!(
-        store.requeue("nope", false, t0).await.unwrap(),
+        store.requeue(&rid("nope"), false, t0).await.unwrap(),
         Requeued::NotFound
     ));
     ingest(&store, &send("queued", 1), t0).await;
@@ -747,7 +755,11 @@ async fn requeue_refuses_replies_that_are_not_dead_and_unknown_ids(store: Shared
         ("delivered", Status::Delivered),
         ("recorded", Status::Recorded),
     ] {
-        match store.requeue(reply_id, false, t0 + secs(2)).await.unwrap() {
+        match store
+            .requeue(&rid(reply_id), false, t0 + secs(2))
+            .await
+            .unwrap()
+        {
             Requeued::NotDead(record) => assert_eq!(record.status, status, "{reply_id}"),
             other => panic!("{reply_id} was requeued: {other:?}"),
         }
@@ -991,12 +1003,12 @@ async fn a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recor
     assert_eq!(lost.chatwoot_message_id, Some(12));
     assert_eq!(lost.confirmed_at, Some(at));
     assert!(matches!(
-        store.requeue("lost", false, at).await.unwrap(),
+        store.requeue(&rid("lost"), false, at).await.unwrap(),
         Requeued::NotDead(_)
     ));
     let kept = record(&store, "kept").await;
     assert_eq!((kept.status, kept.confirmed_at), (Status::Recorded, None));
-    assert!(store.reply("unknown").await.unwrap().is_none());
+    assert!(store.reply(&rid("unknown")).await.unwrap().is_none());
     claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
 }
 
@@ -1165,7 +1177,7 @@ async fn an_update_that_does_not_show_the_status_marks_it_for_reading(store: Sha
     record_event(&store, &unseen(81, 8), t0 + secs(3)).await;
     let stale = store.stale_channel_statuses(10).await.unwrap();
     let expected = |reply_id: &str, conversation_id, message_id, at| StaleChannelStatus {
-        reply_id: reply_id.into(),
+        reply_id: rid(reply_id),
         account_id: 1,
         conversation_id,
         message_id,
@@ -1192,7 +1204,7 @@ async fn an_update_that_does_not_show_the_status_marks_it_for_reading(store: Sha
         let store = store.clone();
         async move {
             store
-                .record_channel_status(reply_id, Some(status), error, since)
+                .record_channel_status(&rid(reply_id), Some(status), error, since)
                 .await
                 .expect("record_channel_status")
         }
@@ -1305,8 +1317,8 @@ async fn drain(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         for job in jobs {
-            log.lock().unwrap().push((owner, job.reply_id.clone()));
-            deliver(&store, &job.reply_id, owner, now).await;
+            log.lock().unwrap().push((owner, job.reply_id.to_string()));
+            deliver(&store, job.reply_id.as_str(), owner, now).await;
         }
     }
 }

@@ -54,7 +54,7 @@ async fn claimed_ids(store: &SharedStore) -> Vec<String> {
         .claim("faults", Utc::now(), Duration::from_secs(60), 100)
         .await
         .expect("claim");
-    jobs.into_iter().map(|j| j.reply_id).collect()
+    jobs.into_iter().map(|j| j.reply_id.to_string()).collect()
 }
 
 async fn a_failed_write_leaves_nothing_and_spares_its_neighbours(
@@ -90,7 +90,10 @@ async fn a_failed_write_leaves_nothing_and_spares_its_neighbours(
         }
     }
     assert_eq!(
-        store.reply("poison").await.unwrap(),
+        store
+            .reply(&goldrelay::domain::ReplyId::parse("poison").unwrap())
+            .await
+            .unwrap(),
         None,
         "the failed write left its reply behind without a job"
     );

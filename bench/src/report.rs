@@ -387,7 +387,7 @@ impl fmt::Display for Report {
             "{} s wrk runs, 1 KiB bodies, SQLite WAL + synchronous=FULL (the defaults)\n",
             self.seconds
         )?;
-        table(f, &self.rows())?;
+        table(f, "ceiling (bare handler)", &self.rows())?;
         for error in self.errors() {
             writeln!(f, "\nnote: {error}")?;
         }
@@ -399,11 +399,11 @@ impl fmt::Display for Report {
 }
 
 /// The rows under a header, as a Markdown table with aligned columns.
-fn table(f: &mut fmt::Formatter<'_>, rows: &[Row]) -> fmt::Result {
+fn table(f: &mut fmt::Formatter<'_>, ceiling: &str, rows: &[Row]) -> fmt::Result {
     let header = Row {
         figure: "figure".into(),
         relay: "goldrelay".into(),
-        ceiling: "ceiling (bare handler)".into(),
+        ceiling: ceiling.into(),
         ratio: "ratio".into(),
         target: "target (issues 7, 12, 13)".into(),
         verdict: "verdict".into(),
@@ -448,7 +448,7 @@ impl fmt::Display for OnlySlow {
             self.load[0],
             self.load[1]
         )?;
-        table(f, &slow_rows(&self.slow))
+        table(f, "against (idle)", &slow_rows(&self.slow))
     }
 }
 
@@ -499,7 +499,7 @@ fn answered_row(s: &SlowClients) -> Row {
     });
     let mut row = Row::new(
         format!(
-            "slow connections answered 408 (opened in {:.1} s)",
+            "slow connections answered 408 and closed (opened in {:.1} s)",
             s.opening.as_secs_f64()
         ),
         format!(
@@ -510,6 +510,7 @@ fn answered_row(s: &SlowClients) -> Row {
     );
     row.target = "all".into();
     let missed: Vec<String> = [
+        (o.left_open, "408 left open"),
         (o.other_status, "another status"),
         (o.closed, "closed unanswered"),
         (o.unanswered, "unanswered"),

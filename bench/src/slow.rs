@@ -31,6 +31,8 @@ const HC_SAMPLES: usize = 50;
 /// The pause between two `/hc` requests: 50 of them span about 2 s, well
 /// inside the 5 s the slow clients trickle for.
 const HC_EVERY: Duration = Duration::from_millis(40);
+/// How long goldrelay may take to close a connection it has answered 408.
+const CLOSE_WITHIN: Duration = Duration::from_secs(1);
 /// The longest an opening connection may take before it counts as refused.
 const CONNECT_WITHIN: Duration = Duration::from_secs(3);
 
@@ -47,8 +49,10 @@ pub struct Hc {
 /// How the slow connections ended.
 #[derive(Debug, Clone, Default)]
 pub struct Outcomes {
-    /// Answered 408, as the request timeout promises.
+    /// Answered 408 and closed, as the request timeout promises.
     pub timed_out: usize,
+    /// Answered 408 but still open [`CLOSE_WITHIN`] later.
+    pub left_open: usize,
     /// Answered with any other status.
     pub other_status: usize,
     /// Closed by goldrelay with no answer.
@@ -104,7 +108,9 @@ pub fn check_open_files(clients: usize) -> anyhow::Result<()> {
 
 /// One slow connection's end.
 enum End {
-    Status(u16, Duration),
+    /// The status, how long after the head it came, and whether the
+    /// connection was closed after it.
+    Status(u16, Duration, bool),
     Closed,
     Unanswered,
     Refused,
@@ -164,7 +170,8 @@ pub async fn measure(h: &mut Harness, clients: usize) -> anyhow::Result<SlowClie
 impl Outcomes {
     fn count(&mut self, end: End) {
         match end {
-            End::Status(408, after) => {
+            End::Status(408, _, false) => self.left_open += 1,
+            End::Status(408, after, true) => {
                 self.timed_out += 1;
                 let (low, high) = self.answered_after.unwrap_or((after, after));
                 self.answered_after = Some((low.min(after), high.max(after)));
@@ -224,16 +231,28 @@ async fn trickle(mut stream: TcpStream, sent: Instant) -> End {
     loop {
         tokio::select! {
             read = reader.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return status(&answer).map_or(End::Closed, |s| End::Status(s, sent.elapsed())),
+                Ok(0) | Err(_) => return status(&answer).map_or(End::Closed, |s| End::Status(s, sent.elapsed(), true)),
                 Ok(n) => {
                     answer.extend_from_slice(&buf[..n]);
                     if let Some(s) = status(&answer) {
-                        return End::Status(s, sent.elapsed());
+                        let after = sent.elapsed();
+                        let closed = tokio::time::timeout(CLOSE_WITHIN, until_closed(&mut reader)).await.is_ok();
+                        return End::Status(s, after, closed);
                     }
                 }
             },
             // Whitespace: a JSON body may begin with it, so only the pace is slow.
             _ = tick.tick(), if writable => writable = writer.write_all(b" ").await.is_ok(),
+        }
+    }
+}
+
+/// Reads (the rest of the answer) until the peer closes.
+async fn until_closed(reader: &mut (impl AsyncReadExt + Unpin)) {
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            return;
         }
     }
 }
@@ -293,11 +312,13 @@ mod tests {
     #[test]
     fn every_408_widens_the_span_it_came_in() {
         let mut outcomes = Outcomes::default();
-        outcomes.count(End::Status(408, Duration::from_millis(5_100)));
-        outcomes.count(End::Status(408, Duration::from_millis(5_020)));
-        outcomes.count(End::Status(400, Duration::from_millis(1)));
+        outcomes.count(End::Status(408, Duration::from_millis(5_100), true));
+        outcomes.count(End::Status(408, Duration::from_millis(5_020), true));
+        outcomes.count(End::Status(408, Duration::from_millis(9_000), false));
+        outcomes.count(End::Status(400, Duration::from_millis(1), true));
         outcomes.count(End::Closed);
         assert_eq!(outcomes.timed_out, 2);
+        assert_eq!(outcomes.left_open, 1);
         assert_eq!(outcomes.other_status, 1);
         assert_eq!(outcomes.closed, 1);
         assert_eq!(

@@ -492,9 +492,10 @@ fn answered_row(s: &SlowClients) -> Row {
     let o = &s.outcomes;
     let when = o.answered_after.map_or(String::new(), |(low, high)| {
         format!(
-            ", {:.1}–{:.1} s after the head",
+            ", {:.1}–{:.1} s after the head, closed ≤ {:.1} s later",
             low.as_secs_f64(),
-            high.as_secs_f64()
+            high.as_secs_f64(),
+            o.closed_within.as_secs_f64()
         )
     });
     let mut row = Row::new(

@@ -31,8 +31,15 @@ const HC_SAMPLES: usize = 50;
 /// The pause between two `/hc` requests: 50 of them span about 2 s, well
 /// inside the 5 s the slow clients trickle for.
 const HC_EVERY: Duration = Duration::from_millis(40);
-/// How long goldrelay may take to close a connection it has answered 408.
-const CLOSE_WITHIN: Duration = Duration::from_secs(1);
+/// How long goldrelay may take to close a connection it has answered 408:
+/// actix-web lets a client go within its 1 s disconnect timeout, and a
+/// loaded machine may add to that.
+const CLOSE_WITHIN: Duration = Duration::from_secs(3);
+/// Connections opened in one go before a pause that lets goldrelay accept
+/// them: a faster burst overflows its listen backlog (128), and the SYNs the
+/// kernel drops are retried a second later, which would time the kernel.
+const OPEN_BATCH: usize = 64;
+const OPEN_PAUSE: Duration = Duration::from_millis(10);
 /// The longest an opening connection may take before it counts as refused.
 const CONNECT_WITHIN: Duration = Duration::from_secs(3);
 
@@ -63,6 +70,8 @@ pub struct Outcomes {
     pub refused: usize,
     /// From the head to the 408, the earliest and the latest.
     pub answered_after: Option<(Duration, Duration)>,
+    /// The longest from a 408 to the connection's close.
+    pub closed_within: Duration,
 }
 
 pub struct SlowClients {
@@ -108,9 +117,9 @@ pub fn check_open_files(clients: usize) -> anyhow::Result<()> {
 
 /// One slow connection's end.
 enum End {
-    /// The status, how long after the head it came, and whether the
-    /// connection was closed after it.
-    Status(u16, Duration, bool),
+    /// The status, how long after the head it came, and how long after it
+    /// the connection was closed (`None`: not within [`CLOSE_WITHIN`]).
+    Status(u16, Duration, Option<Duration>),
     Closed,
     Unanswered,
     Refused,
@@ -170,8 +179,9 @@ pub async fn measure(h: &mut Harness, clients: usize) -> anyhow::Result<SlowClie
 impl Outcomes {
     fn count(&mut self, end: End) {
         match end {
-            End::Status(408, _, false) => self.left_open += 1,
-            End::Status(408, after, true) => {
+            End::Status(408, _, None) => self.left_open += 1,
+            End::Status(408, after, Some(closing)) => {
+                self.closed_within = self.closed_within.max(closing);
                 self.timed_out += 1;
                 let (low, high) = self.answered_after.unwrap_or((after, after));
                 self.answered_after = Some((low.min(after), high.max(after)));
@@ -196,7 +206,10 @@ async fn open(addr: SocketAddr, clients: usize, trickling: &Arc<AtomicUsize>) ->
     .into_bytes()
     .into();
     let mut tasks = JoinSet::new();
-    for _ in 0..clients {
+    for n in 0..clients {
+        if n % OPEN_BATCH == OPEN_BATCH - 1 {
+            tokio::time::sleep(OPEN_PAUSE).await;
+        }
         let connected = tokio::time::timeout(CONNECT_WITHIN, async {
             let mut stream = TcpStream::connect(addr).await?;
             stream.write_all(&head).await?;
@@ -211,16 +224,22 @@ async fn open(addr: SocketAddr, clients: usize, trickling: &Arc<AtomicUsize>) ->
         trickling.fetch_add(1, Ordering::Relaxed);
         let trickling = trickling.clone();
         tasks.spawn(async move {
-            let end = tokio::time::timeout(TIMEOUT + GRACE, trickle(stream, sent)).await;
+            let mut stream = stream;
+            let heard = tokio::time::timeout(TIMEOUT + GRACE, trickle(&mut stream)).await;
             trickling.fetch_sub(1, Ordering::Relaxed);
-            end.unwrap_or(End::Unanswered)
+            match heard {
+                Ok(Some(status)) => End::Status(status, sent.elapsed(), closing(&mut stream).await),
+                Ok(None) => End::Closed,
+                Err(_) => End::Unanswered,
+            }
         });
     }
     tasks
 }
 
-/// Sends a byte of the body every [`TRICKLE_EVERY`] until goldrelay answers or closes.
-async fn trickle(mut stream: TcpStream, sent: Instant) -> End {
+/// Sends a byte of the body every [`TRICKLE_EVERY`] until goldrelay answers
+/// (its status) or closes (`None`).
+async fn trickle(stream: &mut TcpStream) -> Option<u16> {
     let (mut reader, mut writer) = stream.split();
     let mut tick = tokio::time::interval(TRICKLE_EVERY);
     // The head went out just now; the first byte of the body comes a tick later.
@@ -231,13 +250,11 @@ async fn trickle(mut stream: TcpStream, sent: Instant) -> End {
     loop {
         tokio::select! {
             read = reader.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return status(&answer).map_or(End::Closed, |s| End::Status(s, sent.elapsed(), true)),
+                Ok(0) | Err(_) => return status(&answer),
                 Ok(n) => {
                     answer.extend_from_slice(&buf[..n]);
                     if let Some(s) = status(&answer) {
-                        let after = sent.elapsed();
-                        let closed = tokio::time::timeout(CLOSE_WITHIN, until_closed(&mut reader)).await.is_ok();
-                        return End::Status(s, after, closed);
+                        return Some(s);
                     }
                 }
             },
@@ -247,14 +264,20 @@ async fn trickle(mut stream: TcpStream, sent: Instant) -> End {
     }
 }
 
-/// Reads (the rest of the answer) until the peer closes.
-async fn until_closed(reader: &mut (impl AsyncReadExt + Unpin)) {
+/// How long goldrelay takes to close an answered connection (the rest of
+/// the answer is read and dropped), if it does within [`CLOSE_WITHIN`].
+async fn closing(stream: &mut TcpStream) -> Option<Duration> {
+    let answered = Instant::now();
     let mut buf = [0u8; 1024];
-    while let Ok(n) = reader.read(&mut buf).await {
-        if n == 0 {
-            return;
+    let closed = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
         }
-    }
+    };
+    tokio::time::timeout(CLOSE_WITHIN, closed).await.ok()?;
+    Some(answered.elapsed())
 }
 
 /// The status code of an HTTP/1.1 answer, once its status line has arrived.
@@ -312,13 +335,15 @@ mod tests {
     #[test]
     fn every_408_widens_the_span_it_came_in() {
         let mut outcomes = Outcomes::default();
-        outcomes.count(End::Status(408, Duration::from_millis(5_100), true));
-        outcomes.count(End::Status(408, Duration::from_millis(5_020), true));
-        outcomes.count(End::Status(408, Duration::from_millis(9_000), false));
-        outcomes.count(End::Status(400, Duration::from_millis(1), true));
+        let ms = Duration::from_millis;
+        outcomes.count(End::Status(408, ms(5_100), Some(ms(200))));
+        outcomes.count(End::Status(408, ms(5_020), Some(ms(900))));
+        outcomes.count(End::Status(408, ms(9_000), None));
+        outcomes.count(End::Status(400, ms(1), Some(ms(1))));
         outcomes.count(End::Closed);
         assert_eq!(outcomes.timed_out, 2);
         assert_eq!(outcomes.left_open, 1);
+        assert_eq!(outcomes.closed_within, ms(900));
         assert_eq!(outcomes.other_status, 1);
         assert_eq!(outcomes.closed, 1);
         assert_eq!(

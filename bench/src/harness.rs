@@ -144,6 +144,15 @@ impl Harness {
     }
 
     pub async fn relay(&mut self, setup: &RelaySetup) -> anyhow::Result<Process> {
+        self.relay_with(setup, &[]).await
+    }
+
+    /// A goldrelay as [`Harness::relay`] starts it, with these variables set as well.
+    pub async fn relay_with(
+        &mut self,
+        setup: &RelaySetup,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Process> {
         let port = free_port()?;
         let mut command = Command::new(&self.tools.goldrelay);
         command
@@ -159,6 +168,7 @@ impl Harness {
         if let Some(rate) = setup.send_rate {
             command.env("GOLDRELAY_SEND_RATE", rate.to_string());
         }
+        command.envs(env.iter().copied());
         let url = format!("http://127.0.0.1:{port}");
         let log = self.log("goldrelay");
         let relay = Process::start("goldrelay", command, url, "/hc", log, &self.http).await?;

@@ -10,6 +10,7 @@ mod ingest;
 mod process;
 mod report;
 mod sandbox;
+mod slow;
 mod stats;
 mod support;
 mod sustained;
@@ -19,7 +20,7 @@ use anyhow::Context;
 use clap::Parser;
 use harness::{Database, Harness, Tools};
 use ingest::Target;
-use report::{Postgres, Report};
+use report::{OnlySlow, Postgres, Report};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,6 +40,12 @@ struct Cli {
     /// Replies in the drain at the default send-rate cap (40/s: 1 000 take ~25 s).
     #[arg(long, env = "BENCH_CAPPED_REPLIES", default_value_t = 1_000)]
     capped_replies: usize,
+    /// Slow clients trickling a body at goldrelay at once (issue 12).
+    #[arg(long, env = "BENCH_SLOW_CLIENTS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    slow_clients: u64,
+    /// Run only this measurement and print its rows.
+    #[arg(long, env = "BENCH_ONLY", value_enum)]
+    only: Option<Only>,
     /// PostgreSQL to measure goldrelay on as well.
     #[arg(long, env = "TEST_DATABASE_URL", hide_env_values = true)]
     postgres: Option<String>,
@@ -51,6 +58,13 @@ struct Cli {
     /// Directory holding the release `goldrelay` and `bare` (default: this binary's).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+}
+
+/// A measurement that can be run alone.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Only {
+    /// The slow-client row: `/hc` and peak RSS under `BENCH_SLOW_CLIENTS`.
+    Slow,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -86,8 +100,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         wrk: cli.wrk,
     };
     let run_id = format!("b{}", std::process::id());
+    let slow_clients = usize::try_from(cli.slow_clients)?;
+    // Before anything runs: a limit too low would end the run at its last row.
+    slow::check_open_files(slow_clients)?;
     let load_before = report::load_average();
     let mut h = Harness::new(tools, cli.seconds, run_id)?;
+    if let Some(Only::Slow) = cli.only {
+        let slow = slow::measure(&mut h, slow_clients).await?;
+        let load = [load_before, report::load_average()];
+        println!(
+            "{}",
+            OnlySlow {
+                revision: cli.revision,
+                load,
+                slow
+            }
+        );
+        return Ok(());
+    }
     let bare = ingest::measure(&mut h, Target::Bare).await?;
     let relay = ingest::measure(&mut h, Target::Relay(&Database::Sqlite)).await?;
     let sustained = sustained::measure(&mut h, cli.sustained_seconds).await?;
@@ -100,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         &Database::Sqlite,
     )
     .await?;
+    let slow = slow::measure(&mut h, slow_clients).await?;
     let postgres = match &cli.postgres {
         None => Postgres::NotAsked,
         Some(url) => postgres(&mut h, url, cli.drain_replies).await,
@@ -114,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         latency,
         unlimited,
         capped,
+        slow,
         postgres,
         starts: h.starts.clone(),
         relay_bytes: file_size(&h.tools.goldrelay)?,

@@ -6,6 +6,7 @@ use crate::delivery::{self, DeliveryLatency};
 use crate::drain::{Drain, PER_CONVERSATION};
 use crate::harness::Starts;
 use crate::ingest::{Ingest, MANY};
+use crate::slow::SlowClients;
 use crate::sustained::Sustained;
 use std::fmt;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub struct Report {
     pub latency: DeliveryLatency,
     pub unlimited: Drain,
     pub capped: Drain,
+    pub slow: SlowClients,
     pub postgres: Postgres,
     pub starts: Starts,
     pub relay_bytes: u64,
@@ -109,6 +111,14 @@ impl Row {
         self
     }
 
+    /// Overrides the verdict when some `/hc` requests failed.
+    fn unless_hc_failed(mut self, failures: usize) -> Self {
+        if failures > 0 {
+            self.verdict = format!("**missed**: {failures} /hc failed");
+        }
+        self
+    }
+
     fn cells(&self) -> [&str; 6] {
         [
             &self.figure,
@@ -127,6 +137,7 @@ impl Report {
         rows.extend(self.sustained_rows());
         rows.extend(self.delivery_rows());
         rows.extend(self.footprint_rows());
+        rows.extend(slow_rows(&self.slow));
         rows.extend(self.postgres_rows());
         rows
     }
@@ -376,35 +387,7 @@ impl fmt::Display for Report {
             "{} s wrk runs, 1 KiB bodies, SQLite WAL + synchronous=FULL (the defaults)\n",
             self.seconds
         )?;
-        let header = Row {
-            figure: "figure".into(),
-            relay: "goldrelay".into(),
-            ceiling: "ceiling (bare handler)".into(),
-            ratio: "ratio".into(),
-            target: "target (issues 7, 13)".into(),
-            verdict: "verdict".into(),
-        };
-        let rows = self.rows();
-        let mut widths = [0usize; 6];
-        for row in std::iter::once(&header).chain(&rows) {
-            for (w, cell) in widths.iter_mut().zip(row.cells()) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let line = |f: &mut fmt::Formatter<'_>, cells: [&str; 6]| {
-            let padded: Vec<String> = cells
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-                .collect();
-            writeln!(f, "| {} |", padded.join(" | "))
-        };
-        line(f, header.cells())?;
-        let rules: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-        line(f, std::array::from_fn(|i| rules[i].as_str()))?;
-        for row in &rows {
-            line(f, row.cells())?;
-        }
+        table(f, "ceiling (bare handler)", &self.rows())?;
         for error in self.errors() {
             writeln!(f, "\nnote: {error}")?;
         }
@@ -413,6 +396,137 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
+}
+
+/// The rows under a header, as a Markdown table with aligned columns.
+fn table(f: &mut fmt::Formatter<'_>, ceiling: &str, rows: &[Row]) -> fmt::Result {
+    let header = Row {
+        figure: "figure".into(),
+        relay: "goldrelay".into(),
+        ceiling: ceiling.into(),
+        ratio: "ratio".into(),
+        target: "target (issues 7, 12, 13)".into(),
+        verdict: "verdict".into(),
+    };
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(rows) {
+        for (w, cell) in widths.iter_mut().zip(row.cells()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |f: &mut fmt::Formatter<'_>, cells: [&str; 6]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .collect();
+        writeln!(f, "| {} |", padded.join(" | "))
+    };
+    line(f, header.cells())?;
+    let rules: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    line(f, std::array::from_fn(|i| rules[i].as_str()))?;
+    for row in rows {
+        line(f, row.cells())?;
+    }
+    Ok(())
+}
+
+/// The slow-client rows alone (`BENCH_ONLY=slow`).
+pub struct OnlySlow {
+    pub revision: String,
+    pub load: [String; 2],
+    pub slow: SlowClients,
+}
+
+impl fmt::Display for OnlySlow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "goldrelay benchmark of {}, slow clients only: {}; load average {} at the start, {} at the end\n",
+            self.revision,
+            machine(),
+            self.load[0],
+            self.load[1]
+        )?;
+        table(f, "against (idle)", &slow_rows(&self.slow))
+    }
+}
+
+/// `/hc` and memory under slow clients, against the same goldrelay idle just before.
+fn slow_rows(s: &SlowClients) -> Vec<Row> {
+    let how = format!(
+        "{} slow clients (GOLDRELAY_REQUEST_TIMEOUT={} s)",
+        grouped(s.clients as f64),
+        s.timeout.as_secs()
+    );
+    let (idle, loaded) = (&s.idle, &s.loaded);
+    let p99 = Row::new(
+        format!(
+            "/hc p99 under {how}; {} still trickling at the last /hc",
+            grouped(s.trickling_at_end as f64)
+        ),
+        ms_text(loaded.p99),
+    )
+    .against(
+        format!("{} (idle)", ms_text(idle.p99)),
+        times(ms(loaded.p99) / ms(idle.p99)),
+    )
+    .goal("< 100 ms", Goal::Below(100.0), ms(loaded.p99));
+    let rss = s.peak_rss_kib as f64 / 1024.0;
+    let idle_rss = s.idle_rss_kib as f64 / 1024.0;
+    vec![
+        Row::new(format!("/hc p50 under {how}"), ms_text(loaded.p50)).against(
+            format!("{} (idle)", ms_text(idle.p50)),
+            times(ms(loaded.p50) / ms(idle.p50)),
+        ),
+        p99.unless_hc_failed(loaded.failures),
+        Row::new(format!("peak RSS under {how}"), format!("{rss:.1} MiB"))
+            .against(format!("{idle_rss:.1} MiB (idle)"), times(rss / idle_rss))
+            .goal("< 64 MiB", Goal::Below(64.0), rss),
+        answered_row(s),
+    ]
+}
+
+/// How many slow connections were answered 408, and when.
+fn answered_row(s: &SlowClients) -> Row {
+    let o = &s.outcomes;
+    let when = o.answered_after.map_or(String::new(), |(low, high)| {
+        format!(
+            ", {:.1}–{:.1} s after the head, closed ≤ {:.1} s later",
+            low.as_secs_f64(),
+            high.as_secs_f64(),
+            o.closed_within.as_secs_f64()
+        )
+    });
+    let mut row = Row::new(
+        format!(
+            "slow connections answered 408 and closed (opened in {:.1} s)",
+            s.opening.as_secs_f64()
+        ),
+        format!(
+            "{} of {}{when}",
+            grouped(o.timed_out as f64),
+            grouped(s.clients as f64)
+        ),
+    );
+    row.target = "all".into();
+    let missed: Vec<String> = [
+        (o.left_open, "408 left open"),
+        (o.other_status, "another status"),
+        (o.closed, "closed unanswered"),
+        (o.unanswered, "unanswered"),
+        (o.refused, "refused"),
+    ]
+    .iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    row.verdict = if missed.is_empty() {
+        "met".into()
+    } else {
+        format!("**missed**: {}", missed.join(", "))
+    };
+    row
 }
 
 fn latency_row(figure: &str, relay: Duration, bare: Duration) -> Row {

@@ -68,7 +68,7 @@ impl Application {
             metrics_here: settings.metrics_listen.is_none(),
             console_csp: crate::http::console_csp(&settings.chatwoot_base_url),
         });
-        let listener = TcpListener::bind(settings.listen)
+        let listener = listen(settings.listen)
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
         let metrics_server = settings
@@ -136,6 +136,23 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Connections the kernel queues for accepting. The standard library's 128
+/// overflows when a burst of clients connects at once, and each overflowed
+/// client waits a second for its retry; this is actix's own default.
+const BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with a backlog of [`BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)?.into_std()
 }
 
 /// A second, private listener that serves only `/metrics`.

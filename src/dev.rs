@@ -35,9 +35,11 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
     let chatwoot = sandbox::start(sandbox_config.clone(), options.sandbox_listen)?;
     let db_path = options.data_dir.join("dev.db");
     let webhook_secret = random_token(24);
+    let operator = random_token(40);
     let vars: HashMap<&str, String> = [
         ("GOLDRELAY_LISTEN", options.listen.to_string()),
         ("GOLDRELAY_TOKENS", token.clone()),
+        ("GOLDRELAY_OPERATOR_TOKENS", operator.clone()),
         ("DATABASE_URL", format!("sqlite://{}", db_path.display())),
         ("CHATWOOT_BASE_URL", chatwoot.base_url()),
         ("CHATWOOT_API_TOKEN", sandbox_config.user_token.clone()),
@@ -53,20 +55,38 @@ pub async fn run(options: DevOptions) -> anyhow::Result<()> {
         format!("http://{}/api/webhooks/chatwoot", app.addr()),
         Some(webhook_secret),
     );
-    print_banner(&options, &token, app.addr(), &chatwoot.base_url(), &db_path);
+    let tokens = Tokens {
+        support: &token,
+        operator: &operator,
+    };
+    print_banner(
+        &options,
+        &tokens,
+        app.addr(),
+        &chatwoot.base_url(),
+        &db_path,
+    );
     app.run_until(shutdown_signal()).await?;
     chatwoot.stop().await;
     Ok(())
 }
 
+/// The tokens `dev` runs with.
+struct Tokens<'a> {
+    support: &'a str,
+    operator: &'a str,
+}
+
 fn print_banner(
     options: &DevOptions,
-    token: &str,
+    tokens: &Tokens<'_>,
     addr: SocketAddr,
     chatwoot: &str,
     db: &std::path::Path,
 ) {
     let base = format!("http://{addr}");
+    let token = tokens.support;
+    let operator = tokens.operator;
     let shown = if options.token.is_some() {
         "(the one you passed with --token)".to_owned()
     } else {
@@ -78,6 +98,7 @@ goldrelay dev is running. This is a local sandbox: nothing reaches a real Chatwo
 
   goldrelay         {base}
   Support token     {shown}
+  operator token    {operator}   (list, retry, /metrics, the console)
   database          {db}
   sandbox Chatwoot  {chatwoot}   (account 1, conversations 1-1000)
 
@@ -94,7 +115,11 @@ See what became of it:
 
 See it in the sandbox Chatwoot:
 
-  curl -s {chatwoot}/api/v1/accounts/1/conversations/1/messages -H 'api_access_token: {user}'
+  curl -s {chatwoot}/api/v1/accounts/1/conversations/1/messages -H 'Api-Access-Token: {user}'
+
+Open the console:
+
+  {base}/console/#token={operator}
 
 Press Ctrl-C to stop.
 "#,

@@ -12,8 +12,6 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Chatwoot's per-conversation flood guard: messages per minute (`lib/limits.rb`).
-const FLOOD_LIMIT: usize = 200;
 /// `validates :content, length: { maximum: 150_000 }` (`app/models/message.rb`).
 const MAX_CONTENT_CHARS: usize = 150_000;
 
@@ -359,7 +357,7 @@ fn store(shared: &Shared, draft: Draft) -> Result<(Message, Option<Event>), Refu
         .entry((draft.account_id, draft.conversation_id))
         .or_default();
     recent.retain(|t| t.elapsed() < Duration::from_secs(60));
-    if recent.len() >= FLOOD_LIMIT {
+    if recent.len() >= shared.config.flood_limit {
         return Err(Refusal::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "Validation failed: Too many messages",

@@ -53,6 +53,11 @@ pub struct SandboxConfig {
     /// Rails' development and test environments. Unlike production, loopback
     /// is not safelisted, since every test client is on loopback.
     pub rack_attack_limit: Option<u32>,
+    /// Chatwoot's per-conversation flood guard: a create past this many
+    /// messages in a conversation in the last minute is refused with 422
+    /// `Validation failed: Too many messages` (`Message#prevent_message_flooding`,
+    /// `CONVERSATION_MESSAGE_PER_MINUTE_LIMIT` in `lib/limits.rb`, 200 by default).
+    pub flood_limit: usize,
 }
 
 impl Default for SandboxConfig {
@@ -65,6 +70,7 @@ impl Default for SandboxConfig {
             webhook_url: None,
             webhook_secret: None,
             rack_attack_limit: None,
+            flood_limit: 200,
         }
     }
 }

@@ -34,20 +34,13 @@ fn assert_sent_once(app: &TestApp, reply_id: &str, conversation_id: i64, record:
 
 /// Posts `count` messages to a conversation straight to the sandbox, as agents would.
 async fn chatter(app: &TestApp, conversation_id: i64, count: usize) {
-    let url = format!(
-        "{}/api/v1/accounts/1/conversations/{conversation_id}/messages",
-        app.chatwoot.base_url()
-    );
-    let client = reqwest::Client::new();
     for i in 0..count {
-        let sent = client
-            .post(&url)
-            .header("Api-Access-Token", SandboxConfig::default().user_token)
-            .json(&json!({"content": format!("agent chatter {i}"), "message_type": "outgoing"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
+        crate::helpers::agent_says(
+            &app.chatwoot,
+            conversation_id,
+            &format!("agent chatter {i}"),
+        )
+        .await;
     }
 }
 

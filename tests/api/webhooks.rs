@@ -488,23 +488,6 @@ async fn an_agent_retry_without_the_marker_brings_a_failed_reply_back_to_sent() 
     assert!(record["channel_error"].is_null(), "{record}");
 }
 
-/// Posts a message to the sandbox conversation as an agent would, so that it
-/// becomes the conversation's latest public message.
-async fn agent_says(app: &crate::helpers::TestApp, conversation_id: i64, text: &str) {
-    let url = format!(
-        "{}/api/v1/accounts/1/conversations/{conversation_id}/messages",
-        app.chatwoot.base_url()
-    );
-    let answer = reqwest::Client::new()
-        .post(url)
-        .header("Api-Access-Token", SandboxConfig::default().user_token)
-        .json(&json!({ "content": text }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-}
-
 async fn wait_for_channel_status(app: &crate::helpers::TestApp, id: &str, status: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -534,7 +517,7 @@ async fn a_status_change_no_event_shows_is_read_from_chatwoot_once_newer_message
         .await;
     let message_id = record["chatwoot_message_id"].as_i64().unwrap();
     // Now ours is no longer the latest: its updates' payloads list the newer one.
-    agent_says(&app, 14, "Anything else I can do?").await;
+    crate::helpers::agent_says(&app.chatwoot, 14, "Anything else I can do?").await;
     app.chatwoot
         .set_status(message_id, "failed", Some("24 hour window closed"))
         .await;

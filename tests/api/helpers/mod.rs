@@ -283,3 +283,20 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
         })
         .collect()
 }
+
+/// Posts a message to a sandbox conversation as an agent would (not through
+/// goldrelay), so that it becomes the conversation's latest public message.
+pub async fn agent_says(chatwoot: &SandboxHandle, conversation_id: i64, text: &str) {
+    let url = format!(
+        "{}/api/v1/accounts/1/conversations/{conversation_id}/messages",
+        chatwoot.base_url()
+    );
+    let sent = reqwest::Client::new()
+        .post(url)
+        .header("Api-Access-Token", SandboxConfig::default().user_token)
+        .json(&json!({ "content": text, "message_type": "outgoing" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
+}

@@ -2,8 +2,7 @@
 //! the create request, at a steady rate well under the send-rate cap, so the
 //! queue is idle and the figure is the worker's own path.
 
-use crate::harness::{Database, Harness, RelaySetup};
-use crate::process::free_port;
+use crate::harness::{Database, Harness, Pair};
 use crate::sandbox;
 use crate::stats::percentile;
 use anyhow::bail;
@@ -30,15 +29,7 @@ pub async fn measure(h: &mut Harness) -> anyhow::Result<DeliveryLatency> {
     let seconds = h.seconds.min(MAX_SECONDS);
     let count = RATE as u64 * seconds;
     eprintln!("== delivery latency: {count} replies at {RATE}/s");
-    let sandbox = h.sandbox(free_port()?).await?;
-    let database_url = h.fresh_database(&Database::Sqlite).await?;
-    let relay = h
-        .relay(&RelaySetup {
-            database_url,
-            chatwoot_url: sandbox.url.clone(),
-            send_rate: None,
-        })
-        .await?;
+    let Pair { relay, sandbox, .. } = h.relay_and_sandbox(&Database::Sqlite, &[]).await?;
     let prefix = format!("{}-latency-", h.run_id);
     let support = h.support(&relay.url);
     let mut accepted = HashMap::new();

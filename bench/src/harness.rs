@@ -32,6 +32,13 @@ pub enum Database {
 }
 
 /// How one goldrelay is set up; everything not named keeps its default.
+/// A goldrelay, the sandbox it delivers to, and where it stores.
+pub struct Pair {
+    pub relay: Process,
+    pub sandbox: Process,
+    pub database_url: String,
+}
+
 pub struct RelaySetup {
     pub database_url: String,
     pub chatwoot_url: String,
@@ -141,6 +148,28 @@ impl Harness {
             &self.http,
         )
         .await
+    }
+
+    /// A sandbox Chatwoot, and a goldrelay on a fresh `database` that sends
+    /// to it with no rate cap, `env` on top of its defaults.
+    pub async fn relay_and_sandbox(
+        &mut self,
+        database: &Database,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Pair> {
+        let sandbox = self.sandbox(free_port()?).await?;
+        let database_url = self.fresh_database(database).await?;
+        let setup = RelaySetup {
+            database_url: database_url.clone(),
+            chatwoot_url: sandbox.url.clone(),
+            send_rate: None,
+        };
+        let relay = self.relay_with(&setup, env).await?;
+        Ok(Pair {
+            relay,
+            sandbox,
+            database_url,
+        })
     }
 
     pub async fn relay(&mut self, setup: &RelaySetup) -> anyhow::Result<Process> {

@@ -3,8 +3,8 @@
 //! bare handler. Every run gets a fresh process and, for goldrelay, a fresh
 //! database.
 
-use crate::harness::{Database, Harness, RelaySetup, TOKEN};
-use crate::process::{free_port, Process};
+use crate::harness::{Database, Harness, TOKEN};
+use crate::process::Process;
 use crate::wrk::{Load, WrkRun};
 
 /// The concurrent keep-alive clients of the "many" runs.
@@ -71,14 +71,6 @@ async fn start(h: &mut Harness, target: Target<'_>) -> anyhow::Result<(Process, 
     let Target::Relay(database) = target else {
         return Ok((h.bare().await?, None));
     };
-    let sandbox = h.sandbox(free_port()?).await?;
-    let database_url = h.fresh_database(database).await?;
-    let relay = h
-        .relay(&RelaySetup {
-            database_url,
-            chatwoot_url: sandbox.url.clone(),
-            send_rate: None,
-        })
-        .await?;
-    Ok((relay, Some(sandbox)))
+    let pair = h.relay_and_sandbox(database, &[]).await?;
+    Ok((pair.relay, Some(pair.sandbox)))
 }

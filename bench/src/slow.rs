@@ -4,8 +4,7 @@
 //! answering `/hc` promptly, hold its memory, and answer every slow
 //! connection 408 once `GOLDRELAY_REQUEST_TIMEOUT` has passed.
 
-use crate::harness::{Database, Harness, RelaySetup, TOKEN};
-use crate::process::free_port;
+use crate::harness::{Database, Harness, Pair, TOKEN};
 use crate::stats::percentile;
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
@@ -131,17 +130,9 @@ pub async fn measure(h: &mut Harness, clients: usize) -> anyhow::Result<SlowClie
          GOLDRELAY_REQUEST_TIMEOUT={}s",
         TIMEOUT.as_secs()
     );
-    let sandbox = h.sandbox(free_port()?).await?;
-    let database_url = h.fresh_database(&Database::Sqlite).await?;
-    let setup = RelaySetup {
-        database_url,
-        chatwoot_url: sandbox.url.clone(),
-        send_rate: None,
-    };
     let timeout = format!("{}s", TIMEOUT.as_secs());
-    let relay = h
-        .relay_with(&setup, &[("GOLDRELAY_REQUEST_TIMEOUT", &timeout)])
-        .await?;
+    let env = [("GOLDRELAY_REQUEST_TIMEOUT", timeout.as_str())];
+    let Pair { relay, sandbox, .. } = h.relay_and_sandbox(&Database::Sqlite, &env).await?;
     let hc_url = format!("{}/hc", relay.url);
     let addr: SocketAddr = relay
         .url

@@ -3,9 +3,8 @@
 //! and its WAL grow shows as the last window against the first. The WAL
 //! file's size is sampled throughout.
 
-use crate::harness::{Database, Harness, RelaySetup, TOKEN};
+use crate::harness::{Database, Harness, Pair, TOKEN};
 use crate::ingest::MANY;
-use crate::process::free_port;
 use crate::wrk::{Load, WrkRun};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,19 +58,15 @@ pub async fn measure(h: &mut Harness, seconds: u64) -> anyhow::Result<Sustained>
     let window = WINDOW.min((seconds / 2).max(1));
     let count = (seconds / window).max(2);
     eprintln!("== sustained: goldrelay on SQLite, {MANY} clients, {count} × {window} s");
-    let sandbox = h.sandbox(free_port()?).await?;
-    let database_url = h.fresh_database(&Database::Sqlite).await?;
+    let Pair {
+        relay,
+        sandbox,
+        database_url,
+    } = h.relay_and_sandbox(&Database::Sqlite, &[]).await?;
     let wal = PathBuf::from(format!(
         "{}-wal",
         database_url.trim_start_matches("sqlite://")
     ));
-    let relay = h
-        .relay(&RelaySetup {
-            database_url,
-            chatwoot_url: sandbox.url.clone(),
-            send_rate: None,
-        })
-        .await?;
     let wal_max = Arc::new(AtomicU64::new(0));
     let sampler = tokio::spawn(sample_size(wal, wal_max.clone()));
     let mut windows = Vec::new();

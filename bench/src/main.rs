@@ -7,6 +7,7 @@ mod delivery;
 mod drain;
 mod harness;
 mod ingest;
+mod plan;
 mod process;
 mod report;
 mod sandbox;
@@ -20,7 +21,8 @@ use anyhow::Context;
 use clap::Parser;
 use harness::{Database, Harness, Tools};
 use ingest::Target;
-use report::{OnlySlow, Postgres, Report};
+use plan::{Only, Plan};
+use report::{Postgres, Report, SqliteDelivery};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,9 +45,9 @@ struct Cli {
     /// Slow clients trickling a body at goldrelay at once (issue 12).
     #[arg(long, env = "BENCH_SLOW_CLIENTS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     slow_clients: u64,
-    /// Run only this measurement and print its rows.
-    #[arg(long, env = "BENCH_ONLY", value_enum)]
-    only: Option<Only>,
+    /// Run only these parts, comma-separated, and print their rows (default: all).
+    #[arg(long, env = "BENCH_ONLY", value_enum, value_delimiter = ',')]
+    only: Vec<Only>,
     /// PostgreSQL to measure goldrelay on as well.
     #[arg(long, env = "TEST_DATABASE_URL", hide_env_values = true)]
     postgres: Option<String>,
@@ -58,13 +60,6 @@ struct Cli {
     /// Directory holding the release `goldrelay` and `bare` (default: this binary's).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-}
-
-/// A measurement that can be run alone.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Only {
-    /// The slow-client row: `/hc` and peak RSS under `BENCH_SLOW_CLIENTS`.
-    Slow,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -87,8 +82,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let bin_dir = match cli.bin_dir {
-        Some(dir) => dir,
+    let plan = Plan::new(&cli.only, cli.postgres.is_some())?;
+    let bin_dir = match &cli.bin_dir {
+        Some(dir) => dir.clone(),
         None => std::env::current_exe()?
             .parent()
             .context("this binary has no directory")?
@@ -97,62 +93,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let tools = Tools {
         goldrelay: bin_dir.join("goldrelay"),
         bare: bin_dir.join("bare"),
-        wrk: cli.wrk,
+        wrk: cli.wrk.clone(),
     };
     let run_id = format!("b{}", std::process::id());
-    let slow_clients = usize::try_from(cli.slow_clients)?;
-    // Before anything runs: a limit too low would end the run at its last row.
-    slow::check_open_files(slow_clients)?;
+    if plan.slow {
+        // Before anything runs: a limit too low would end the run at its last row.
+        slow::check_open_files(usize::try_from(cli.slow_clients)?)?;
+    }
     let load_before = report::load_average();
     let mut h = Harness::new(tools, cli.seconds, run_id)?;
-    if let Some(Only::Slow) = cli.only {
-        let slow = slow::measure(&mut h, slow_clients).await?;
-        let load = [load_before, report::load_average()];
-        println!(
-            "{}",
-            OnlySlow {
-                revision: cli.revision,
-                load,
-                slow
-            }
-        );
-        return Ok(());
-    }
-    let bare = ingest::measure(&mut h, Target::Bare).await?;
-    let relay = ingest::measure(&mut h, Target::Relay(&Database::Sqlite)).await?;
-    let sustained = sustained::measure(&mut h, cli.sustained_seconds).await?;
-    let latency = delivery::measure(&mut h).await?;
-    let unlimited = drain::measure(&mut h, cli.drain_replies, 0, &Database::Sqlite).await?;
-    let capped = drain::measure(
-        &mut h,
-        cli.capped_replies,
-        drain::DEFAULT_SEND_RATE,
-        &Database::Sqlite,
-    )
-    .await?;
-    let slow = slow::measure(&mut h, slow_clients).await?;
-    let postgres = match &cli.postgres {
-        None => Postgres::NotAsked,
-        Some(url) => postgres(&mut h, url, cli.drain_replies).await,
+    let report = measure(&mut h, &plan, &cli, load_before).await?;
+    println!("{report}");
+    Ok(())
+}
+
+/// Makes the plan's measurements, in the full run's order.
+async fn measure(
+    h: &mut Harness,
+    plan: &Plan,
+    cli: &Cli,
+    load_before: String,
+) -> anyhow::Result<Report> {
+    let bare = maybe(plan.bare, ingest::measure(h, Target::Bare)).await?;
+    let sqlite = Target::Relay(&Database::Sqlite);
+    let relay = maybe(plan.sqlite, ingest::measure(h, sqlite)).await?;
+    let sustained = maybe(plan.sustained, sustained::measure(h, cli.sustained_seconds)).await?;
+    let delivery = maybe(plan.drain, sqlite_delivery(h, cli)).await?;
+    let slow_clients = usize::try_from(cli.slow_clients)?;
+    let slow = maybe(plan.slow, slow::measure(h, slow_clients)).await?;
+    let postgres = match (plan.postgres, &cli.postgres) {
+        (false, _) => None,
+        (true, None) => Some(Postgres::NotAsked),
+        (true, Some(url)) => Some(postgres(h, url, cli.drain_replies).await),
     };
-    let report = Report {
-        revision: cli.revision,
+    Ok(Report {
+        revision: cli.revision.clone(),
         load: [load_before, report::load_average()],
         seconds: h.seconds,
         bare,
         relay,
         sustained,
-        latency,
-        unlimited,
-        capped,
+        delivery,
         slow,
         postgres,
         starts: h.starts.clone(),
         relay_bytes: file_size(&h.tools.goldrelay)?,
         bare_bytes: file_size(&h.tools.bare)?,
-    };
-    println!("{report}");
-    Ok(())
+    })
+}
+
+/// `measurement`'s result if the plan has it, without starting it otherwise.
+async fn maybe<T>(
+    planned: bool,
+    measurement: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<Option<T>> {
+    if !planned {
+        return Ok(None);
+    }
+    measurement.await.map(Some)
+}
+
+/// Delivery latency, then the drain with the cap lifted and at the default cap.
+async fn sqlite_delivery(h: &mut Harness, cli: &Cli) -> anyhow::Result<SqliteDelivery> {
+    let latency = delivery::measure(h).await?;
+    let unlimited = drain::measure(h, cli.drain_replies, 0, &Database::Sqlite).await?;
+    let capped = drain::measure(
+        h,
+        cli.capped_replies,
+        drain::DEFAULT_SEND_RATE,
+        &Database::Sqlite,
+    )
+    .await?;
+    Ok(SqliteDelivery {
+        latency,
+        unlimited,
+        capped,
+    })
 }
 
 /// Ingest and drain again on PostgreSQL, if goldrelay starts on it.

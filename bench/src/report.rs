@@ -14,6 +14,7 @@ use std::time::Duration;
 /// svix-server's durable ingest on PostgreSQL, from the issue: the target is 3× this.
 const SVIX_PER_SEC: f64 = 1_800.0;
 
+/// The PostgreSQL rows of a run that asked for them.
 pub enum Postgres {
     /// TEST_DATABASE_URL is not set.
     NotAsked,
@@ -23,19 +24,27 @@ pub enum Postgres {
     Measured(Box<Ingest>, Box<Drain>),
 }
 
+/// Delivery on SQLite: latency at an idle queue, and the two drains.
+pub struct SqliteDelivery {
+    pub latency: DeliveryLatency,
+    pub unlimited: Drain,
+    pub capped: Drain,
+}
+
+/// Whatever a run measured; `None` is a part it did not run (`BENCH_ONLY`),
+/// and its rows are left out. The plan measures `bare` whenever a part that
+/// compares with it runs.
 pub struct Report {
     pub revision: String,
     /// The machine's load average when the run began and when it ended.
     pub load: [String; 2],
     pub seconds: u64,
-    pub bare: Ingest,
-    pub relay: Ingest,
-    pub sustained: Sustained,
-    pub latency: DeliveryLatency,
-    pub unlimited: Drain,
-    pub capped: Drain,
-    pub slow: SlowClients,
-    pub postgres: Postgres,
+    pub bare: Option<Ingest>,
+    pub relay: Option<Ingest>,
+    pub sustained: Option<Sustained>,
+    pub delivery: Option<SqliteDelivery>,
+    pub slow: Option<SlowClients>,
+    pub postgres: Option<Postgres>,
     pub starts: Starts,
     pub relay_bytes: u64,
     pub bare_bytes: u64,
@@ -132,144 +141,33 @@ impl Row {
 }
 
 impl Report {
+    /// Every measured part's rows, in the full run's order.
     fn rows(&self) -> Vec<Row> {
-        let mut rows = self.ingest_rows();
-        rows.extend(self.sustained_rows());
-        rows.extend(self.delivery_rows());
-        rows.extend(self.footprint_rows());
-        rows.extend(slow_rows(&self.slow));
-        rows.extend(self.postgres_rows());
-        rows
-    }
-
-    fn ingest_rows(&self) -> Vec<Row> {
-        let (relay, bare) = (&self.relay, &self.bare);
-        let many = format!("ingest, {MANY} clients");
-        let share = relay.many.accepted_per_sec() / bare.many.accepted_per_sec();
-        let p99 = ms(relay.many.p99);
-        let one_p50 = ms(relay.one.p50);
-        vec![
-            Row::new(
-                format!("{many}: accepted/s"),
-                rate(relay.many.accepted_per_sec()),
-            )
-            .against(rate(bare.many.accepted_per_sec()), percent(share))
-            .goal("≥ 40 % of bare", Goal::AtLeast(0.40), share),
-            latency_row(&format!("{many}: p50"), relay.many.p50, bare.many.p50),
-            latency_row(&format!("{many}: p99"), relay.many.p99, bare.many.p99).goal(
-                "< 10 ms",
-                Goal::Below(10.0),
-                p99,
-            ),
-            Row::new(
-                "ingest, 1 client: accepted/s",
-                rate(relay.one.accepted_per_sec()),
-            )
-            .against(
-                rate(bare.one.accepted_per_sec()),
-                percent(relay.one.accepted_per_sec() / bare.one.accepted_per_sec()),
-            ),
-            latency_row("ingest, 1 client: p50", relay.one.p50, bare.one.p50).goal(
-                "< 1 ms",
-                Goal::Below(1.0),
-                one_p50,
-            ),
-            latency_row("ingest, 1 client: p99", relay.one.p99, bare.one.p99),
-        ]
-    }
-
-    fn sustained_rows(&self) -> Vec<Row> {
-        let s = &self.sustained;
-        let how = format!("sustained, {MANY} clients, {} s", s.seconds);
-        let window = s.window_seconds();
-        let share = s.accepted_per_sec() / self.bare.many.accepted_per_sec();
-        let wal_mib = s.wal_max_bytes as f64 / (1024.0 * 1024.0);
-        let (first, last) = match (s.windows.first(), s.windows.last()) {
-            (Some(f), Some(l)) => (f.accepted_per_sec(), l.accepted_per_sec()),
-            _ => (0.0, 0.0),
-        };
-        vec![
-            Row::new(format!("{how}: accepted/s"), rate(s.accepted_per_sec()))
-                .against(rate(self.bare.many.accepted_per_sec()), percent(share)),
-            Row::new(
-                format!("{how}: last {window} s against the first {window} s"),
-                format!("{} / {}", rate(last), rate(first)),
-            )
-            .against("", percent(s.last_over_first()))
-            .goal("≥ 90 %", Goal::AtLeast(0.90), s.last_over_first()),
-            Row::new(
-                format!("{how}: largest WAL file"),
-                format!("{wal_mib:.1} MiB"),
-            )
-            .goal("≤ 64 MiB", Goal::Below(64.0 + 1e-9), wal_mib),
-            Row::new(
-                format!("{how}: p99 (the worst {window} s window)"),
-                ms_text(s.p99()),
-            )
-            .against(
-                ms_text(self.bare.many.p99),
-                times(ms(s.p99()) / ms(self.bare.many.p99)),
-            )
-            .goal("< 25 ms", Goal::Below(25.0), ms(s.p99())),
-        ]
-    }
-
-    fn delivery_rows(&self) -> Vec<Row> {
-        let l = &self.latency;
-        let how = format!(
-            "{} replies at {}/s over {} s, idle queue",
-            l.replies,
-            delivery::RATE,
-            l.seconds
-        );
-        let mut rows = vec![
-            Row::new(
-                format!("delivery, 202 → Chatwoot: p50 ({how})"),
-                millis(l.p50_ms),
-            )
-            .goal("< 5 ms", Goal::Below(5.0), l.p50_ms),
-            Row::new("delivery, 202 → Chatwoot: p99", millis(l.p99_ms)).goal(
-                "< 20 ms",
-                Goal::Below(20.0),
-                l.p99_ms,
-            ),
-        ];
-        let u = &self.unlimited;
-        rows.push(
-            drain_row("cap lifted (GOLDRELAY_SEND_RATE=0)", u)
-                .goal("≥ 1 000/s", Goal::AtLeast(1_000.0), u.per_sec())
-                .unless_incomplete(u),
-        );
-        let c = &self.capped;
-        let cap = f64::from(c.send_rate);
-        rows.push(
-            drain_row(&format!("cap {}/s (default)", c.send_rate), c)
-                .against(
-                    format!("{}/s (the cap)", c.send_rate),
-                    percent(c.per_sec() / cap),
-                )
-                .goal("within 10 % of the cap", Goal::Near(cap, 0.10), c.per_sec())
-                .unless_incomplete(c),
-        );
-        for d in [u, c] {
-            rows.push(Row::new(
-                format!(
-                    "drain, GOLDRELAY_SEND_RATE={}: Chatwoot back → last delivery",
-                    d.send_rate
-                ),
-                format!(
-                    "{:.1} s ({} overall)",
-                    d.back_to_last.as_secs_f64(),
-                    rate(d.overall_per_sec())
-                ),
-            ));
+        let mut rows = Vec::new();
+        if let (Some(relay), Some(bare)) = (&self.relay, &self.bare) {
+            rows.extend(ingest_rows(relay, bare));
+        }
+        if let (Some(sustained), Some(bare)) = (&self.sustained, &self.bare) {
+            rows.extend(sustained_rows(sustained, bare));
+        }
+        if let Some(delivery) = &self.delivery {
+            rows.extend(delivery_rows(delivery));
+        }
+        if let (Some(relay), Some(bare)) = (&self.relay, &self.bare) {
+            rows.extend(self.footprint_rows(relay, bare));
+        }
+        if let Some(slow) = &self.slow {
+            rows.extend(slow_rows(slow));
+        }
+        if let (Some(postgres), Some(bare)) = (&self.postgres, &self.bare) {
+            rows.extend(self.postgres_rows(postgres, bare));
         }
         rows
     }
 
-    fn footprint_rows(&self) -> Vec<Row> {
-        let rss = self.relay.peak_rss_kib as f64 / 1024.0;
-        let bare_rss = self.bare.peak_rss_kib as f64 / 1024.0;
+    fn footprint_rows(&self, relay: &Ingest, bare: &Ingest) -> Vec<Row> {
+        let rss = relay.peak_rss_kib as f64 / 1024.0;
+        let bare_rss = bare.peak_rss_kib as f64 / 1024.0;
         let start = slowest(&self.starts.sqlite);
         let bare_start = slowest(&self.starts.bare);
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
@@ -297,33 +195,33 @@ impl Report {
         ]
     }
 
-    fn postgres_rows(&self) -> Vec<Row> {
+    fn postgres_rows(&self, postgres: &Postgres, bare: &Ingest) -> Vec<Row> {
         let target = format!("≥ {} (3× svix)", rate(3.0 * SVIX_PER_SEC));
         let unmeasured = |text: &str| {
             let mut row = Row::new(format!("PostgreSQL: ingest, {MANY} clients"), text);
             row.target.clone_from(&target);
             vec![row]
         };
-        match &self.postgres {
+        match postgres {
             Postgres::NotAsked => unmeasured("not run (set TEST_DATABASE_URL)"),
             Postgres::Failed(_) => unmeasured("n/a (did not run: see the note)"),
             Postgres::Measured(ingest, drain) => {
                 let per_sec = ingest.many.accepted_per_sec();
-                let share = per_sec / self.bare.many.accepted_per_sec();
+                let share = per_sec / bare.many.accepted_per_sec();
                 vec![
                     Row::new(format!("PostgreSQL: ingest, {MANY} clients"), rate(per_sec))
-                        .against(rate(self.bare.many.accepted_per_sec()), percent(share))
+                        .against(rate(bare.many.accepted_per_sec()), percent(share))
                         .goal(&target, Goal::AtLeast(3.0 * SVIX_PER_SEC), per_sec),
                     latency_row(
                         &format!("PostgreSQL: ingest, {MANY} clients: p99"),
                         ingest.many.p99,
-                        self.bare.many.p99,
+                        bare.many.p99,
                     )
                     .goal("< 20 ms", Goal::Below(20.0), ms(ingest.many.p99)),
                     latency_row(
                         "PostgreSQL: ingest, 1 client: p50",
                         ingest.one.p50,
-                        self.bare.one.p50,
+                        bare.one.p50,
                     )
                     .goal("< 2 ms", Goal::Below(2.0), ms(ingest.one.p50)),
                     drain_row("PostgreSQL, cap lifted", drain)
@@ -347,16 +245,19 @@ impl Report {
 
     /// Runs where a server answered anything but success, which the figures exclude.
     fn errors(&self) -> Vec<String> {
-        let mut runs = vec![
-            ("bare, 1 client", &self.bare.one),
-            ("bare, many clients", &self.bare.many),
-            ("goldrelay, 1 client", &self.relay.one),
-            ("goldrelay, many clients", &self.relay.many),
-        ];
-        for window in &self.sustained.windows {
+        let mut runs = Vec::new();
+        if let Some(bare) = &self.bare {
+            runs.push(("bare, 1 client", &bare.one));
+            runs.push(("bare, many clients", &bare.many));
+        }
+        if let Some(relay) = &self.relay {
+            runs.push(("goldrelay, 1 client", &relay.one));
+            runs.push(("goldrelay, many clients", &relay.many));
+        }
+        for window in self.sustained.iter().flat_map(|s| &s.windows) {
             runs.push(("goldrelay, sustained (one window)", window));
         }
-        if let Postgres::Measured(ingest, _) = &self.postgres {
+        if let Some(Postgres::Measured(ingest, _)) = &self.postgres {
             runs.push(("goldrelay on PostgreSQL, 1 client", &ingest.one));
             runs.push(("goldrelay on PostgreSQL, many clients", &ingest.many));
         }
@@ -370,28 +271,188 @@ impl Report {
             })
             .collect()
     }
-}
 
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    /// The parts this run measured, when it left some out (`BENCH_ONLY`).
+    fn partial(&self) -> Option<String> {
+        let parts = [
+            (self.bare.is_some(), "bare handler ingest"),
+            (self.relay.is_some(), "SQLite ingest"),
+            (self.sustained.is_some(), "sustained SQLite"),
+            (self.delivery.is_some(), "SQLite delivery and drains"),
+            (self.slow.is_some(), "slow clients"),
+            (self.postgres.is_some(), "PostgreSQL ingest and drain"),
+        ];
+        if parts.iter().all(|(ran, _)| *ran) {
+            return None;
+        }
+        let ran: Vec<&str> = parts
+            .iter()
+            .filter(|(ran, _)| *ran)
+            .map(|(_, name)| *name)
+            .collect();
+        Some(ran.join(", "))
+    }
+
+    fn heading(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let only = self
+            .partial()
+            .map_or(String::new(), |parts| format!(", only {parts}"));
         writeln!(
             f,
-            "goldrelay benchmark of {}: {}; load average {} at the start, {} at the end",
+            "goldrelay benchmark of {}{only}: {}; load average {} at the start, {} at the end",
             self.revision,
             machine(),
             self.load[0],
             self.load[1]
         )?;
+        // The slow-client rows run no wrk and store nothing to speak of.
+        if self.bare.is_none() && self.delivery.is_none() {
+            return writeln!(f);
+        }
         writeln!(
             f,
             "{} s wrk runs, 1 KiB bodies, SQLite WAL + synchronous=FULL (the defaults)\n",
             self.seconds
-        )?;
-        table(f, "ceiling (bare handler)", &self.rows())?;
+        )
+    }
+}
+
+fn ingest_rows(relay: &Ingest, bare: &Ingest) -> Vec<Row> {
+    let many = format!("ingest, {MANY} clients");
+    let share = relay.many.accepted_per_sec() / bare.many.accepted_per_sec();
+    let p99 = ms(relay.many.p99);
+    let one_p50 = ms(relay.one.p50);
+    vec![
+        Row::new(
+            format!("{many}: accepted/s"),
+            rate(relay.many.accepted_per_sec()),
+        )
+        .against(rate(bare.many.accepted_per_sec()), percent(share))
+        .goal("≥ 40 % of bare", Goal::AtLeast(0.40), share),
+        latency_row(&format!("{many}: p50"), relay.many.p50, bare.many.p50),
+        latency_row(&format!("{many}: p99"), relay.many.p99, bare.many.p99).goal(
+            "< 10 ms",
+            Goal::Below(10.0),
+            p99,
+        ),
+        Row::new(
+            "ingest, 1 client: accepted/s",
+            rate(relay.one.accepted_per_sec()),
+        )
+        .against(
+            rate(bare.one.accepted_per_sec()),
+            percent(relay.one.accepted_per_sec() / bare.one.accepted_per_sec()),
+        ),
+        latency_row("ingest, 1 client: p50", relay.one.p50, bare.one.p50).goal(
+            "< 1 ms",
+            Goal::Below(1.0),
+            one_p50,
+        ),
+        latency_row("ingest, 1 client: p99", relay.one.p99, bare.one.p99),
+    ]
+}
+
+fn sustained_rows(s: &Sustained, bare: &Ingest) -> Vec<Row> {
+    let how = format!("sustained, {MANY} clients, {} s", s.seconds);
+    let window = s.window_seconds();
+    let share = s.accepted_per_sec() / bare.many.accepted_per_sec();
+    let wal_mib = s.wal_max_bytes as f64 / (1024.0 * 1024.0);
+    let (first, last) = match (s.windows.first(), s.windows.last()) {
+        (Some(f), Some(l)) => (f.accepted_per_sec(), l.accepted_per_sec()),
+        _ => (0.0, 0.0),
+    };
+    vec![
+        Row::new(format!("{how}: accepted/s"), rate(s.accepted_per_sec()))
+            .against(rate(bare.many.accepted_per_sec()), percent(share)),
+        Row::new(
+            format!("{how}: last {window} s against the first {window} s"),
+            format!("{} / {}", rate(last), rate(first)),
+        )
+        .against("", percent(s.last_over_first()))
+        .goal("≥ 90 %", Goal::AtLeast(0.90), s.last_over_first()),
+        Row::new(
+            format!("{how}: largest WAL file"),
+            format!("{wal_mib:.1} MiB"),
+        )
+        .goal("≤ 64 MiB", Goal::Below(64.0 + 1e-9), wal_mib),
+        Row::new(
+            format!("{how}: p99 (the worst {window} s window)"),
+            ms_text(s.p99()),
+        )
+        .against(
+            ms_text(bare.many.p99),
+            times(ms(s.p99()) / ms(bare.many.p99)),
+        )
+        .goal("< 25 ms", Goal::Below(25.0), ms(s.p99())),
+    ]
+}
+
+fn delivery_rows(d: &SqliteDelivery) -> Vec<Row> {
+    let l = &d.latency;
+    let how = format!(
+        "{} replies at {}/s over {} s, idle queue",
+        l.replies,
+        delivery::RATE,
+        l.seconds
+    );
+    let mut rows = vec![
+        Row::new(
+            format!("delivery, 202 → Chatwoot: p50 ({how})"),
+            millis(l.p50_ms),
+        )
+        .goal("< 5 ms", Goal::Below(5.0), l.p50_ms),
+        Row::new("delivery, 202 → Chatwoot: p99", millis(l.p99_ms)).goal(
+            "< 20 ms",
+            Goal::Below(20.0),
+            l.p99_ms,
+        ),
+    ];
+    let u = &d.unlimited;
+    rows.push(
+        drain_row("cap lifted (GOLDRELAY_SEND_RATE=0)", u)
+            .goal("≥ 1 000/s", Goal::AtLeast(1_000.0), u.per_sec())
+            .unless_incomplete(u),
+    );
+    let c = &d.capped;
+    let cap = f64::from(c.send_rate);
+    rows.push(
+        drain_row(&format!("cap {}/s (default)", c.send_rate), c)
+            .against(
+                format!("{}/s (the cap)", c.send_rate),
+                percent(c.per_sec() / cap),
+            )
+            .goal("within 10 % of the cap", Goal::Near(cap, 0.10), c.per_sec())
+            .unless_incomplete(c),
+    );
+    for d in [u, c] {
+        rows.push(Row::new(
+            format!(
+                "drain, GOLDRELAY_SEND_RATE={}: Chatwoot back → last delivery",
+                d.send_rate
+            ),
+            format!(
+                "{:.1} s ({} overall)",
+                d.back_to_last.as_secs_f64(),
+                rate(d.overall_per_sec())
+            ),
+        ));
+    }
+    rows
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.heading(f)?;
+        // Without bare, the column holds what each row is against: idle, the cap.
+        let ceiling = match self.bare {
+            Some(_) => "ceiling (bare handler)",
+            None => "against",
+        };
+        table(f, ceiling, &self.rows())?;
         for error in self.errors() {
             writeln!(f, "\nnote: {error}")?;
         }
-        if let Postgres::Failed(reason) = &self.postgres {
+        if let Some(Postgres::Failed(reason)) = &self.postgres {
             writeln!(f, "\nnote: PostgreSQL: {reason}")?;
         }
         Ok(())
@@ -429,27 +490,6 @@ fn table(f: &mut fmt::Formatter<'_>, ceiling: &str, rows: &[Row]) -> fmt::Result
         line(f, row.cells())?;
     }
     Ok(())
-}
-
-/// The slow-client rows alone (`BENCH_ONLY=slow`).
-pub struct OnlySlow {
-    pub revision: String,
-    pub load: [String; 2],
-    pub slow: SlowClients,
-}
-
-impl fmt::Display for OnlySlow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "goldrelay benchmark of {}, slow clients only: {}; load average {} at the start, {} at the end\n",
-            self.revision,
-            machine(),
-            self.load[0],
-            self.load[1]
-        )?;
-        table(f, "against (idle)", &slow_rows(&self.slow))
-    }
 }
 
 /// `/hc` and memory under slow clients, against the same goldrelay idle just before.
@@ -635,6 +675,198 @@ pub fn load_average() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::slow::{Hc, Outcomes};
+    use crate::wrk::WrkRun;
+
+    fn wrk(requests: u64, p50_ms: u64, p99_ms: u64) -> WrkRun {
+        WrkRun {
+            requests,
+            duration: Duration::from_secs(3),
+            status_errors: 0,
+            socket_errors: 0,
+            p50: Duration::from_millis(p50_ms),
+            p99: Duration::from_millis(p99_ms),
+        }
+    }
+
+    fn ingest(one: u64, many: u64) -> Ingest {
+        Ingest {
+            one: wrk(one, 1, 2),
+            many: wrk(many, 3, 9),
+            peak_rss_kib: 20_480,
+        }
+    }
+
+    fn drain(send_rate: u32) -> Drain {
+        Drain {
+            replies: 1_000,
+            conversations: 50,
+            send_rate,
+            delivered: 1_000,
+            back_to_last: Duration::from_secs(2),
+            span: Duration::from_secs(1),
+        }
+    }
+
+    fn slow() -> SlowClients {
+        let hc = |ms| Hc {
+            p50: Duration::from_millis(ms),
+            p99: Duration::from_millis(ms * 2),
+            failures: 0,
+        };
+        SlowClients {
+            clients: 200,
+            timeout: Duration::from_secs(5),
+            opening: Duration::from_millis(100),
+            idle: hc(1),
+            loaded: hc(2),
+            trickling_at_end: 200,
+            idle_rss_kib: 10_240,
+            peak_rss_kib: 20_480,
+            outcomes: Outcomes {
+                timed_out: 200,
+                ..Outcomes::default()
+            },
+        }
+    }
+
+    /// A report with every part, as the full run makes it.
+    fn full() -> Report {
+        let mut relay = ingest(3_000, 9_000);
+        relay.many.status_errors = 7;
+        Report {
+            revision: "abc1234".into(),
+            load: ["0.10 0.20 0.30".into(), "1.00 2.00 3.00".into()],
+            seconds: 3,
+            bare: Some(ingest(30_000, 90_000)),
+            relay: Some(relay),
+            sustained: Some(Sustained {
+                seconds: 6,
+                windows: vec![wrk(9_000, 3, 9), wrk(8_000, 4, 12)],
+                wal_max_bytes: 4 << 20,
+            }),
+            delivery: Some(SqliteDelivery {
+                latency: DeliveryLatency {
+                    replies: 60,
+                    seconds: 3,
+                    p50_ms: 2.0,
+                    p99_ms: 8.0,
+                },
+                unlimited: drain(0),
+                capped: drain(40),
+            }),
+            slow: Some(slow()),
+            postgres: Some(Postgres::Measured(
+                Box::new(ingest(2_000, 6_000)),
+                Box::new(drain(0)),
+            )),
+            starts: Starts {
+                sqlite: vec![Duration::from_millis(30); 4],
+                postgres: vec![Duration::from_millis(60); 2],
+                bare: vec![Duration::from_millis(5); 2],
+            },
+            relay_bytes: 12 << 20,
+            bare_bytes: 6 << 20,
+        }
+    }
+
+    /// Where each part's first row is in `text`, `None` for a part not printed.
+    fn positions(text: &str) -> Vec<Option<usize>> {
+        [
+            "| ingest, 64 clients: accepted/s",
+            "| sustained, 64 clients",
+            "| delivery, 202 → Chatwoot",
+            "| peak RSS during ingest",
+            "| /hc p50 under",
+            "| PostgreSQL: ingest",
+        ]
+        .iter()
+        .map(|row| text.find(row))
+        .collect()
+    }
+
+    #[test]
+    fn the_full_report_prints_every_part_in_order_and_names_none() {
+        let text = full().to_string();
+        let found: Vec<usize> = positions(&text).into_iter().flatten().collect();
+        assert_eq!(found.len(), 6, "{text}");
+        assert!(found.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(
+            text.starts_with("goldrelay benchmark of abc1234: "),
+            "{text}"
+        );
+        assert!(text.contains("| ceiling (bare handler) |"), "{text}");
+        assert!(
+            text.contains("note: goldrelay, many clients: 7 answers"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_report_of_sqlite_alone_prints_its_rows_and_says_what_ran() {
+        let report = Report {
+            sustained: None,
+            delivery: None,
+            slow: None,
+            postgres: None,
+            ..full()
+        };
+        let text = report.to_string();
+        let printed: Vec<bool> = positions(&text).iter().map(Option::is_some).collect();
+        assert_eq!(printed, [true, false, false, true, false, false], "{text}");
+        assert!(
+            text.starts_with(
+                "goldrelay benchmark of abc1234, only bare handler ingest, SQLite ingest: "
+            ),
+            "{text}"
+        );
+        assert!(text.contains("| release binary size"), "{text}");
+        assert!(
+            text.contains("note: goldrelay, many clients: 7 answers"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_report_of_slow_clients_alone_compares_with_idle_and_names_no_wrk_run() {
+        let report = Report {
+            bare: None,
+            relay: None,
+            sustained: None,
+            delivery: None,
+            postgres: None,
+            ..full()
+        };
+        let text = report.to_string();
+        let printed: Vec<bool> = positions(&text).iter().map(Option::is_some).collect();
+        assert_eq!(printed, [false, false, false, false, true, false], "{text}");
+        assert!(text.contains(", only slow clients: "), "{text}");
+        assert!(text.contains("| against  "), "{text}");
+        assert!(!text.contains("bare handler"), "{text}");
+        assert!(!text.contains("wrk runs"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_postgres_part_prints_its_row_and_the_reason() {
+        let report = Report {
+            relay: None,
+            sustained: None,
+            delivery: None,
+            slow: None,
+            postgres: Some(Postgres::Failed("connection refused".into())),
+            ..full()
+        };
+        let text = report.to_string();
+        assert!(text.contains("n/a (did not run: see the note)"), "{text}");
+        assert!(
+            text.contains("note: PostgreSQL: connection refused"),
+            "{text}"
+        );
+        assert!(
+            text.contains(", only bare handler ingest, PostgreSQL ingest and drain: "),
+            "{text}"
+        );
+    }
 
     #[test]
     fn rates_are_grouped_by_thousands() {

@@ -305,7 +305,11 @@ impl Report {
             self.load[0],
             self.load[1]
         )?;
-        writeln!(f, "{}\n", self.setup().join(", "))
+        let setup = self.setup();
+        if setup.is_empty() {
+            return writeln!(f);
+        }
+        writeln!(f, "{}\n", setup.join(", "))
     }
 
     /// How the measured parts ran, for the heading's second line: a part
@@ -848,6 +852,7 @@ mod tests {
         let text = report.to_string();
         let printed: Vec<bool> = positions(&text).iter().map(Option::is_some).collect();
         assert_eq!(printed, [false, false, false, false, true, false], "{text}");
+        assert!(text.contains(" at the end\n\n| figure"), "{text}");
         assert!(text.contains(", only slow clients: "), "{text}");
         assert!(text.contains("| against  "), "{text}");
         assert!(!text.contains("bare handler"), "{text}");

@@ -395,41 +395,52 @@ fn push_reply(
         .push_bind(reply.liquid());
 }
 
-/// Adds the jobs of a batch at the back of their conversations' lines, then
-/// makes each touched conversation's oldest job its head (a no-op where the
-/// line already had one).
+/// Adds the jobs of a batch at the back of their conversations' lines. A job
+/// is its conversation's head when it is the batch's first there and no job
+/// was waiting: each statement looks only at the conversations it touches,
+/// so its cost does not grow with the queue. (Which rows of the statement
+/// the `NOT EXISTS` sees does not matter: only a conversation's first job in
+/// the batch asks, before any later one of that conversation is inserted.)
 async fn enqueue_batch(
     conn: &mut SqliteConnection,
     jobs: &[(&GoldReply, i64)],
 ) -> Result<(), StoreError> {
-    let mut first_seq: Option<i64> = None;
-    for chunk in jobs.chunks(INSERT_CHUNK) {
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<bool> = jobs
+        .iter()
+        .map(|(reply, _)| seen.insert((reply.account_id(), reply.conversation_id())))
+        .collect();
+    for (chunk, firsts) in jobs.chunks(INSERT_CHUNK).zip(firsts.chunks(INSERT_CHUNK)) {
         let mut insert = QueryBuilder::new(
-            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at) ",
+            "INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
+             VALUES ",
         );
-        insert.push_values(chunk, |mut row, (reply, due_ms)| {
-            row.push_bind(reply.reply_id().as_str())
+        for (i, ((reply, due_ms), first)) in chunk.iter().zip(firsts).enumerate() {
+            if i > 0 {
+                insert.push(", ");
+            }
+            insert
+                .push("(")
+                .push_bind(reply.reply_id().as_str())
+                .push(", ")
                 .push_bind(reply.account_id())
+                .push(", ")
                 .push_bind(reply.conversation_id())
+                .push(", ")
                 .push_bind(*due_ms);
-        });
-        insert.push(" RETURNING seq");
-        let seqs: Vec<i64> = insert.build_query_scalar().fetch_all(&mut *conn).await?;
-        first_seq = first_seq.into_iter().chain(seqs).min();
+            // `first AND …` keeps the statement's text the same for every
+            // batch of one size, so its prepared form is reused.
+            insert
+                .push(", ")
+                .push_bind(*first)
+                .push(" AND NOT EXISTS (SELECT 1 FROM delivery_jobs WHERE account_id = ")
+                .push_bind(reply.account_id())
+                .push(" AND conversation_id = ")
+                .push_bind(reply.conversation_id())
+                .push("))");
+        }
+        insert.build().execute(&mut *conn).await?;
     }
-    let Some(first_seq) = first_seq else {
-        return Ok(());
-    };
-    sqlx::query(
-        "UPDATE delivery_jobs SET is_head = 1 WHERE is_head = 0 AND seq IN ( \
-           SELECT MIN(d.seq) FROM delivery_jobs d \
-           WHERE (d.account_id, d.conversation_id) IN \
-             (SELECT account_id, conversation_id FROM delivery_jobs WHERE seq >= ?) \
-           GROUP BY d.account_id, d.conversation_id)",
-    )
-    .bind(first_seq)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 

@@ -31,6 +31,9 @@ pub type SharedStore = Arc<dyn Store>;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// An error of the embedded store's writer connection.
+    #[error("database error: {0}")]
+    Embedded(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("the database could not commit: {0}")]

@@ -100,22 +100,33 @@ impl SqliteStore {
     }
 }
 
-/// How often the checkpointer copies the WAL into the database.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// How often the checkpointer copies the WAL into the database while writes
+/// come in, and while none do.
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(20);
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(100);
 
 /// Copies the WAL into the database often, without blocking the writer
 /// (PASSIVE), and publishes the WAL's length in frames for the writer. A
 /// PASSIVE checkpoint cannot restart the WAL under sustained writes (new
-/// frames always follow the ones it copied), so the writer does that, cheaply,
-/// since nearly everything is copied by then.
+/// frames always follow the ones it copied), so the writer does that between
+/// two batches; the more of the WAL is copied by then, the shorter the
+/// writer stalls, hence the quick pace while the WAL grows.
 async fn checkpoint_regularly(mut conn: SqliteConnection, wal_frames: Arc<AtomicI64>) {
+    let mut pace = CHECKPOINT_IDLE;
     loop {
-        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        tokio::time::sleep(pace).await;
         let copied: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut conn)
             .await;
         match copied {
-            Ok((_busy, frames, _copied)) => wal_frames.store(frames, Ordering::Relaxed),
+            Ok((_busy, frames, _copied)) => {
+                let before = wal_frames.swap(frames, Ordering::Relaxed);
+                pace = if frames != before {
+                    CHECKPOINT_BUSY
+                } else {
+                    CHECKPOINT_IDLE
+                };
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "WAL checkpoint failed; the WAL grows until the next one")
             }

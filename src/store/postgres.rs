@@ -6,9 +6,10 @@
 //! every instance `LISTEN`s and wakes its worker at once.
 //!
 //! Throughput: posted replies go to a few writer tasks, each of which takes
-//! every reply waiting and commits them in one transaction: one multi-row
-//! insert of the replies and their jobs, one WAL flush and one `NOTIFY` per
-//! batch instead of one per reply.
+//! every reply waiting and commits them in one call of a function (one round
+//! trip in autocommit): one multi-row insert of the replies and their jobs,
+//! one WAL flush and one `NOTIFY` per batch instead of one per reply. A
+//! delivered job is recorded by one function call too.
 
 use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
@@ -43,6 +44,17 @@ pub struct PostgresStore {
     ingests: mpsc::Sender<PendingIngest>,
     /// How many posted replies may wait for a writer ([`StoreOptions`]).
     most_waiting: usize,
+    /// Deliveries Chatwoot answered, waiting to be recorded together.
+    delivereds: mpsc::Sender<PendingDelivered>,
+}
+
+/// A delivery Chatwoot answered, on its way to the recorder, and where the
+/// recorder says whether it was committed.
+struct PendingDelivered {
+    reply_id: String,
+    message_id: i64,
+    now: DateTime<Utc>,
+    answer: oneshot::Sender<Result<(), StoreError>>,
 }
 
 /// One posted reply on its way to a writer, and where its answer goes.
@@ -71,11 +83,15 @@ impl PostgresStore {
         for _ in 0..INGEST_WRITERS {
             tokio::spawn(run_ingest_writer(pool.clone(), waiting.clone()));
         }
+        // Bounded by the delivery slots in practice: each waits for its answer.
+        let (delivereds, recorded) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(record_delivereds(pool.clone(), recorded));
         Ok(Self {
             pool,
             announce,
             ingests,
             most_waiting: most,
+            delivereds,
         })
     }
 }
@@ -101,35 +117,27 @@ async fn run_ingest_writer(pool: PgPool, waiting: Arc<Mutex<mpsc::Receiver<Pendi
 }
 
 /// Stores a batch of posted replies, answering in the order of `items`. The
-/// whole batch is tried as one statement; if it fails, that transaction is
-/// rolled back and each reply is stored alone (in a savepoint of its own), so
-/// one bad reply fails only itself. A failed commit fails the whole batch.
+/// whole batch is one call of `goldrelay_ingest` in autocommit: one round trip,
+/// committed (synchronously) when it returns. If it fails, nothing of it was
+/// stored, and each reply is stored alone (in a savepoint of its own), so one
+/// bad reply fails only itself.
 async fn ingest_batch(
     pool: &PgPool,
     items: &[(NewReply, DateTime<Utc>)],
 ) -> Vec<Result<Ingested, StoreError>> {
-    let mut conn = match pool.acquire().await {
-        Ok(conn) => conn,
-        Err(e) => return failed_all(items.len(), &e.into()),
-    };
-    let together = async {
-        let begin = begin_and_lock(items);
-        let mut tx = sqlx::Connection::begin_with(&mut *conn, begin).await?;
-        match try_ingest_batch(&mut tx, items).await {
-            Ok(results) => Ok(Some((tx, results))),
-            Err(e) => {
-                tracing::debug!(error = %e, "a batch of posted replies failed; storing each alone");
-                tx.rollback().await?;
-                Ok::<_, StoreError>(None)
-            }
+    // A reply id posted twice in one batch: the first is the one inserted.
+    let mut seen = HashSet::new();
+    let firsts: Vec<&(NewReply, DateTime<Utc>)> = items
+        .iter()
+        .filter(|(new, _)| seen.insert(new.reply.reply_id().as_str()))
+        .collect();
+    match batch_insert(&firsts).fetch_all(pool).await {
+        Ok(inserted) => answer_batch(pool, items, inserted.into_iter().collect()).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "a batch of posted replies failed; storing each alone");
+            ingest_each(pool, items).await
         }
-    };
-    let results = match together.await {
-        Ok(Some((tx, results))) => commit_all(tx, results).await,
-        Ok(None) => ingest_each(pool, items).await,
-        Err(e) => failed_all(items.len(), &e),
-    };
-    results
+    }
 }
 
 /// Commits a batch's transaction; every answer fails if the commit does.
@@ -228,102 +236,58 @@ async fn lock_conversations(
     Ok(())
 }
 
-/// Inserts a batch's replies and their jobs in one statement. Jobs get their
-/// `seq` in the batch's order, and a job is its conversation's head when it
-/// is the first of the batch there and no job was waiting (the conversation
-/// locks are held, so no other transaction adds one meanwhile). The batch's
-/// one `NOTIFY` is delivered only if the transaction commits.
-const INSERT_BATCH: &str = "WITH input AS ( \
-       SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], \
-         $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-         $13::timestamptz[], $14::bool[], $17::bool[]) WITH ORDINALITY AS t(reply_id, \
-         account_id, conversation_id, action, content, private, approved_by, draft, tags, \
-         metadata, fingerprint, status, received_at, sends, liquid, ord)), \
-     inserted AS ( \
-       INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, \
-         private, approved_by, draft, tags, metadata, fingerprint, status, received_at, \
-         next_attempt_at, liquid) \
-       SELECT reply_id, account_id, conversation_id, action, content, private, approved_by, \
-         draft::jsonb, tags::jsonb, metadata::jsonb, fingerprint, status, received_at, \
-         CASE WHEN sends THEN received_at END, liquid \
-       FROM input ORDER BY ord \
-       ON CONFLICT (reply_id) DO NOTHING RETURNING reply_id), \
-     queued AS ( \
-       SELECT i.*, row_number() OVER (PARTITION BY i.account_id, i.conversation_id \
-         ORDER BY i.ord) AS nth \
-       FROM input i JOIN inserted USING (reply_id) WHERE i.sends), \
-     jobs AS ( \
-       INSERT INTO delivery_jobs (reply_id, account_id, conversation_id, due_at, is_head) \
-       SELECT q.reply_id, q.account_id, q.conversation_id, q.received_at, q.nth = 1 AND \
-         NOT EXISTS (SELECT 1 FROM delivery_jobs d \
-           WHERE d.account_id = q.account_id AND d.conversation_id = q.conversation_id) \
-       FROM queued q ORDER BY q.ord) \
-     SELECT inserted.reply_id FROM inserted \
-       LEFT JOIN (SELECT pg_notify($15, '') WHERE $16) AS announced ON true";
-
-/// `BEGIN` and the batch's conversation locks in one round trip (a simple
-/// query may hold several statements; it takes no parameters, but the keys
-/// are made of two integers each, so nothing from outside reaches the SQL).
-/// The locks are taken in key order, as [`lock_conversations`] takes them.
-fn begin_and_lock(items: &[(NewReply, DateTime<Utc>)]) -> String {
-    let keys: std::collections::BTreeSet<String> = items
-        .iter()
-        .filter(|(new, _)| new.reply.action().sends())
-        .map(|(new, _)| {
-            let key = conversation_key(new.reply.account_id(), new.reply.conversation_id());
-            format!("'{key}'")
-        })
-        .collect();
-    if keys.is_empty() {
-        return "BEGIN".into();
-    }
-    let keys: Vec<String> = keys.into_iter().collect();
-    format!(
-        "BEGIN; SELECT pg_advisory_xact_lock(k) FROM \
-           (SELECT DISTINCT hashtextextended(c, 0) AS k FROM unnest(ARRAY[{}]::text[]) AS c) \
-           AS keys ORDER BY k",
-        keys.join(", ")
-    )
-}
-
-/// Stores a batch in one statement (its conversation locks are held); each
-/// reply id already taken is answered from its stored row.
-async fn try_ingest_batch(
-    conn: &mut PgConnection,
+/// The answers to a committed batch: `Created` for each id it `inserted` (a
+/// later copy of it in the batch is answered as a repeat of the first), and
+/// for each id taken before, its stored row, read now (the row was committed
+/// before the batch, since `ON CONFLICT` waits for an insert in flight). The
+/// batch is committed whatever happens here, so it is never stored again.
+async fn answer_batch(
+    pool: &PgPool,
     items: &[(NewReply, DateTime<Utc>)],
-) -> Result<Vec<Result<Ingested, StoreError>>, StoreError> {
-    // A reply id posted twice in one batch: the first is the one inserted.
-    let mut seen = HashSet::new();
-    let firsts: Vec<&(NewReply, DateTime<Utc>)> = items
-        .iter()
-        .filter(|(new, _)| seen.insert(new.reply.reply_id().as_str()))
-        .collect();
-    let inserted: HashSet<String> = batch_insert(&firsts)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .collect();
+    inserted: HashSet<String>,
+) -> Vec<Result<Ingested, StoreError>> {
     let taken: Vec<String> = items
         .iter()
         .map(|(new, _)| new.reply.reply_id().to_string())
         .filter(|id| !inserted.contains(id))
         .collect();
-    let stored = fetch_many(conn, &taken).await?;
-    let mut created = inserted;
+    let stored = fetch_many(pool, &taken).await;
+    let mut created: HashMap<&str, Stored> = HashMap::new();
     let mut results = Vec::with_capacity(items.len());
     for (new, now) in items {
         let id = new.reply.reply_id().as_str();
-        if created.remove(id) {
-            results.push(Ok(Ingested::Created(lifecycle::created_record(new, *now))));
-            continue;
+        if let Some(first) = created.get(id) {
+            results.push(Ok(lifecycle::existing(first.clone(), new)));
+        } else if inserted.contains(id) {
+            let record = lifecycle::created_record(new, *now);
+            created.insert(id, just_stored(&record, new));
+            results.push(Ok(Ingested::Created(record)));
+        } else {
+            results.push(match &stored {
+                Ok(rows) => rows
+                    .get(id)
+                    .map(|row| lifecycle::existing(row.clone(), new))
+                    .ok_or(StoreError::Unavailable),
+                Err(e) => Err(StoreError::Commit(e.to_string())),
+            });
         }
-        let row = stored.get(id).cloned().ok_or(StoreError::Unavailable)?;
-        results.push(Ok(lifecycle::existing(row, new)));
     }
-    Ok(results)
+    results
 }
 
-/// The batch insert with every column bound as one array.
+/// A reply as the batch just stored it, to answer a repeat of it in the batch.
+fn just_stored(record: &ReplyRecord, new: &NewReply) -> Stored {
+    Stored {
+        record: record.clone(),
+        fingerprint: new.fingerprint.clone(),
+        uncertain: false,
+        stale_since: None,
+    }
+}
+
+/// The batch insert with every column bound as one array: `goldrelay_ingest`
+/// (migration `20261129000008_one_round_trip.sql`) takes the conversations'
+/// locks, inserts the replies and their jobs, and sends the batch's `NOTIFY`.
 fn batch_insert<'q>(
     items: &[&'q (NewReply, DateTime<Utc>)],
 ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
@@ -332,72 +296,73 @@ fn batch_insert<'q>(
         items.iter().map(|item| f(item)).collect()
     };
     let sends: Vec<bool> = items.iter().map(|i| reply(i).action().sends()).collect();
-    let any_job = sends.iter().any(|s| *s);
-    sqlx::query_scalar(INSERT_BATCH)
-        .bind(column(|(n, _)| n.reply.reply_id().to_string()))
-        .bind(
-            items
-                .iter()
-                .map(|i| reply(i).account_id())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            items
-                .iter()
-                .map(|i| reply(i).conversation_id())
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(|(n, _)| n.reply.action().as_str().to_owned()))
-        .bind(column(|(n, _)| n.reply.content().to_owned()))
-        .bind(items.iter().map(|i| reply(i).private()).collect::<Vec<_>>())
-        .bind(
-            items
-                .iter()
-                .map(|i| reply(i).approved_by())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            items
-                .iter()
-                .map(|(n, _)| n.draft.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            items
-                .iter()
-                .map(|(n, _)| n.tags.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            items
-                .iter()
-                .map(|(n, _)| n.metadata.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            items
-                .iter()
-                .map(|(n, _)| n.fingerprint.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(|(n, _)| n.initial_status().as_str().to_owned()))
-        .bind(items.iter().map(|(_, now)| *now).collect::<Vec<_>>())
-        .bind(sends)
-        .bind(CHANNEL)
-        .bind(any_job)
-        .bind(items.iter().map(|i| reply(i).liquid()).collect::<Vec<_>>())
+    sqlx::query_scalar(
+        "SELECT goldrelay_ingest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+         $15, $16)",
+    )
+    .bind(column(|(n, _)| n.reply.reply_id().to_string()))
+    .bind(
+        items
+            .iter()
+            .map(|i| reply(i).account_id())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|i| reply(i).conversation_id())
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|(n, _)| n.reply.action().as_str().to_owned()))
+    .bind(column(|(n, _)| n.reply.content().to_owned()))
+    .bind(items.iter().map(|i| reply(i).private()).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|i| reply(i).approved_by())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|(n, _)| n.draft.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|(n, _)| n.tags.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|(n, _)| n.metadata.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        items
+            .iter()
+            .map(|(n, _)| n.fingerprint.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|(n, _)| n.initial_status().as_str().to_owned()))
+    .bind(items.iter().map(|(_, now)| *now).collect::<Vec<_>>())
+    .bind(sends)
+    .bind(items.iter().map(|i| reply(i).liquid()).collect::<Vec<_>>())
+    .bind(CHANNEL)
 }
 
 /// The stored rows of `reply_ids`, by id.
 async fn fetch_many(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     reply_ids: &[String],
 ) -> Result<HashMap<String, Stored>, StoreError> {
     if reply_ids.is_empty() {
         return Ok(HashMap::new());
     }
     let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = ANY($1)");
-    let rows = sqlx::query(&sql).bind(reply_ids).fetch_all(conn).await?;
+    let rows = sqlx::query(&sql).bind(reply_ids).fetch_all(pool).await?;
     rows.iter()
         .map(|row| Ok((row.try_get("reply_id")?, stored(row)?)))
         .collect::<Result<_, sqlx::Error>>()
@@ -730,6 +695,22 @@ impl Store for PostgresStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let reply_id = reply_id.as_str();
+        // The common outcome in one round trip; the rest through the rules.
+        if let Outcome::Delivered { message_id } = outcome {
+            let (answer, answered) = oneshot::channel();
+            let reply_id = reply_id.to_owned();
+            let pending = PendingDelivered {
+                reply_id,
+                message_id,
+                now,
+                answer,
+            };
+            self.delivereds
+                .send(pending)
+                .await
+                .map_err(|_| StoreError::Unavailable)?;
+            return answered.await.map_err(|_| StoreError::Unavailable)?;
+        }
         let mut tx = self.pool.begin().await?;
         lifecycle::finish(&mut PgTx(&mut tx), reply_id, owner, outcome, now).await?;
         tx.commit().await?;
@@ -936,6 +917,64 @@ impl Store for PostgresStore {
             }
         });
     }
+}
+
+/// Records every delivery Chatwoot answered that is waiting, in one call of
+/// `goldrelay_delivered_many` (migration `20261129000009_delivered_together.sql`)
+/// and one commit, and answers each. If that call fails, nothing of it was
+/// stored, and each is recorded alone, so one bad outcome fails only itself.
+async fn record_delivereds(pool: PgPool, mut waiting: mpsc::Receiver<PendingDelivered>) {
+    let mut group = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if waiting.recv_many(&mut group, MAX_BATCH).await == 0 {
+            return;
+        }
+        let together = sqlx::query("SELECT goldrelay_delivered_many($1, $2, $3)")
+            .bind(
+                group
+                    .iter()
+                    .map(|p| p.reply_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(group.iter().map(|p| p.message_id).collect::<Vec<_>>())
+            .bind(group.iter().map(|p| p.now).collect::<Vec<_>>())
+            .execute(&pool)
+            .await;
+        match together {
+            Ok(_) => answer_all(&mut group, || Ok(())),
+            // A statement the server refused: one outcome may be at fault.
+            Err(sqlx::Error::Database(_)) => {
+                for p in group.drain(..) {
+                    let alone = delivered(&pool, &p.reply_id, p.message_id, p.now).await;
+                    let _ = p.answer.send(alone);
+                }
+            }
+            // No answer from the server: trying each alone would only wait longer.
+            Err(e) => answer_all(&mut group, || Err(StoreError::Commit(e.to_string()))),
+        }
+    }
+}
+
+fn answer_all(group: &mut Vec<PendingDelivered>, answer: impl Fn() -> Result<(), StoreError>) {
+    for p in group.drain(..) {
+        let _ = p.answer.send(answer());
+    }
+}
+
+/// Records one delivery Chatwoot answered through the state machine, in a
+/// transaction of its own: the path a group takes when the server refused it.
+async fn delivered(
+    pool: &PgPool,
+    reply_id: &str,
+    message_id: i64,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let outcome = Outcome::Delivered { message_id };
+    // Recorded whoever holds the lease, so the owner does not matter here.
+    lifecycle::finish(&mut PgTx(&mut tx), reply_id, "", outcome, now).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Sends `NOTIFY goldrelay_jobs` after new jobs were committed, at most once

@@ -102,7 +102,7 @@ impl SqliteStore {
 
 /// How often the checkpointer copies the WAL into the database while writes
 /// come in, and while none do.
-const CHECKPOINT_BUSY: Duration = Duration::from_millis(20);
+const CHECKPOINT_BUSY: Duration = Duration::from_millis(10);
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(100);
 
 /// Copies the WAL into the database often, without blocking the writer

@@ -81,7 +81,11 @@ impl PostgresStore {
         let (ingests, waiting) = mpsc::channel(most);
         let waiting = Arc::new(Mutex::new(waiting));
         for _ in 0..INGEST_WRITERS {
-            tokio::spawn(run_ingest_writer(pool.clone(), waiting.clone()));
+            tokio::spawn(run_ingest_writer(
+                pool.clone(),
+                waiting.clone(),
+                announce.clone(),
+            ));
         }
         // Bounded by the delivery slots in practice: each waits for its answer.
         let (delivereds, recorded) = mpsc::channel(MAX_BATCH);
@@ -99,7 +103,11 @@ impl PostgresStore {
 /// Takes every posted reply waiting (up to [`MAX_BATCH`]), commits them in
 /// one transaction and answers each. Writers take turns at the queue, so
 /// while one commits the next gathers.
-async fn run_ingest_writer(pool: PgPool, waiting: Arc<Mutex<mpsc::Receiver<PendingIngest>>>) {
+async fn run_ingest_writer(
+    pool: PgPool,
+    waiting: Arc<Mutex<mpsc::Receiver<PendingIngest>>>,
+    announce: Arc<Notify>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         if waiting.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
@@ -110,6 +118,14 @@ async fn run_ingest_writer(pool: PgPool, waiting: Arc<Mutex<mpsc::Receiver<Pendi
             .map(|p| ((p.new, lifecycle::stored_time(p.now)), p.answer))
             .unzip();
         let results = ingest_batch(&pool, &items).await;
+        // Told after the commit, in a transaction of the announcer's own
+        // (migration 10 says why not inside the batch's).
+        let queued = items.iter().zip(&results).any(|((new, _), result)| {
+            new.reply.action().sends() && matches!(result, Ok(Ingested::Created(_)))
+        });
+        if queued {
+            announce.notify_one();
+        }
         for (answer, result) in answers.into_iter().zip(results) {
             let _ = answer.send(result);
         }
@@ -170,13 +186,6 @@ async fn ingest_each(
     };
     if let Err(e) = lock_conversations(&mut tx, items).await {
         return failed_all(items.len(), &e);
-    }
-    if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(&mut *tx)
-        .await
-    {
-        return failed_all(items.len(), &e.into());
     }
     let mut results = Vec::with_capacity(items.len());
     for (new, now) in items {
@@ -286,8 +295,8 @@ fn just_stored(record: &ReplyRecord, new: &NewReply) -> Stored {
 }
 
 /// The batch insert with every column bound as one array: `goldrelay_ingest`
-/// (migration `20261129000008_one_round_trip.sql`) takes the conversations'
-/// locks, inserts the replies and their jobs, and sends the batch's `NOTIFY`.
+/// (migrations 8 and 10) takes the conversations' locks and inserts the
+/// replies and their jobs; the writer announces the new jobs after it returns.
 fn batch_insert<'q>(
     items: &[&'q (NewReply, DateTime<Utc>)],
 ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, String, sqlx::postgres::PgArguments> {
@@ -350,7 +359,8 @@ fn batch_insert<'q>(
     .bind(items.iter().map(|(_, now)| *now).collect::<Vec<_>>())
     .bind(sends)
     .bind(items.iter().map(|i| reply(i).liquid()).collect::<Vec<_>>())
-    .bind(CHANNEL)
+    // No channel: the function does not NOTIFY; the writer announces instead.
+    .bind(None::<&str>)
 }
 
 /// The stored rows of `reply_ids`, by id.

@@ -1,4 +1,4 @@
-//! Bearer-token authentication: the [`Caller`], [`Reader`] and [`Operator`] extractors. A
+//! Bearer-token authentication: the [`Caller`], [`Poster`], [`Reader`] and [`Operator`] extractors. A
 //! handler that takes one cannot run for a request without a valid token of
 //! a role that may call it, nor past the token's rate.
 
@@ -95,6 +95,28 @@ fn operator(req: &HttpRequest) -> Result<Operator, ApiError> {
     match authenticate(req)?.role {
         Role::Operator => Ok(Operator),
         Role::Support | Role::Viewer => Err(ApiError::RoleRequired("operator")),
+    }
+}
+
+/// An authenticated caller who may post gold replies: Support or an operator.
+/// A viewer's token is the one in the Dashboard App URL that every agent can
+/// read, so it must never reach a customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Poster;
+
+impl FromRequest for Poster {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(poster(req))
+    }
+}
+
+fn poster(req: &HttpRequest) -> Result<Poster, ApiError> {
+    match authenticate(req)?.role {
+        Role::Support | Role::Operator => Ok(Poster),
+        Role::Viewer => Err(ApiError::RoleRequired("support or operator")),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Support's and operators' endpoints: post a gold reply, read, list and retry.
 
-use super::auth::{Caller, Operator, Reader};
+use super::auth::{Caller, Operator, Poster, Reader};
 use super::body::{parse_json, read_limited, require_json};
 use super::problem::ApiError;
 use super::{AppState, LoggedReplyId};
@@ -18,10 +18,10 @@ const MAX_PAGE: usize = 500;
 
 /// `POST /api/webhooks/gold-replies`
 ///
-/// Takes the authentication's result rather than a `Caller` so that refused
+/// Takes the authentication's result rather than a `Poster` so that refused
 /// posts are counted in the ingest metrics too.
 pub async fn post_reply(
-    caller: Result<Caller, ApiError>,
+    caller: Result<Poster, ApiError>,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -37,7 +37,7 @@ pub async fn post_reply(
 }
 
 async fn ingest(
-    _: Caller,
+    _: Poster,
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,

@@ -1,6 +1,11 @@
 //! Bearer authentication of Support's endpoints.
 
-use crate::helpers::{assert_problem, reply, spawn_app, OTHER_TOKEN, TOKEN};
+use crate::export::VIEWER_TOKEN;
+use crate::helpers::{
+    assert_problem, creates_of, reply, spawn_app, spawn_app_with, OPERATOR_TOKEN, OTHER_TOKEN,
+    TOKEN,
+};
+use goldrelay::sandbox::SandboxConfig;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use reqwest::Response;
 
@@ -171,4 +176,47 @@ async fn reading_a_status_record_needs_a_valid_token() {
         .await
         .unwrap();
     assert_refused(wrong, guess).await;
+}
+
+/// The viewer token sits in the Dashboard App URL that every agent can read:
+/// a post with it must reach neither the store nor a customer.
+#[tokio::test]
+async fn a_viewer_token_cannot_post_a_reply_and_nothing_is_stored_or_sent() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.viewer_tokens = vec![VIEWER_TOKEN.into()];
+        s.operator_tokens = vec![OPERATOR_TOKEN.into()];
+    })
+    .await;
+    let response = app
+        .api
+        .webhook()
+        .bearer_auth(VIEWER_TOKEN)
+        .json(&reply("gr-by-viewer", 1))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, 403).await;
+    assert_eq!(problem["required_role"], "support or operator");
+    // The reply id is still free for Support's real reply.
+    let read = |token: &'static str| {
+        app.api
+            .client
+            .get(format!("{}/api/gold-replies/gr-by-viewer", app.api.address))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_problem(read(VIEWER_TOKEN).await.unwrap(), 404).await;
+    app.api.accept(&reply("gr-by-viewer", 1)).await;
+    app.settle(1).await;
+    assert_eq!(creates_of(&app.chatwoot, "gr-by-viewer"), 1);
+    // An operator may post, as the README's roles table says.
+    let by_operator = app
+        .api
+        .webhook()
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&reply("gr-by-operator", 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_operator.status(), 202);
 }

@@ -12,6 +12,7 @@ mod auth;
 mod chaos;
 mod conformance;
 mod console;
+mod dashboard;
 mod delivery;
 mod exactly_once;
 mod export;

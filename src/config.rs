@@ -48,6 +48,10 @@ pub struct Settings {
     /// message (timeout, reset, 5xx, a 422 after the commit), how long the next
     /// attempt waits before looking it up, so a create Chatwoot commits late is seen.
     pub lookup_delay: Duration,
+    /// `GOLDRELAY_CHATWOOT_IDEMPOTENT`: Chatwoot honours `client_message_id`
+    /// (chatwoot#15743; not in any release yet), so a create that may have
+    /// landed is sent again at once instead of being looked up. Default false.
+    pub chatwoot_idempotent: bool,
     /// `GOLDRELAY_MAX_ATTEMPTS`: attempts before a reply is given up on.
     pub max_attempts: u32,
     /// `GOLDRELAY_MAX_AGE`: age after which a reply is given up on.
@@ -232,6 +236,7 @@ impl Settings {
             retry_base: env.duration("GOLDRELAY_RETRY_BASE", "500ms"),
             retry_max: env.duration("GOLDRELAY_RETRY_MAX", "5m"),
             lookup_delay: env.duration("GOLDRELAY_LOOKUP_DELAY", "60s"),
+            chatwoot_idempotent: env.parsed("GOLDRELAY_CHATWOOT_IDEMPOTENT", false),
             max_attempts: env.parsed("GOLDRELAY_MAX_ATTEMPTS", 50),
             max_age: env.duration("GOLDRELAY_MAX_AGE", "24h"),
             max_body_bytes: env.parsed("GOLDRELAY_MAX_BODY", 256 * 1024),

@@ -1,7 +1,7 @@
 //! What the process reports about its own parts: the delivery worker sets its
 //! phase here and `/hc` reads it, so neither needs the other.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
 /// Where the delivery worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +36,70 @@ impl WorkerPhase {
     }
 }
 
+/// Why the worker holds every Chatwoot request back, while it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// Chatwoot answered 429: rack-attack's window must pass.
+    RateLimited,
+    /// Chatwoot refused goldrelay's API token (its own 401).
+    TokenRefused,
+}
+
+impl PauseReason {
+    /// In the order of their stored codes (0 is "not paused").
+    const ALL: [PauseReason; 2] = [PauseReason::RateLimited, PauseReason::TokenRefused];
+    /// Every `reason` label, so each series exists before its first pause.
+    pub const ALL_LABELS: [&'static str; 2] = ["rate_limited", "token_refused"];
+
+    /// The `reason` label of `goldrelay_delivery_paused`.
+    pub fn label(self) -> &'static str {
+        match self {
+            PauseReason::RateLimited => "rate_limited",
+            PauseReason::TokenRefused => "token_refused",
+        }
+    }
+
+    /// What `/hc` says while deliveries are paused for this reason.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PauseReason::RateLimited => "paused: Chatwoot is rate limiting (429); sends resume when its window ends",
+            PauseReason::TokenRefused => {
+                "paused: Chatwoot refuses goldrelay's API token (401); fix CHATWOOT_API_TOKEN, deliveries resume by themselves"
+            }
+        }
+    }
+}
+
 /// The worker's current phase, shared between the worker (which writes) and
-/// `/hc` (which reads) without a lock.
+/// `/hc` (which reads) without a lock, and why it pauses, if it does.
 #[derive(Debug, Default)]
-pub struct WorkerState(AtomicU8);
+pub struct WorkerState(AtomicU8, AtomicU8, AtomicI64);
 
 impl WorkerState {
+    /// Records goldrelay's own Chatwoot user id, once the worker has read it.
+    pub fn set_chatwoot_user(&self, id: i64) {
+        self.2.store(id, Ordering::Relaxed);
+    }
+
+    /// goldrelay's own Chatwoot user id, once known: the webhook handler
+    /// takes only that user's messages for goldrelay's.
+    pub fn chatwoot_user(&self) -> Option<i64> {
+        Some(self.2.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    }
+
+    /// Records why deliveries are paused, or that they are not.
+    pub fn set_paused(&self, reason: Option<PauseReason>) {
+        let code = reason.map_or(0, |r| r as u8 + 1);
+        self.1.store(code, Ordering::Relaxed);
+    }
+
+    /// Why deliveries are paused, if they are.
+    pub fn paused(&self) -> Option<PauseReason> {
+        let code = usize::from(self.1.load(Ordering::Relaxed));
+        code.checked_sub(1)
+            .and_then(|i| PauseReason::ALL.get(i).copied())
+    }
+
     /// Records the phase the worker just entered.
     pub fn set(&self, phase: WorkerPhase) {
         self.0.store(phase as u8, Ordering::Relaxed);
@@ -56,9 +114,12 @@ impl WorkerState {
             .unwrap_or(WorkerPhase::Stopped)
     }
 
-    /// What `/hc` says about the worker.
+    /// What `/hc` says about the worker: a pause while running, else the phase.
     pub fn describe(&self) -> &'static str {
-        self.phase().describe()
+        match (self.phase(), self.paused()) {
+            (WorkerPhase::Running, Some(reason)) => reason.describe(),
+            (phase, _) => phase.describe(),
+        }
     }
 }
 
@@ -74,5 +135,18 @@ mod tests {
             state.set(phase);
             assert_eq!(state.phase(), phase);
         }
+    }
+
+    #[test]
+    fn a_running_worker_says_why_it_pauses_until_the_pause_is_over() {
+        let state = WorkerState::default();
+        state.set(WorkerPhase::Running);
+        for reason in PauseReason::ALL {
+            state.set_paused(Some(reason));
+            assert_eq!(state.paused(), Some(reason));
+            assert_eq!(state.describe(), reason.describe());
+        }
+        state.set_paused(None);
+        assert_eq!(state.describe(), "running");
     }
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics: what operators watch on `/metrics`.
 
+use crate::health::PauseReason;
 use crate::store::Store;
 use chrono::Utc;
 use prometheus::{
@@ -24,6 +25,7 @@ pub struct Metrics {
     mismatches: IntCounter,
     replies: IntGaugeVec,
     oldest_queued: Gauge,
+    paused: IntGaugeVec,
     /// When the store-derived gauges were last refreshed; the lock also makes
     /// concurrent scrapes wait for one refresh instead of each querying.
     store_refreshed: Mutex<Option<Instant>>,
@@ -64,6 +66,20 @@ impl Metrics {
             "Age of the oldest reply still waiting for delivery (0 when none).",
         )
         .expect("valid metric");
+        let paused = IntGaugeVec::new(
+            Opts::new(
+                "delivery_paused",
+                "1 while every delivery waits for the reason: rate_limited (Chatwoot answered 429) or token_refused (Chatwoot refused the API token).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in PauseReason::ALL_LABELS {
+            paused.with_label_values(&[reason]).set(0);
+        }
+        registry
+            .register(Box::new(paused.clone()))
+            .expect("registered once");
         let mismatches = IntCounter::new(
             "webhook_mismatches_total",
             "Chatwoot events naming a gold reply whose message they are not about (ignored).",
@@ -105,6 +121,7 @@ impl Metrics {
                 "outcome",
             ),
             mismatches,
+            paused,
             replies,
             oldest_queued,
             store_refreshed: Mutex::new(None),
@@ -131,6 +148,18 @@ impl Metrics {
         if outcome == "mismatch" {
             self.mismatches.inc();
         }
+    }
+
+    /// A message carried a reply's marker without being that reply's message.
+    pub fn mismatch(&self) {
+        self.mismatches.inc();
+    }
+
+    /// Deliveries pause, or resume, for `reason`.
+    pub fn paused(&self, reason: PauseReason, on: bool) {
+        self.paused
+            .with_label_values(&[reason.label()])
+            .set(i64::from(on));
     }
 
     /// Refreshes the store-derived gauges (at most once per [`STORE_GAUGE_TTL`])

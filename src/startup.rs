@@ -188,6 +188,7 @@ fn policy(settings: &Settings) -> Policy {
         send_rate: settings.send_rate,
         lease: settings.lease(),
         drain: settings.shutdown_drain,
+        idempotent_creates: settings.chatwoot_idempotent,
     }
 }
 

@@ -18,14 +18,16 @@ use std::time::Duration;
 /// (`app/controllers/concerns/access_token_auth_helper.rb`); nginx drops
 /// headers with `_` in their name by default, so the hyphenated one is sent.
 pub const TOKEN_HEADER: &str = "Api-Access-Token";
-/// The most pages a lookup reads (20 messages each, `app/finders/message_finder.rb`):
-/// 10,000 messages. A conversation that busy since the reply was accepted leaves
-/// the lookup uncertain rather than reading without end.
+/// The most list requests one lookup makes. Each pair reads at least 100
+/// messages (see [`ChatwootClient::find_reply`]), so this covers some 25,000
+/// messages after the lookup's floor; a busier conversation leaves the lookup
+/// uncertain rather than reading without end.
 pub const MAX_LOOKUP_PAGES: usize = 500;
-/// Messages in one list page (`MessageFinder`); a shorter page is the conversation's start.
-const PAGE_SIZE: usize = 20;
-/// Slack for clocks: messages this much older than the reply are still searched.
-const LOOKUP_SLACK_SECS: i64 = 300;
+/// `after=<id>` alone answers at most this many messages (`messages_after`,
+/// `app/finders/message_finder.rb`); fewer means every id above was read.
+const AFTER_PAGE: usize = 100;
+/// `after` and `before` together answer at most this many (`messages_between`).
+const RANGE_PAGE: usize = 1000;
 /// The longest `Retry-After` taken as given. Anything longer (up to
 /// `99999999999999999999` seconds or a date in year 9999) is cut to this, so
 /// adding it to a time cannot overflow; it is far past any sane maximum age.
@@ -47,14 +49,20 @@ pub enum SendError {
         maybe_created: bool,
         detail: String,
     },
-    /// Retrying cannot help: wrong token, unknown conversation, invalid message.
+    /// Retrying cannot help: unknown conversation, no access to it, invalid message.
     Permanent { status: u16, detail: String },
+    /// Chatwoot itself refused goldrelay's API token (`Invalid Access Token`, or
+    /// devise's "You need to sign in"): every request fails the same way until
+    /// an operator fixes the token, so deliveries pause instead of failing.
+    TokenRefused { detail: String },
 }
 
 impl SendError {
     pub fn detail(&self) -> &str {
         match self {
-            SendError::Transient { detail, .. } | SendError::Permanent { detail, .. } => detail,
+            SendError::Transient { detail, .. }
+            | SendError::Permanent { detail, .. }
+            | SendError::TokenRefused { detail } => detail,
         }
     }
 
@@ -62,6 +70,7 @@ impl SendError {
         match self {
             SendError::Transient { status, .. } => *status,
             SendError::Permanent { status, .. } => Some(*status),
+            SendError::TokenRefused { .. } => Some(401),
         }
     }
 }
@@ -72,6 +81,8 @@ pub struct ChatwootClient {
     http: reqwest::Client,
     base: Url,
     token: SecretString,
+    /// goldrelay's own Chatwoot user, read once from `GET /api/v1/profile`.
+    me: std::sync::Arc<tokio::sync::OnceCell<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -84,10 +95,32 @@ struct MessageBody {
 pub enum Lookup {
     /// The message exists: this is its id.
     Found(i64),
-    /// Every message since shortly before the reply was accepted was read; none is it.
+    /// Every message above the lookup's floor was read; none is it.
     Absent,
-    /// The lookup stopped before reaching the reply's time; the message may exist.
+    /// The lookup could not read every message above its floor; the message may exist.
     Uncertain(String),
+}
+
+/// What a lookup searches for: a message only goldrelay can have written.
+#[derive(Debug, Clone)]
+pub struct Wanted<'a> {
+    /// `content_attributes.gold_reply_id` of the message.
+    pub reply_id: &'a str,
+    /// The content Chatwoot stores for it, when known exactly (a reply that is
+    /// not rendered as Liquid reads as approved); `None` skips the check.
+    pub content: Option<&'a str>,
+    /// An id every message of this reply is above: the id of a message that
+    /// existed before the reply's first create left (0 when none is known).
+    /// Chatwoot's ids come from one sequence, taken at insert.
+    pub floor: i64,
+}
+
+/// A lookup's conclusion, and the messages that carried the reply's marker
+/// without being goldrelay's (another user's, or other content).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Search {
+    pub lookup: Lookup,
+    pub impostors: Vec<i64>,
 }
 
 #[derive(Deserialize)]
@@ -99,11 +132,20 @@ struct ListBody {
 struct ListedMessage {
     id: i64,
     #[serde(default)]
-    created_at: i64,
+    content: Option<String>,
+    #[serde(default)]
+    message_type: Option<i64>,
     #[serde(default)]
     content_attributes: Value,
     #[serde(default)]
     status: Option<String>,
+    #[serde(default)]
+    sender: Value,
+}
+
+#[derive(Deserialize)]
+struct Profile {
+    id: i64,
 }
 
 /// What Chatwoot holds about a message's fate in the customer's channel.
@@ -125,7 +167,12 @@ impl ChatwootClient {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("goldrelay/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            base,
+            token,
+            me: std::sync::Arc::default(),
+        })
     }
 
     /// `path` under the base URL, keeping any path prefix Chatwoot is served under.
@@ -142,6 +189,11 @@ impl ChatwootClient {
     }
 
     /// Creates an outgoing text message marked with `gold_reply_id`; returns its id.
+    ///
+    /// The reply id also goes as `client_message_id`, the idempotency key that
+    /// chatwoot#15743 / PR #15744 propose (unique per conversation; the same key
+    /// and payload answer the original message). Rails ignores a parameter it
+    /// does not know, so today's Chatwoot is unaffected.
     pub async fn create_message(
         &self,
         account_id: i64,
@@ -156,6 +208,7 @@ impl ChatwootClient {
             "private": private,
             "content_type": "text",
             "content_attributes": { "gold_reply_id": reply_id },
+            "client_message_id": reply_id,
         });
         let request = self
             .http
@@ -172,46 +225,100 @@ impl ChatwootClient {
         .await
     }
 
-    /// Looks through the conversation for a message carrying `gold_reply_id`,
-    /// paging back (`before=<oldest id seen>`) until the messages are older
-    /// than `since` less a clock slack, or the conversation's start. `pace`
-    /// runs before every page, so lookups keep to the worker's rate. Past
-    /// [`MAX_LOOKUP_PAGES`] the answer is [`Lookup::Uncertain`]; an error
-    /// answer or a failed request is the error.
+    /// goldrelay's own Chatwoot user id (`GET /api/v1/profile`), read once.
+    /// An agent-bot token is refused here, as on the message list.
+    pub async fn me(&self) -> Result<i64, SendError> {
+        self.me
+            .get_or_try_init(|| async {
+                let request = self.authed(self.http.get(self.url("/api/v1/profile")));
+                self.call(request, Call::Lookup, |_, text| {
+                    serde_json::from_str::<Profile>(text)
+                        .map(|p| p.id)
+                        .map_err(|e| format!("Chatwoot's profile could not be read: {e}"))
+                })
+                .await
+            })
+            .await
+            .copied()
+    }
+
+    /// Looks for the message of `wanted` among every message of the
+    /// conversation above `wanted.floor`. `MessageFinder` filters by id but
+    /// orders by `created_at` (`app/finders/message_finder.rb`), and the two
+    /// can disagree (concurrent inserts, channels that store the provider's
+    /// time), so pages are id ranges, never "before the oldest seen":
+    /// `after=lo` answers the 100 earliest-created above `lo`; fewer than 100
+    /// means every id above `lo` was read. Otherwise the range up to the
+    /// highest id seen is read whole with `after`+`before` (up to 1000,
+    /// halved while full), and the walk goes on above it. `pace` runs before
+    /// every request.
+    ///
+    /// A message is ours only if it carries the marker, is outgoing, was sent
+    /// by goldrelay's own user (any user token may set `content_attributes`),
+    /// and holds the expected content when that is known. Others carrying the
+    /// marker are impostors: reported, never taken for ours.
     pub async fn find_reply<F, Fut>(
         &self,
         account_id: i64,
         conversation_id: i64,
-        reply_id: &str,
-        since: DateTime<Utc>,
+        wanted: &Wanted<'_>,
         pace: F,
-    ) -> Result<Lookup, SendError>
+    ) -> Result<Search, SendError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        pace().await;
+        let me = self.me().await?;
         let url = self.messages_url(account_id, conversation_id);
-        let horizon = since.timestamp().saturating_sub(LOOKUP_SLACK_SECS);
-        let mut before: Option<i64> = None;
-        for _ in 0..MAX_LOOKUP_PAGES {
+        let mut search = Search {
+            lookup: Lookup::Absent,
+            impostors: Vec::new(),
+        };
+        let mut lo = wanted.floor;
+        let mut requests = 1;
+        while requests < MAX_LOOKUP_PAGES {
             pace().await;
-            let page = self
-                .list_page(url.clone(), before.map(|id| ("before", id)))
-                .await?;
-            if let Some(found) = page.iter().find(|m| carries(m, reply_id)) {
-                return Ok(Lookup::Found(found.id));
+            requests += 1;
+            let page = self.list_page(url.clone(), &[("after", lo)]).await?;
+            if let Some(found) = search.sift(&page, wanted, me) {
+                search.lookup = Lookup::Found(found);
+                return Ok(search);
             }
-            let Some(oldest) = page.iter().min_by_key(|m| m.id) else {
-                return Ok(Lookup::Absent);
+            let Some(top) = page.iter().map(|m| m.id).max() else {
+                return Ok(search);
             };
-            if page.len() < PAGE_SIZE || oldest.created_at < horizon {
-                return Ok(Lookup::Absent);
+            if page.len() < AFTER_PAGE {
+                return Ok(search);
             }
-            before = Some(oldest.id);
+            let mut hi = top.saturating_add(1);
+            loop {
+                if requests >= MAX_LOOKUP_PAGES {
+                    break;
+                }
+                pace().await;
+                requests += 1;
+                let range = [("after", lo.saturating_add(1)), ("before", hi)];
+                let range = self.list_page(url.clone(), &range).await?;
+                if range.len() < RANGE_PAGE {
+                    if let Some(found) = search.sift(&range, wanted, me) {
+                        search.lookup = Lookup::Found(found);
+                        return Ok(search);
+                    }
+                    lo = hi.saturating_sub(1);
+                    break;
+                }
+                // More than 1000 messages in (lo, hi): read half the range.
+                let half = lo.saturating_add(1).saturating_add((hi - lo - 1) / 2);
+                if half <= lo.saturating_add(1) {
+                    return Ok(search.uncertain("1000 messages share one id".into()));
+                }
+                hi = half;
+            }
         }
-        Ok(Lookup::Uncertain(format!(
-            "the lookup read {MAX_LOOKUP_PAGES} pages of the conversation without reaching \
-             the reply's time"
+        Ok(search.uncertain(format!(
+            "the lookup made {MAX_LOOKUP_PAGES} requests without reading every message \
+             since the reply's first attempt"
         )))
     }
 
@@ -226,7 +333,7 @@ impl ChatwootClient {
     ) -> Result<Option<ChannelReport>, SendError> {
         let url = self.messages_url(account_id, conversation_id);
         let page = self
-            .list_page(url, Some(("after", message_id.saturating_sub(1))))
+            .list_page(url, &[("after", message_id.saturating_sub(1))])
             .await?;
         Ok(page.into_iter().find(|m| m.id == message_id).and_then(|m| {
             let error = m.content_attributes["external_error"]
@@ -240,9 +347,9 @@ impl ChatwootClient {
     async fn list_page(
         &self,
         mut url: Url,
-        from: Option<(&str, i64)>,
+        params: &[(&str, i64)],
     ) -> Result<Vec<ListedMessage>, SendError> {
-        if let Some((param, id)) = from {
+        for (param, id) in params {
             url.query_pairs_mut().append_pair(param, &id.to_string());
         }
         self.call(self.authed(self.http.get(url)), Call::Lookup, |_, text| {
@@ -272,7 +379,7 @@ impl ChatwootClient {
 
     /// One authenticated read: proves the API token is accepted for this conversation.
     pub async fn can_read(&self, account_id: i64, conversation_id: i64) -> Result<(), SendError> {
-        self.list_page(self.messages_url(account_id, conversation_id), None)
+        self.list_page(self.messages_url(account_id, conversation_id), &[])
             .await
             .map(|_| ())
     }
@@ -346,27 +453,73 @@ fn api_services(status: StatusCode, text: &str) -> Result<String, String> {
     }
 }
 
-fn carries(message: &ListedMessage, reply_id: &str) -> bool {
-    message
-        .content_attributes
-        .get("gold_reply_id")
-        .and_then(Value::as_str)
-        == Some(reply_id)
+impl Search {
+    /// The id of our message in `page`, noting every impostor on the way.
+    fn sift(&mut self, page: &[ListedMessage], wanted: &Wanted<'_>, me: i64) -> Option<i64> {
+        let marked = page.iter().filter(|m| {
+            m.content_attributes
+                .get("gold_reply_id")
+                .and_then(Value::as_str)
+                == Some(wanted.reply_id)
+        });
+        for message in marked {
+            if is_ours(message, wanted, me) {
+                return Some(message.id);
+            }
+            if !self.impostors.contains(&message.id) {
+                self.impostors.push(message.id);
+            }
+        }
+        None
+    }
+
+    fn uncertain(mut self, why: String) -> Self {
+        self.lookup = Lookup::Uncertain(why);
+        self
+    }
+}
+
+/// Outgoing (`message_type` 1), from goldrelay's own user, with the content
+/// expected when it is known.
+fn is_ours(message: &ListedMessage, wanted: &Wanted<'_>, me: i64) -> bool {
+    let from_me = message.sender["type"] == "user" && message.sender["id"].as_i64() == Some(me);
+    let content = wanted
+        .content
+        .is_none_or(|expected| message.content.as_deref() == Some(expected));
+    message.message_type == Some(1) && from_me && content
 }
 
 /// Sorts an HTTP error answer into transient or permanent, and says whether
-/// the message may exist despite it.
+/// the message may exist despite it. Who answered matters as much as the status.
 ///
 /// `create` rescues every error into 422 `{"error": e.message}`
 /// (`app/controllers/api/v1/accounts/conversations/messages_controller.rb`):
 /// `Validation failed: …` comes from `save!`, before anything is stored, and
 /// is permanent, except the flood guard, which passes. Any other 422 text
-/// (an `after_create_commit` callback raising, e.g. Redis down) comes after
-/// the row was committed, and a 5xx may come from a proxy after Rails
-/// committed: both are maybe-sent. rack-attack's 429 and a 408 never reached Rails.
+/// (an `after_create_commit` callback raising, e.g. Redis down, after the row was committed) and a 5xx (a proxy may
+/// answer after Rails committed) are maybe-sent. rack-attack's 429 and a 408
+/// never reached Rails.
+///
+/// Chatwoot answers its own 401, 403 and 404 with JSON
+/// (`request_exception_handler.rb`, `access_token_auth_helper.rb`). The same
+/// status without Chatwoot's JSON is a proxy, a WAF or a rollout in front of
+/// it, which passes: transient. Chatwoot's own 401 for the token itself is
+/// [`SendError::TokenRefused`]; its other 401s concern one account or
+/// conversation and are permanent for that reply.
 pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> SendError {
     let text = error_text(body);
     let detail = format!("Chatwoot answered {}: {text}", status.as_u16());
+    let from_chatwoot = chatwoot_json(body);
+    let gatekeeper = matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+    );
+    if status == StatusCode::UNAUTHORIZED
+        && from_chatwoot
+        && TOKEN_REFUSALS.contains(&text.as_str())
+    {
+        return SendError::TokenRefused { detail };
+    }
     let unprocessable = status == StatusCode::UNPROCESSABLE_ENTITY;
     let after_commit = unprocessable && !text.starts_with(VALIDATION_FAILED);
     let maybe_created = status.is_server_error() || after_commit;
@@ -375,8 +528,14 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> SendErro
             status,
             StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
         )
-        || (unprocessable && text == FLOOD_GUARD);
+        || (unprocessable && text == FLOOD_GUARD)
+        || (gatekeeper && !from_chatwoot);
     if transient {
+        let detail = if gatekeeper {
+            format!("{detail} (not Chatwoot's own answer: a proxy, a firewall or a rollout in front of it)")
+        } else {
+            detail
+        };
         SendError::Transient {
             status: Some(status.as_u16()),
             retry_after: retry_after(headers, Utc::now()),
@@ -389,6 +548,22 @@ pub fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> SendErro
             detail,
         }
     }
+}
+
+/// Chatwoot's 401 texts that mean the token itself is refused: no token
+/// found (`access_token_auth_helper.rb`), or none sent that Rails could read
+/// (devise_token_auth's `render_authenticate_error`).
+const TOKEN_REFUSALS: [&str; 2] = [
+    "Invalid Access Token",
+    "You need to sign in or sign up before continuing.",
+];
+
+/// Whether `body` is one of Chatwoot's JSON error bodies: an object with
+/// `error`, `errors` or `message`.
+fn chatwoot_json(body: &str) -> bool {
+    serde_json::from_str::<Value>(body).is_ok_and(|v| {
+        v.get("error").is_some() || v.get("errors").is_some() || v.get("message").is_some()
+    })
 }
 
 /// The text of Chatwoot's error body: `{"error": …}`, devise's `{"errors": […]}`, or the raw text.

@@ -54,7 +54,7 @@ impl Worker {
             let report = match report {
                 Ok(report) => report,
                 Err(e) => {
-                    self.note_throttle(&e);
+                    self.note_refusal(&e);
                     tracing::warn!(reply_id = %reply.reply_id, error = %e.detail(),
                         "could not read a channel status from Chatwoot; trying again later");
                     return None;

@@ -6,20 +6,24 @@
 //! and one shared pause (set when Chatwoot throttles).
 //!
 //! Exactly once: an attempt that may have created the message (a timeout, a
-//! reset, a 5xx, a 422 after the commit) is "maybe sent"; the next attempt
-//! waits `lookup_delay`, so a create Chatwoot commits late has landed, and
-//! starts by looking the message up. A lookup that cannot conclude never
-//! leads to a send. See `docs/delivery.md`.
+//! reset, a 5xx) is "maybe sent"; no lookup runs sooner than `lookup_delay`
+//! after the last create left (a crash or a lost outcome included: the claim
+//! itself sets the job due no sooner than that), so a create Chatwoot commits
+//! late has landed, and the next attempt starts by looking the message up. A
+//! 422 is looked up at once, since Chatwoot answered after its transaction. A
+//! lookup that cannot conclude never leads to a send. See `docs/delivery.md`.
 
 mod channel;
 
-use crate::chatwoot::{ChatwootClient, Lookup, SendError};
-use crate::health::{WorkerPhase, WorkerState};
+use crate::chatwoot::{ChatwootClient, Lookup, SendError, Wanted};
+use crate::domain::ReplyId;
+use crate::health::{PauseReason, WorkerPhase, WorkerState};
 use crate::metrics::Metrics;
 use crate::store::{Job, Outcome, SharedStore};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
@@ -41,6 +45,12 @@ const STORE_RETRY: Duration = Duration::from_millis(500);
 /// How often an attempt's outcome is offered to the store before it is left
 /// to the job's lease (0.5 + 1 + 2 s of waiting).
 const RECORD_TRIES: u32 = 4;
+/// rack-attack counts in fixed windows of this length, aligned on the epoch
+/// (`config/initializers/rack_attack.rb`, `Rack::Attack::Cache#key_and_expiry`).
+const RACK_ATTACK_WINDOW: u64 = 60;
+/// How long deliveries pause after Chatwoot refused the API token before one
+/// request tries it again (`GOLDRELAY_RETRY_MAX` when that is shorter).
+pub const TOKEN_RECHECK: Duration = Duration::from_secs(30);
 
 /// How the worker retries and gives up.
 #[derive(Debug, Clone)]
@@ -64,6 +74,28 @@ pub struct Policy {
     pub lease: Duration,
     /// How long shutdown waits for attempts in flight.
     pub drain: Duration,
+    /// Chatwoot honours `client_message_id` (chatwoot#15743): a resend with the
+    /// same key answers the original message, so a maybe-sent attempt is
+    /// simply sent again, with no wait and no lookup.
+    pub idempotent_creates: bool,
+}
+
+impl Policy {
+    /// The least wait between a create that may have landed and the lookup
+    /// that follows it: none where the resend itself is safe.
+    pub fn look_after(&self) -> Duration {
+        if self.idempotent_creates {
+            Duration::ZERO
+        } else {
+            self.lookup_delay
+        }
+    }
+
+    /// How long an attempt may run before it is cut off: never past its
+    /// lease, after which another instance may claim the job.
+    fn deadline(&self) -> Duration {
+        self.lease.saturating_sub(LEASE_MARGIN)
+    }
 }
 
 /// The exponential backoff before attempt `attempt + 1`, with jitter.
@@ -85,9 +117,9 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Dura
 }
 
 /// A pause every Chatwoot request of the worker waits out, set when Chatwoot
-/// throttles: rack-attack counts every request from this IP
-/// (`config/initializers/rack_attack.rb`), so slowing down one reply alone
-/// would not help.
+/// throttles or refuses the API token: rack-attack counts every request from
+/// this IP (`config/initializers/rack_attack.rb`) and a refused token fails
+/// every request alike, so slowing down one reply alone would not help.
 #[derive(Debug, Default)]
 pub struct Pause {
     state: Mutex<PauseState>,
@@ -96,8 +128,7 @@ pub struct Pause {
 #[derive(Debug, Default)]
 struct PauseState {
     until: Option<Instant>,
-    /// Throttled answers in a row; the pause doubles with each.
-    strikes: u32,
+    reason: Option<PauseReason>,
 }
 
 impl Pause {
@@ -106,29 +137,45 @@ impl Pause {
     }
 
     /// Records a throttled answer and returns the pause it set: `retry_after`
-    /// when Chatwoot (or its proxy) named one, else a backoff from `base` that
-    /// doubles with each throttle in a row (rack-attack names none); never
-    /// more than `max`.
+    /// when Chatwoot (or its proxy) named one, else until rack-attack's
+    /// current one-minute window ends (`unix_secs` is the time now), so at
+    /// most a minute. Throttles in a row do not stack: the window, not the
+    /// count, decides when requests pass again. Never more than `max`
+    /// (`GOLDRELAY_RETRY_MAX`), however long a proxy's `Retry-After`.
     pub fn throttled(
         &self,
         retry_after: Option<Duration>,
-        base: Duration,
+        unix_secs: u64,
         max: Duration,
     ) -> Duration {
-        let mut state = self.lock();
-        state.strikes = state.strikes.saturating_add(1);
+        let window_left = RACK_ATTACK_WINDOW - unix_secs % RACK_ATTACK_WINDOW;
         let wait = retry_after
-            .unwrap_or_else(|| backoff(state.strikes, base, max, 1.0))
+            .unwrap_or(Duration::from_secs(window_left))
             .min(max);
-        let now = Instant::now();
-        let until = now.checked_add(wait).unwrap_or(now);
-        state.until = Some(state.until.map_or(until, |u| u.max(until)));
+        self.extend(wait, PauseReason::RateLimited);
         wait
     }
 
-    /// A request went through: the next throttle starts from `base` again.
-    pub fn cleared(&self) {
-        self.lock().strikes = 0;
+    /// Chatwoot refused the API token: every request waits `wait`, then one
+    /// tries again.
+    pub fn token_refused(&self, wait: Duration) -> Duration {
+        self.extend(wait, PauseReason::TokenRefused);
+        wait
+    }
+
+    fn extend(&self, wait: Duration, reason: PauseReason) {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let until = now.checked_add(wait).unwrap_or(now);
+        state.until = Some(state.until.map_or(until, |u| u.max(until)));
+        state.reason = Some(reason);
+    }
+
+    /// A request went through: whatever paused requests is over.
+    pub fn cleared(&self) -> Option<PauseReason> {
+        let mut state = self.lock();
+        state.until = None;
+        state.reason.take()
     }
 
     /// How long requests must still wait, if at all.
@@ -136,6 +183,11 @@ impl Pause {
         let until = self.lock().until?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then_some(left)
+    }
+
+    /// Why requests were last paused, until a request goes through.
+    pub fn reason(&self) -> Option<PauseReason> {
+        self.lock().reason
     }
 }
 
@@ -160,7 +212,7 @@ const UNSURE: &str = "; delivery uncertain: an attempt may have created the mess
 
 /// Which step of an attempt failed, which decides how unsure its end is.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Step {
+pub enum Step {
     /// The create (or the whole attempt): if it may have created the message,
     /// the next attempt waits `lookup_delay` and looks it up first.
     Create,
@@ -178,6 +230,12 @@ pub struct WorkerLink {
     pub state: Arc<WorkerState>,
 }
 
+/// An attempt in progress: its job, and when its create request left, if it did.
+struct Flight {
+    job: Job,
+    sent_at: Option<DateTime<Utc>>,
+}
+
 /// The delivery worker: see the module's documentation.
 pub struct Worker {
     store: SharedStore,
@@ -188,6 +246,9 @@ pub struct Worker {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     pause: Pause,
     metrics: Arc<Metrics>,
+    /// Every attempt in progress, so a drain that abandons one knows whether
+    /// its create left, and when.
+    flights: Mutex<HashMap<ReplyId, Flight>>,
 }
 
 impl Worker {
@@ -210,7 +271,33 @@ impl Worker {
             limiter,
             pause: Pause::default(),
             metrics,
+            flights: Mutex::default(),
         }
+    }
+
+    /// Reads goldrelay's own Chatwoot user once, so webhook echoes are taken
+    /// for ours only when that user sent them. A token that cannot read its
+    /// profile (an agent bot) leaves echoes judged by their marker alone.
+    async fn learn_who_we_are(self: Arc<Self>, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            match self.client.me().await {
+                Ok(id) => return self.link.state.set_chatwoot_user(id),
+                Err(e @ SendError::Permanent { .. }) => {
+                    tracing::warn!(error = %e.detail(), "could not read goldrelay's Chatwoot profile; webhook echoes are matched by their marker alone");
+                    return;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    /// The time by the store's clock, which every instance shares.
+    fn now(&self) -> DateTime<Utc> {
+        self.store.now()
     }
 
     /// Runs until `shutdown` fires, then lets in-flight attempts finish within
@@ -221,6 +308,7 @@ impl Worker {
         let mut tasks = JoinSet::new();
         this.link.state.set(WorkerPhase::Running);
         tokio::spawn(this.clone().read_channel_statuses(shutdown.clone()));
+        tokio::spawn(this.clone().learn_who_we_are(shutdown.clone()));
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let wait = this.claim_and_spawn(&slots, &mut tasks).await;
@@ -251,9 +339,14 @@ impl Worker {
         if free == 0 || (free < group && !tasks.is_empty()) {
             return MAX_IDLE;
         }
+        if let Some(paused) = self.pause.remaining() {
+            // Nothing could be sent before the pause ends anyway.
+            return paused.min(MAX_IDLE);
+        }
+        let p = &self.policy;
         let claimed = self
             .store
-            .claim(&self.owner, Utc::now(), self.policy.lease, free)
+            .claim(&self.owner, self.now(), p.lease, p.look_after(), free)
             .await;
         let jobs = match claimed {
             Ok(jobs) => jobs,
@@ -269,6 +362,13 @@ impl Worker {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 break;
             };
+            // Known from the claim on, so a drain can hand it back even if
+            // its task never ran.
+            let flight = Flight {
+                job: job.clone(),
+                sent_at: None,
+            };
+            self.flights().insert(job.reply_id.clone(), flight);
             let this = self.clone();
             tasks.spawn(async move {
                 this.deliver(job).await;
@@ -283,7 +383,7 @@ impl Worker {
 
     async fn idle_wait(&self) -> Duration {
         match self.store.next_due().await {
-            Ok(Some(at)) => (at - Utc::now())
+            Ok(Some(at)) => (at - self.now())
                 .to_std()
                 .unwrap_or(Duration::from_millis(5))
                 .clamp(Duration::from_millis(5), MAX_IDLE),
@@ -292,6 +392,11 @@ impl Worker {
         }
     }
 
+    /// Waits out the drain period, then records what it knows of every
+    /// attempt it abandons (the leases then end by themselves): one whose create left is due again only
+    /// `lookup_delay` after that create (and looks first); one that sent
+    /// nothing goes back as it was. Rails finishes a create after the client
+    /// hung up, so the next process must not look sooner.
     async fn drain(&self, mut tasks: JoinSet<()>) {
         let finished = tokio::time::timeout(self.policy.drain, async {
             while tasks.join_next().await.is_some() {}
@@ -304,20 +409,46 @@ impl Worker {
             );
             tasks.shutdown().await;
         }
-        if let Err(e) = self.store.release_all(&self.owner).await {
-            tracing::warn!(error = %e, "could not release leases; they expire on their own");
+        let abandoned: Vec<Flight> = self.flights().drain().map(|(_, f)| f).collect();
+        for flight in abandoned {
+            let outcome = abandoned_outcome(&flight, &self.policy, self.now());
+            if let Err(e) = self
+                .store
+                .finish(&flight.job.reply_id, &self.owner, outcome, self.now())
+                .await
+            {
+                tracing::warn!(reply_id = %flight.job.reply_id, error = %e,
+                    "could not record an abandoned attempt; its job waits out its claim");
+            }
         }
         self.link.state.set(WorkerPhase::Stopped);
+    }
+
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<ReplyId, Flight>> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes, before the request leaves, that this attempt's create is going out.
+    fn create_leaves(&self, job: &Job) {
+        let now = self.now();
+        if let Some(flight) = self.flights().get_mut(&job.reply_id) {
+            flight.sent_at = Some(now);
+        }
+    }
+
+    fn sent_at(&self, job: &Job) -> Option<DateTime<Utc>> {
+        self.flights().get(&job.reply_id).and_then(|f| f.sent_at)
     }
 
     async fn deliver(&self, job: Job) {
         let (outcome, chatwoot_status) = self.outcome_of(&job).await;
         self.observe(&job, &outcome, chatwoot_status);
-        let now = Utc::now();
+        let now = self.now();
         // A few quiet tries, then one log line: an outcome that cannot be
         // recorded must not hold a delivery slot or fill the log. Losing it is
-        // safe: the job was marked maybe-sent when claimed, so once its lease
-        // runs out the next claim looks in the conversation before sending.
+        // safe: the claim marked the job maybe-sent and due again only after
+        // the lease and the lookup delay, so the next claim looks in the
+        // conversation, late enough, before sending.
         let mut delay = STORE_RETRY;
         for tries_left in (0..RECORD_TRIES).rev() {
             let recorded = self
@@ -325,10 +456,10 @@ impl Worker {
                 .finish(&job.reply_id, &self.owner, outcome.clone(), now)
                 .await;
             match recorded {
-                Ok(()) => return,
+                Ok(()) => break,
                 Err(e) if tries_left == 0 => {
                     tracing::error!(reply_id = %job.reply_id, error = %e,
-                        "could not record a delivery outcome; the job is left to its lease and looked up before any resend");
+                        "could not record a delivery outcome; the job is left to its claim and looked up before any resend");
                 }
                 Err(_) => {
                     tokio::time::sleep(delay).await;
@@ -336,46 +467,67 @@ impl Worker {
                 }
             }
         }
+        self.flights().remove(&job.reply_id);
     }
 
     /// One attempt within its deadline. A panic inside it becomes a retry
-    /// (maybe sent), so the job is released and its conversation moves on.
+    /// (maybe sent, if its create had left), so the job is released and its
+    /// conversation moves on.
     async fn outcome_of(&self, job: &Job) -> (Outcome, Option<u16>) {
         // An attempt never outlives its lease: past it, another instance may
         // claim the job, and two senders could both create the message.
-        let deadline = self.policy.lease.saturating_sub(LEASE_MARGIN);
-        let failed = |detail: String| SendError::Transient {
-            status: None,
-            retry_after: None,
-            maybe_created: true,
-            detail,
+        let deadline = self.policy.deadline();
+        let cut_off = |detail: String| -> Outcome {
+            let now = self.now();
+            match self.sent_at(job) {
+                // Waiting for a send slot or a lookup is not a create: the job
+                // goes back as it was.
+                None => unsent(job, now, detail, &self.policy),
+                Some(_) => {
+                    let failed = SendError::Transient {
+                        status: None,
+                        retry_after: None,
+                        maybe_created: true,
+                        detail,
+                    };
+                    retry_or_give_up(job, failed, Step::Create, &self.policy, now, rand::random())
+                }
+            }
         };
         match caught(tokio::time::timeout(deadline, self.attempt(job))).await {
             Ok(Ok(attempted)) => attempted,
             Ok(Err(_)) => {
-                let overran = failed(format!(
+                let detail = format!(
                     "the attempt took longer than {} (its lease); it is looked up before any resend",
                     humantime::format_duration(deadline)
-                ));
-                (self.retry_or_give_up(job, overran, Step::Create), None)
+                );
+                (cut_off(detail), None)
             }
             Err(panic) => {
                 tracing::error!(reply_id = %job.reply_id, panic = %panic,
                     "a delivery attempt panicked; its job is released for a later attempt");
-                let error = failed(format!("the delivery attempt failed unexpectedly: {panic}"));
-                (self.retry_or_give_up(job, error, Step::Create), None)
+                (
+                    cut_off(format!("the delivery attempt failed unexpectedly: {panic}")),
+                    None,
+                )
             }
         }
     }
 
     /// One attempt, and the HTTP status Chatwoot answered with, if it answered.
     async fn attempt(&self, job: &Job) -> (Outcome, Option<u16>) {
-        if job.maybe_sent {
+        if job.maybe_sent && !self.policy.idempotent_creates {
             if let Some(ended) = self.check_earlier(job).await {
                 return ended;
             }
         }
-        self.pace().await;
+        // A create starts only while a third of the deadline is left for it.
+        let latest = Instant::now() + self.policy.deadline() * 2 / 3;
+        if let Err(slot) = self.pace_until(Some(latest)).await {
+            let why = "no send slot was free in time; nothing was sent".to_owned();
+            return (unsent(job, slot, why, &self.policy), None);
+        }
+        self.create_leaves(job);
         let sent = self
             .client
             .create_message(
@@ -388,26 +540,62 @@ impl Worker {
             .await;
         match sent {
             Ok(message_id) => {
-                self.pause.cleared();
+                self.went_through();
                 (Outcome::Delivered { message_id }, Some(200))
             }
-            Err(e @ SendError::Permanent { .. }) => {
+            Err(e) if e.status() == Some(422) && !is_flood_guard(&e) => {
+                (self.after_unprocessable(job, e).await, Some(422))
+            }
+            Err(e) => {
                 let status = e.status();
-                (
-                    // Refused for good, and any earlier attempt was looked
-                    // up and found absent: nothing was sent.
-                    Outcome::Dead {
-                        error: e.detail().to_owned(),
-                        maybe_sent: false,
+                (self.failed(job, e, Step::Create), status)
+            }
+        }
+    }
+
+    /// A 422 came after Chatwoot's transaction (`create` rescues into it, and
+    /// Enterprise's `conversation.open!` can raise `RecordInvalid` after the
+    /// message was saved: `enterprise/app/models/enterprise/message.rb`), so
+    /// the message is looked up at once before anything else is decided.
+    async fn after_unprocessable(&self, job: &Job, error: SendError) -> Outcome {
+        match self.look_up(job).await {
+            Ok(Lookup::Found(message_id)) => {
+                tracing::warn!(reply_id = %job.reply_id, message_id, error = %error.detail(),
+                    "Chatwoot answered 422 but the message exists; recorded as delivered");
+                Outcome::Delivered { message_id }
+            }
+            Ok(Lookup::Absent) => {
+                let refused = match error {
+                    SendError::Transient {
+                        status,
+                        retry_after,
+                        detail,
+                        ..
+                    } => SendError::Transient {
+                        status,
+                        retry_after,
+                        maybe_created: false,
+                        detail,
                     },
-                    status,
-                )
+                    other => other,
+                };
+                // Proven absent: whatever was refused sent nothing.
+                let job = Job {
+                    maybe_sent: false,
+                    ..job.clone()
+                };
+                self.failed(&job, refused, Step::Create)
             }
-            Err(transient) => {
-                self.note_throttle(&transient);
-                let status = transient.status();
-                (self.retry_or_give_up(job, transient, Step::Create), status)
+            Ok(Lookup::Uncertain(detail)) => {
+                let unsure = SendError::Transient {
+                    status: Some(422),
+                    retry_after: None,
+                    maybe_created: true,
+                    detail: format!("{}; then {detail}", error.detail()),
+                };
+                self.failed(job, unsure, Step::Lookup)
             }
+            Err(e) => self.failed(job, e, Step::Lookup),
         }
     }
 
@@ -424,7 +612,7 @@ impl Worker {
                     maybe_created: true,
                     detail,
                 };
-                Some((self.retry_or_give_up(job, unsure, Step::Lookup), Some(200)))
+                Some((self.failed(job, unsure, Step::Lookup), Some(200)))
             }
             Err(e @ SendError::Permanent { .. }) => {
                 let error = format!(
@@ -438,150 +626,191 @@ impl Worker {
                 };
                 Some((outcome, e.status()))
             }
-            Err(transient) => {
-                self.note_throttle(&transient);
-                let status = transient.status();
-                Some((self.retry_or_give_up(job, transient, Step::Lookup), status))
+            Err(e) => {
+                let status = e.status();
+                Some((self.failed(job, e, Step::Lookup), status))
             }
         }
     }
 
+    /// Searches the conversation above the highest message id goldrelay knew
+    /// there before the reply was accepted; counts and logs any message that
+    /// carries the reply's marker without being goldrelay's.
     async fn look_up(&self, job: &Job) -> Result<Lookup, SendError> {
-        self.client
-            .find_reply(
-                job.account_id,
-                job.conversation_id,
-                job.reply_id.as_str(),
-                job.accepted_at,
-                || self.pace(),
-            )
+        let floor = self
+            .store
+            .message_floor(job.account_id, job.conversation_id, job.accepted_at)
             .await
+            .unwrap_or(0);
+        let wanted = Wanted {
+            reply_id: job.reply_id.as_str(),
+            content: (!job.liquid).then_some(job.content.as_str()),
+            floor,
+        };
+        let search = self
+            .client
+            .find_reply(job.account_id, job.conversation_id, &wanted, || self.pace())
+            .await
+            .inspect_err(|e| self.note_refusal(e))?;
+        self.went_through();
+        for message_id in &search.impostors {
+            self.metrics.mismatch();
+            tracing::warn!(reply_id = %job.reply_id, message_id,
+                "a message carries this reply's marker but is not goldrelay's (another sender or other content); ignored");
+        }
+        Ok(search.lookup)
     }
 
     /// Waits out the shared pause, then the send rate: before every request.
-    /// Where the store serves several instances (PostgreSQL), the rate and
-    /// any pause are the whole deployment's; otherwise this process's own.
-    async fn pace(&self) {
+    pub(super) async fn pace(&self) {
+        let _ = self.pace_until(None).await;
+    }
+
+    /// [`Worker::pace`], giving up when no slot starts by `latest`: then the
+    /// time the slot would have come, by the store's clock. Where the store
+    /// serves several instances (PostgreSQL), the rate and any pause are the
+    /// whole deployment's; otherwise this process's own.
+    async fn pace_until(&self, latest: Option<Instant>) -> Result<(), DateTime<Utc>> {
+        let too_late = |wait: Duration| {
+            let at = Instant::now() + wait;
+            latest.filter(|l| at > *l).map(|_| self.now() + span(wait))
+        };
         while let Some(wait) = self.pause.remaining() {
+            if let Some(at) = too_late(wait) {
+                return Err(at);
+            }
             tokio::time::sleep(wait).await;
         }
         let Some(limiter) = &self.limiter else {
-            return;
+            return Ok(());
         };
-        match self
+        let reserved = self
             .store
-            .reserve_send(self.policy.send_rate, Utc::now())
-            .await
-        {
+            .reserve_send(self.policy.send_rate, self.now())
+            .await;
+        match reserved {
             Ok(Some(slot)) => {
-                if let Ok(wait) = (slot - Utc::now()).to_std() {
-                    tokio::time::sleep(wait).await;
+                let wait = (slot - self.now()).to_std().unwrap_or_default();
+                if too_late(wait).is_some() {
+                    return Err(slot);
                 }
+                tokio::time::sleep(wait).await;
+                Ok(())
             }
-            Ok(None) => limiter.until_ready().await,
+            Ok(None) => self.local_slot(limiter, latest).await,
             Err(e) => {
                 tracing::warn!(error = %e, "could not reserve a shared send slot; pacing this instance alone");
-                limiter.until_ready().await;
+                self.local_slot(limiter, latest).await
             }
         }
     }
 
-    /// A 429 pauses every request of the worker, not just this reply's.
-    fn note_throttle(&self, error: &SendError) {
-        if let SendError::Transient {
-            status: Some(429),
-            retry_after,
-            ..
-        } = error
-        {
-            let p = &self.policy;
-            let wait = self
-                .pause
-                .throttled(*retry_after, p.retry_base, p.retry_max);
-            tracing::warn!(pause = %humantime::format_duration(wait), "Chatwoot throttles; every request waits");
-            // rack-attack counts per client IP, which instances usually share.
-            let until = chrono::Duration::from_std(wait)
-                .ok()
-                .and_then(|wait| Utc::now().checked_add_signed(wait));
-            if let Some(until) = until {
-                let store = self.store.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store.pause_sends(until).await {
-                        tracing::warn!(error = %e, "could not pause the other instances' sends");
-                    }
-                });
-            }
+    async fn local_slot(
+        &self,
+        limiter: &DefaultDirectRateLimiter,
+        latest: Option<Instant>,
+    ) -> Result<(), DateTime<Utc>> {
+        let Some(latest) = latest else {
+            limiter.until_ready().await;
+            return Ok(());
+        };
+        let left = latest.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, limiter.until_ready())
+            .await
+            .map_err(|_| self.now())
+    }
+
+    /// A request went through: any pause is over.
+    fn went_through(&self) {
+        if let Some(reason) = self.pause.cleared() {
+            self.metrics.paused(reason, false);
+            self.link.state.set_paused(None);
+            tracing::info!(?reason, "Chatwoot answers again; deliveries resume");
         }
     }
 
-    /// Retries a transient failure, or gives up on it: at the attempt limit,
-    /// or when the wait would take the reply past its maximum age.
-    fn retry_or_give_up(&self, job: &Job, error: SendError, step: Step) -> Outcome {
-        let SendError::Transient {
-            retry_after,
-            maybe_created,
-            detail,
-            ..
-        } = error
-        else {
-            return Outcome::Dead {
-                error: error.detail().to_owned(),
-                maybe_sent: job.maybe_sent,
-            };
+    /// A 429 or a refused token pauses every request of the worker, not just
+    /// this reply's.
+    fn note_refusal(&self, error: &SendError) {
+        let wait = match error {
+            SendError::Transient {
+                status: Some(429),
+                retry_after,
+                ..
+            } => {
+                let unix = u64::try_from(self.now().timestamp()).unwrap_or_default();
+                let wait = self
+                    .pause
+                    .throttled(*retry_after, unix, self.policy.retry_max);
+                tracing::warn!(pause = %humantime::format_duration(wait), "Chatwoot throttles; every request waits");
+                self.share_pause(wait);
+                wait
+            }
+            SendError::TokenRefused { detail } => {
+                let wait = self
+                    .pause
+                    .token_refused(TOKEN_RECHECK.min(self.policy.retry_max));
+                tracing::error!(error = %detail, retry_in = %humantime::format_duration(wait),
+                    "Chatwoot refuses goldrelay's API token; deliveries are paused until it is accepted again");
+                wait
+            }
+            _ => return,
         };
-        let maybe_sent = maybe_created || step == Step::Lookup;
-        // A reply given up on remembers any attempt that may have created it.
-        let dead_maybe_sent = job.maybe_sent || maybe_sent;
-        let unsure = if maybe_sent { UNSURE } else { "" };
-        let p = &self.policy;
-        let attempt = u32::try_from(job.attempt).unwrap_or(u32::MAX);
-        if attempt >= p.max_attempts {
-            return Outcome::Dead {
-                error: format!("gave up after {attempt} attempts: {detail}{unsure}"),
-                maybe_sent: dead_maybe_sent,
-            };
+        if let Some(reason) = self.pause.reason() {
+            self.metrics.paused(reason, true);
+            self.link.state.set_paused(Some(reason));
         }
-        // A create Chatwoot may still be committing gets time to land before the lookup.
-        let floor = if maybe_created && step == Step::Create {
-            p.lookup_delay
-        } else {
-            Duration::ZERO
-        };
-        let asked = retry_after.unwrap_or_default();
-        let delay = backoff(attempt, p.retry_base, p.retry_max, rand::random())
-            .max(asked)
-            .max(floor);
-        let Some(at) = self.due_at(job, delay) else {
-            let why = if asked >= delay {
+        let _ = wait;
+    }
+
+    /// rack-attack counts per client IP, which instances usually share.
+    fn share_pause(&self, wait: Duration) {
+        let until = self.now().checked_add_signed(span(wait));
+        if let Some(until) = until {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.pause_sends(until).await {
+                    tracing::warn!(error = %e, "could not pause the other instances' sends");
+                }
+            });
+        }
+    }
+
+    /// What a failed step makes of the job: a pause (429, refused token) gives
+    /// the job back unsent, anything else goes by [`retry_or_give_up`].
+    fn failed(&self, job: &Job, error: SendError, step: Step) -> Outcome {
+        self.note_refusal(&error);
+        let pausing = matches!(
+            error,
+            SendError::TokenRefused { .. }
+                | SendError::Transient {
+                    status: Some(429),
+                    ..
+                }
+        );
+        if pausing {
+            // Every request waits out the pause; this reply waits out the
+            // whole Retry-After, however long, as Chatwoot asked.
+            let paused = self.pause.remaining().unwrap_or_default();
+            let wait = match error {
+                SendError::Transient {
+                    retry_after: Some(asked),
+                    ..
+                } => asked.max(paused),
+                _ => paused,
+            };
+            let why = error.detail().to_owned();
+            let why = if wait > paused {
                 format!(
-                    " (Chatwoot asked to wait {} with Retry-After)",
-                    humantime::format_duration(asked)
+                    "{why} (Chatwoot asked to wait {} with Retry-After)",
+                    humantime::format_duration(wait)
                 )
             } else {
-                String::new()
+                why
             };
-            let max_age = humantime::format_duration(p.max_age);
-            return Outcome::Dead {
-                error: format!(
-                    "gave up: the reply would be older than {max_age} at its next attempt{why}: {detail}{unsure}"
-                ),
-                maybe_sent: dead_maybe_sent,
-            };
-        };
-        Outcome::Retry {
-            at,
-            error: detail,
-            maybe_sent,
+            return unsent(job, self.now() + span(wait), why, &self.policy);
         }
-    }
-
-    /// When the next attempt is due after `delay`, unless that is past the
-    /// reply's maximum age (or past any representable time).
-    fn due_at(&self, job: &Job, delay: Duration) -> Option<DateTime<Utc>> {
-        let at = chrono::Duration::from_std(delay)
-            .ok()
-            .and_then(|d| Utc::now().checked_add_signed(d))?;
-        (elapsed(job.received_at, at) <= self.policy.max_age).then_some(at)
+        retry_or_give_up(job, error, step, &self.policy, self.now(), rand::random())
     }
 
     /// One log line and the metrics for one attempt.
@@ -592,7 +821,7 @@ impl Worker {
             Outcome::Delivered { message_id } => {
                 self.metrics.attempt("delivered");
                 self.metrics
-                    .delivered_after(elapsed(job.received_at, Utc::now()));
+                    .delivered_after(elapsed(job.received_at, self.now()));
                 tracing::info!(
                     reply_id,
                     conversation_id,
@@ -610,6 +839,14 @@ impl Worker {
                     next_attempt_at = %at.to_rfc3339(), error = %error, "delivery attempt"
                 )
             }
+            Outcome::Unsent { at, why, .. } => {
+                self.metrics.attempt("unsent");
+                tracing::info!(
+                    reply_id, conversation_id, outcome = "unsent", chatwoot_status,
+                    next_attempt_at = %at.to_rfc3339(), why = why.as_deref().unwrap_or(""),
+                    "delivery attempt sent nothing"
+                )
+            }
             Outcome::Dead { error, .. } => {
                 self.metrics.attempt("dead");
                 tracing::error!(
@@ -618,6 +855,125 @@ impl Worker {
                 )
             }
         }
+    }
+}
+
+/// Chatwoot's flood guard refuses before anything is stored: no lookup needed.
+fn is_flood_guard(error: &SendError) -> bool {
+    matches!(
+        error,
+        SendError::Transient {
+            status: Some(422),
+            maybe_created: false,
+            ..
+        }
+    )
+}
+
+fn span(wait: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
+}
+
+/// What a drain records for an attempt it abandons.
+fn abandoned_outcome(flight: &Flight, policy: &Policy, now: DateTime<Utc>) -> Outcome {
+    let job = &flight.job;
+    match flight.sent_at {
+        None => unsent(job, now, "stopped before anything was sent".into(), policy),
+        Some(sent) => Outcome::Retry {
+            at: (sent + span(policy.look_after())).max(now),
+            error: "the process stopped while Chatwoot was answering; the message is looked up \
+                    before any resend"
+                .into(),
+            maybe_sent: true,
+        },
+    }
+}
+
+/// The job goes back as it was, due at `at`, its attempt not counted; past
+/// the reply's maximum age it goes `dead` instead.
+pub fn unsent(job: &Job, at: DateTime<Utc>, why: String, policy: &Policy) -> Outcome {
+    if elapsed(job.received_at, at) > policy.max_age {
+        let max_age = humantime::format_duration(policy.max_age);
+        let unsure = if job.maybe_sent { UNSURE } else { "" };
+        return Outcome::Dead {
+            error: format!("gave up: the reply would be older than {max_age} at its next attempt: {why}{unsure}"),
+            maybe_sent: job.maybe_sent,
+        };
+    }
+    Outcome::Unsent {
+        at,
+        maybe_sent: job.maybe_sent,
+        attempts: job.attempt.saturating_sub(1),
+        why: Some(why),
+    }
+}
+
+/// Retries a transient failure, or gives up on it: at the attempt limit,
+/// or when the wait would take the reply past its maximum age. Pure: `now`
+/// and `jitter` (in `[0, 1)`) come from the caller.
+pub fn retry_or_give_up(
+    job: &Job,
+    error: SendError,
+    step: Step,
+    p: &Policy,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> Outcome {
+    let SendError::Transient {
+        retry_after,
+        maybe_created,
+        detail,
+        ..
+    } = error
+    else {
+        return Outcome::Dead {
+            error: error.detail().to_owned(),
+            maybe_sent: job.maybe_sent,
+        };
+    };
+    let maybe_sent = maybe_created || step == Step::Lookup;
+    // A reply given up on remembers any attempt that may have created it.
+    let dead_maybe_sent = job.maybe_sent || maybe_sent;
+    let unsure = if maybe_sent { UNSURE } else { "" };
+    let attempt = u32::try_from(job.attempt).unwrap_or(u32::MAX);
+    if attempt >= p.max_attempts {
+        return Outcome::Dead {
+            error: format!("gave up after {attempt} attempts: {detail}{unsure}"),
+            maybe_sent: dead_maybe_sent,
+        };
+    }
+    // A create Chatwoot may still be committing gets time to land before the lookup.
+    let floor = if maybe_created && step == Step::Create {
+        p.look_after()
+    } else {
+        Duration::ZERO
+    };
+    let asked = retry_after.unwrap_or_default();
+    let delay = backoff(attempt, p.retry_base, p.retry_max, jitter)
+        .max(asked)
+        .max(floor);
+    let at = now.checked_add_signed(span(delay));
+    let Some(at) = at.filter(|at| elapsed(job.received_at, *at) <= p.max_age) else {
+        let why = if asked >= delay {
+            format!(
+                " (Chatwoot asked to wait {} with Retry-After)",
+                humantime::format_duration(asked)
+            )
+        } else {
+            String::new()
+        };
+        let max_age = humantime::format_duration(p.max_age);
+        return Outcome::Dead {
+            error: format!(
+                "gave up: the reply would be older than {max_age} at its next attempt{why}: {detail}{unsure}"
+            ),
+            maybe_sent: dead_maybe_sent,
+        };
+    };
+    Outcome::Retry {
+        at,
+        error: detail,
+        maybe_sent,
     }
 }
 
@@ -653,29 +1009,246 @@ mod tests {
     }
 
     #[test]
-    fn throttles_in_a_row_double_the_pause_until_a_request_goes_through() {
-        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+    fn throttles_in_a_row_pause_until_rack_attacks_window_ends_and_never_stack() {
+        let max = Duration::from_secs(300);
         let pause = Pause::default();
         assert_eq!(pause.remaining(), None);
-        assert_eq!(pause.throttled(None, base, max), base);
-        assert_eq!(pause.throttled(None, base, max), base * 2);
-        assert_eq!(pause.throttled(None, base, max), base * 4);
-        assert!(pause.remaining().is_some_and(|left| left > base * 3));
-        pause.cleared();
-        assert_eq!(pause.throttled(None, base, max), base);
+        // 16 attempts throttled at once, 20 s into a minute: 40 s each, not 16 strikes.
+        for _ in 0..16 {
+            assert_eq!(
+                pause.throttled(None, 60 * 1000 + 20, max),
+                Duration::from_secs(40)
+            );
+        }
+        assert!(pause
+            .remaining()
+            .is_some_and(|left| left <= Duration::from_secs(40)));
+        assert_eq!(pause.reason(), Some(PauseReason::RateLimited));
+        assert_eq!(pause.cleared(), Some(PauseReason::RateLimited));
+        assert_eq!(pause.remaining(), None);
+        // At the very start of a window the wait is the whole minute, no more.
+        assert_eq!(pause.throttled(None, 120, max), Duration::from_secs(60));
     }
 
     #[test]
     fn a_named_wait_sets_the_pause_but_never_beyond_the_cap() {
-        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        let max = Duration::from_secs(1);
         let pause = Pause::default();
         let asked = Some(Duration::from_millis(300));
-        assert_eq!(
-            pause.throttled(asked, base, max),
-            Duration::from_millis(300)
-        );
+        assert_eq!(pause.throttled(asked, 0, max), Duration::from_millis(300));
         let huge = Some(crate::chatwoot::RETRY_AFTER_CAP);
-        assert_eq!(pause.throttled(huge, base, max), max);
+        assert_eq!(pause.throttled(huge, 0, max), max);
         assert!(pause.remaining().is_some_and(|left| left <= max));
+    }
+
+    #[test]
+    fn a_refused_token_pauses_everything_until_a_request_goes_through() {
+        let pause = Pause::default();
+        assert_eq!(pause.token_refused(TOKEN_RECHECK), TOKEN_RECHECK);
+        assert_eq!(pause.reason(), Some(PauseReason::TokenRefused));
+        assert!(pause.remaining().is_some());
+        assert_eq!(pause.cleared(), Some(PauseReason::TokenRefused));
+        assert_eq!(pause.cleared(), None);
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            max_attempts: 5,
+            lookup_delay: Duration::from_secs(60),
+            max_age: Duration::from_secs(3600),
+            concurrency: 4,
+            send_rate: 0,
+            lease: Duration::from_secs(35),
+            drain: Duration::from_secs(5),
+            idempotent_creates: false,
+        }
+    }
+
+    fn job(attempt: i64, maybe_sent: bool, age_secs: i64, now: DateTime<Utc>) -> Job {
+        Job {
+            reply_id: ReplyId::parse("gr-1").unwrap(),
+            account_id: 1,
+            conversation_id: 1,
+            content: "hi".into(),
+            private: false,
+            liquid: false,
+            attempt,
+            received_at: now - chrono::Duration::seconds(age_secs),
+            accepted_at: now - chrono::Duration::seconds(age_secs),
+            maybe_sent,
+        }
+    }
+
+    fn transient(maybe_created: bool, retry_after: Option<u64>) -> SendError {
+        SendError::Transient {
+            status: Some(503),
+            retry_after: retry_after.map(Duration::from_secs),
+            maybe_created,
+            detail: "Chatwoot answered 503".into(),
+        }
+    }
+
+    /// What [`retry_or_give_up`] decides, as (kind, seconds until due, maybe sent).
+    fn decided(outcome: Outcome, now: DateTime<Utc>) -> (&'static str, i64, bool) {
+        match outcome {
+            Outcome::Retry { at, maybe_sent, .. } => {
+                ("retry", (at - now).num_seconds(), maybe_sent)
+            }
+            Outcome::Dead { maybe_sent, .. } => ("dead", 0, maybe_sent),
+            Outcome::Unsent { at, maybe_sent, .. } => {
+                ("unsent", (at - now).num_seconds(), maybe_sent)
+            }
+            Outcome::Delivered { .. } => ("delivered", 0, false),
+        }
+    }
+
+    #[test]
+    fn the_delivery_decision_table() {
+        let now = Utc::now();
+        let p = policy();
+        let idempotent = Policy {
+            idempotent_creates: true,
+            ..policy()
+        };
+        // (case, job, error, step, policy, expected)
+        type Case<'a> = (
+            &'a str,
+            Job,
+            SendError,
+            Step,
+            &'a Policy,
+            (&'a str, i64, bool),
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a failure that created nothing retries with backoff",
+                job(1, false, 0, now),
+                transient(false, None),
+                Step::Create,
+                &p,
+                ("retry", 1, false),
+            ),
+            (
+                "a create that may have landed waits the lookup delay",
+                job(1, false, 0, now),
+                transient(true, None),
+                Step::Create,
+                &p,
+                ("retry", 60, true),
+            ),
+            (
+                "with idempotency keys the resend needs no wait",
+                job(1, false, 0, now),
+                transient(true, None),
+                Step::Create,
+                &idempotent,
+                ("retry", 1, true),
+            ),
+            (
+                "Retry-After longer than the backoff wins",
+                job(1, false, 0, now),
+                transient(false, Some(30)),
+                Step::Create,
+                &p,
+                ("retry", 30, false),
+            ),
+            (
+                "a failed lookup stays maybe sent, without a second wait",
+                job(2, true, 0, now),
+                transient(false, None),
+                Step::Lookup,
+                &p,
+                ("retry", 2, true),
+            ),
+            (
+                "the attempt limit ends it, remembering an earlier maybe-sent",
+                job(5, true, 0, now),
+                transient(false, None),
+                Step::Create,
+                &p,
+                ("dead", 0, true),
+            ),
+            (
+                "a wait past the maximum age ends it",
+                job(1, false, 3590, now),
+                transient(true, None),
+                Step::Create,
+                &p,
+                ("dead", 0, true),
+            ),
+            (
+                "a permanent refusal is dead at once",
+                job(1, false, 0, now),
+                SendError::Permanent {
+                    status: 404,
+                    detail: "gone".into(),
+                },
+                Step::Create,
+                &p,
+                ("dead", 0, false),
+            ),
+        ];
+        for (case, job, error, step, policy, expected) in cases {
+            let got = decided(retry_or_give_up(&job, error, step, policy, now, 1.0), now);
+            assert_eq!(got, expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn an_attempt_that_sent_nothing_goes_back_as_it_was_unless_too_old() {
+        let now = Utc::now();
+        let p = policy();
+        let later = now + chrono::Duration::seconds(40);
+        match unsent(&job(3, true, 0, now), later, "no slot".into(), &p) {
+            Outcome::Unsent {
+                at,
+                maybe_sent,
+                attempts,
+                ..
+            } => {
+                assert_eq!((at, maybe_sent, attempts), (later, true, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        let old = job(3, false, 3590, now);
+        assert!(matches!(
+            unsent(&old, later, "x".into(), &p),
+            Outcome::Dead {
+                maybe_sent: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_abandoned_create_is_due_only_a_lookup_delay_after_it_left() {
+        let now = Utc::now();
+        let p = policy();
+        let sent = now - chrono::Duration::seconds(10);
+        let flight = Flight {
+            job: job(1, false, 0, now),
+            sent_at: Some(sent),
+        };
+        match abandoned_outcome(&flight, &p, now) {
+            Outcome::Retry { at, maybe_sent, .. } => {
+                assert_eq!(at, sent + chrono::Duration::seconds(60));
+                assert!(maybe_sent);
+            }
+            other => panic!("{other:?}"),
+        }
+        let waiting = Flight {
+            job: job(1, false, 0, now),
+            sent_at: None,
+        };
+        assert!(matches!(
+            abandoned_outcome(&waiting, &p, now),
+            Outcome::Unsent {
+                maybe_sent: false,
+                attempts: 0,
+                ..
+            }
+        ));
     }
 }

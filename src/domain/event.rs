@@ -38,6 +38,8 @@ pub struct ChatwootEvent {
     pub reply_id: Option<String>,
     /// What the event may change, once the store has checked it is about our message.
     pub effect: Option<Effect>,
+    /// The message's sender (`sender.type`, `sender.id`), for message events.
+    pub sender: Option<(String, i64)>,
 }
 
 /// The message an event is about, as far as the store must check it against a
@@ -92,6 +94,10 @@ impl ChatwootEvent {
             _ => format!("{kind}:{raw_digest}"),
         };
         let effect = message_id.and_then(|id| effect(&kind, body, id, reply_id.clone()));
+        let sender = body["sender"]["type"]
+            .as_str()
+            .zip(body["sender"]["id"].as_i64())
+            .map(|(kind, id)| (kind.to_owned(), id));
         Self {
             delivery_id,
             kind,
@@ -99,7 +105,37 @@ impl ChatwootEvent {
             message_id,
             reply_id,
             effect,
+            sender,
         }
+    }
+
+    /// Drops the effect of an event whose message carries a reply's marker
+    /// but was not sent by goldrelay's own Chatwoot user `me`: any user token
+    /// may set `content_attributes` (`messages_controller.rb`,
+    /// `message_builder.rb`), so the marker alone proves nothing. Without `me`
+    /// (not read yet, or an agent-bot token, which cannot read its profile)
+    /// nothing is dropped. Whether it dropped one.
+    pub fn keep_only_ours(&mut self, me: Option<i64>) -> bool {
+        let Some(me) = me else {
+            return false;
+        };
+        let marked = matches!(
+            self.effect,
+            Some(Effect::Confirm { .. })
+                | Some(Effect::ChannelStatus {
+                    reply_id: Some(_),
+                    ..
+                })
+        );
+        let ours = self
+            .sender
+            .as_ref()
+            .is_some_and(|(kind, id)| kind == "user" && *id == me);
+        if marked && !ours {
+            self.effect = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -175,6 +211,23 @@ pub fn channel_status_may_change(from: Option<&str>, to: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_marker_on_another_senders_message_changes_nothing() {
+        let mut body = example("webhook_message_created_outgoing_echo.json");
+        // goldrelay's own messages come from its user (the fixture's is a bot).
+        body["sender"]["type"] = "user".into();
+        let sender = body["sender"]["id"].as_i64().unwrap();
+        let mut ours = ChatwootEvent::parse(None, &body, "x");
+        assert!(!ours.keep_only_ours(Some(sender)));
+        assert!(ours.effect.is_some());
+        let mut theirs = ChatwootEvent::parse(None, &body, "x");
+        assert!(theirs.keep_only_ours(Some(sender + 1)));
+        assert_eq!(theirs.effect, None);
+        let mut unknown = ChatwootEvent::parse(None, &body, "x");
+        assert!(!unknown.keep_only_ours(None));
+        assert!(unknown.effect.is_some());
+    }
 
     fn example(name: &str) -> Value {
         let path = format!(

@@ -194,7 +194,8 @@ async fn accept(
         })
         .filter(|v| !v.is_empty());
     let digest = hex::encode(Sha256::digest(body));
-    let event = ChatwootEvent::parse(delivery_id, &value, &digest);
+    let mut event = ChatwootEvent::parse(delivery_id, &value, &digest);
+    let foreign = event.keep_only_ours(state.worker.chatwoot_user());
     // The body parsed as JSON, so it is UTF-8.
     let raw = String::from_utf8_lossy(body);
     let outcome = state
@@ -203,6 +204,7 @@ async fn accept(
         .await
         .map_err(ApiError::StoreUnavailable)?;
     let status = match outcome {
+        EventOutcome::Processed if foreign => "mismatch",
         EventOutcome::Processed => "processed",
         EventOutcome::Duplicate => "duplicate",
         EventOutcome::Mismatch => "mismatch",

@@ -23,7 +23,28 @@ pub(super) fn routes(cfg: &mut web::ServiceConfig) {
             "/health",
             web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "woot"})) }),
         )
-        .route("/api", web::get().to(api_info));
+        .route("/api", web::get().to(api_info))
+        .route("/api/v1/profile", web::get().to(profile));
+}
+
+/// `GET /api/v1/profile` (`app/controllers/api/v1/profiles_controller.rb`):
+/// the token's user. Bots are refused, as on every endpoint not open to them.
+async fn profile(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
+    if let Some(throttled) = throttle(&shared, &req) {
+        return throttled;
+    }
+    match caller(&shared, &req) {
+        Ok(Caller::Bot) => error(
+            StatusCode::UNAUTHORIZED,
+            "Access to this endpoint is not authorized for bots",
+        ),
+        Ok(user) => {
+            let (_, id, name) = user.identity();
+            HttpResponse::Ok().json(json!({"id": id, "name": name, "available_name": name,
+                "email": "agent@sandbox.invalid", "role": "administrator", "type": "user"}))
+        }
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 /// `app/controllers/api_controller.rb#index`.
@@ -99,26 +120,29 @@ fn token<'a>(shared: &Shared, req: &'a HttpRequest) -> Option<&'a str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whose token the request carries (`access_token_auth_helper.rb`).
+fn caller(shared: &Shared, req: &HttpRequest) -> Result<Caller, Refusal> {
+    let revoked = shared.lock().faults.token_revoked;
+    match token(shared, req) {
+        // devise_token_auth's shape: a list under "errors".
+        None => Err(Refusal {
+            status: StatusCode::UNAUTHORIZED,
+            body: json!({"errors": ["You need to sign in or sign up before continuing."]}),
+        }),
+        Some(t) if t == shared.config.user_token && !revoked => Ok(Caller::User),
+        Some(t) if Some(t) == shared.config.bot_token.as_deref() => Ok(Caller::Bot),
+        Some(t) if t == shared.config.agent_token => Ok(Caller::Agent),
+        Some(_) => Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "Invalid Access Token",
+        )),
+    }
+}
+
 /// Chatwoot's before-actions, in their order: token, account, conversation
 /// (`access_token_auth_helper.rb`, `conversations/base_controller.rb`).
 fn authorize(shared: &Shared, req: &HttpRequest, path: (i64, i64)) -> Result<Caller, Refusal> {
-    let caller = match token(shared, req) {
-        None => {
-            // devise_token_auth's shape: a list under "errors".
-            return Err(Refusal {
-                status: StatusCode::UNAUTHORIZED,
-                body: json!({"errors": ["You need to sign in or sign up before continuing."]}),
-            });
-        }
-        Some(t) if t == shared.config.user_token => Caller::User,
-        Some(t) if Some(t) == shared.config.bot_token.as_deref() => Caller::Bot,
-        Some(_) => {
-            return Err(Refusal::new(
-                StatusCode::UNAUTHORIZED,
-                "Invalid Access Token",
-            ))
-        }
-    };
+    let caller = caller(shared, req)?;
     let (account, conversation) = path;
     let exists = shared.config.accounts.contains(&account)
         && (1..=shared.config.conversations).contains(&conversation);
@@ -173,6 +197,7 @@ struct CreateBody {
     #[serde(default)]
     content_attributes: Value,
     source_id: Option<String>,
+    client_message_id: Option<String>,
 }
 
 /// A create on its way to the database.
@@ -194,6 +219,7 @@ enum Outcome {
     ErrorAfterCommit {
         text: String,
         echo: bool,
+        status: Option<u16>,
     },
 }
 
@@ -213,6 +239,7 @@ fn next_outcome(shared: &Shared) -> Outcome {
         return Outcome::ErrorAfterCommit {
             text: text.unwrap_or_else(|| super::REDIS_DOWN.to_owned()),
             echo: f.error_after_commit_echo,
+            status: f.error_after_commit_status,
         };
     }
     if f.late_next > 0 {
@@ -259,11 +286,15 @@ async fn create(
             commit_ms,
             answer_ms,
         } => commit_late(shared, draft, arrived, commit_ms, answer_ms).await,
-        Outcome::ErrorAfterCommit { text, echo } => {
+        Outcome::ErrorAfterCommit { text, echo, status } => {
             let result = commit(&shared, draft, echo);
-            match result {
-                Ok(_) => error(StatusCode::UNPROCESSABLE_ENTITY, &text),
-                Err(refusal) => refusal.into_response(),
+            match (result, status.and_then(|s| StatusCode::from_u16(s).ok())) {
+                (Ok(_), None) => error(StatusCode::UNPROCESSABLE_ENTITY, &text),
+                // A proxy's own page: Rails committed, the proxy gave up on it.
+                (Ok(_), Some(status)) => HttpResponse::build(status)
+                    .content_type("text/html")
+                    .body(format!("<html><body><h1>{status}</h1></body></html>")),
+                (Err(refusal), _) => refusal.into_response(),
             }
         }
     }
@@ -323,9 +354,34 @@ fn commit(shared: &Arc<Shared>, draft: Draft, echo: bool) -> Result<Message, Ref
     let (message, event) = store(shared, draft)?;
     if let (true, Some(event)) = (echo, event) {
         let sender = shared.clone();
-        tokio::spawn(async move { sender.post(event).await });
+        tokio::spawn(async move { sender.echo(event).await });
     }
     Ok(message)
+}
+
+/// The message a `client_message_id` already names in this conversation:
+/// `Ok(Some)` for the same payload, a 409 for another (chatwoot PR #15744).
+fn keyed(state: &super::State, draft: &Draft) -> Result<Option<Message>, Refusal> {
+    let Some(key) = draft.body.client_message_id.as_deref() else {
+        return Ok(None);
+    };
+    let Some(original) = state.messages.iter().find(|m| {
+        m.account_id == draft.account_id
+            && m.conversation_id == draft.conversation_id
+            && m.client_message_id.as_deref() == Some(key)
+    }) else {
+        return Ok(None);
+    };
+    let same = original.private == draft.body.private
+        && original.content_attributes == attributes(draft.body.content_attributes.clone());
+    if same {
+        Ok(Some(original.clone()))
+    } else {
+        Err(Refusal::new(
+            StatusCode::CONFLICT,
+            "client_message_id has already been used with a different payload",
+        ))
+    }
 }
 
 fn message_type(body: &CreateBody) -> Result<i64, Refusal> {
@@ -352,6 +408,11 @@ fn store(shared: &Shared, draft: Draft) -> Result<(Message, Option<Event>), Refu
         ));
     }
     let mut state = shared.lock();
+    if shared.config.idempotency_keys {
+        if let Some(original) = keyed(&state, &draft)? {
+            return Ok((original, None));
+        }
+    }
     let recent = state
         .recent
         .entry((draft.account_id, draft.conversation_id))
@@ -366,13 +427,20 @@ fn store(shared: &Shared, draft: Draft) -> Result<(Message, Option<Event>), Refu
     recent.push(Instant::now());
     let id = state.next_id;
     state.next_id += 1;
-    let message = build(id, message_type, draft);
+    let keep_key = shared.config.idempotency_keys;
+    let disorder = shared.config.created_at_disorder_secs;
+    let mut message = build(id, message_type, draft, keep_key);
+    if disorder > 0 {
+        let back = chrono::Duration::seconds(rand::random_range(0..=disorder as i64));
+        message.created -= back;
+        message.created_at = message.created.timestamp();
+    }
     state.messages.push(message.clone());
     let event = Shared::event(&state, &message, "message_created");
     Ok((message, event))
 }
 
-fn build(id: i64, message_type: i64, draft: Draft) -> Message {
+fn build(id: i64, message_type: i64, draft: Draft, keep_key: bool) -> Message {
     let Draft {
         caller,
         account_id,
@@ -401,6 +469,7 @@ fn build(id: i64, message_type: i64, draft: Draft) -> Message {
         source_id: body.source_id.map(Value::from).unwrap_or(Value::Null),
         sender: sender_push_data(caller),
         created: now,
+        client_message_id: body.client_message_id.filter(|_| keep_key),
         updated: now,
         sent_by: caller,
     }
@@ -419,22 +488,17 @@ fn attributes(value: Value) -> Value {
 }
 
 fn sender_push_data(caller: Caller) -> Value {
-    match caller {
-        Caller::User => json!({"id": super::USER_ID, "name": super::USER_NAME,
-            "available_name": super::USER_NAME, "avatar_url": "", "type": "user",
-            "availability_status": "online", "thumbnail": ""}),
-        Caller::Bot => json!({"id": super::BOT_ID, "name": super::BOT_NAME,
-            "avatar_url": "", "type": "agent_bot"}),
+    match caller.identity() {
+        ("User", id, name) => json!({"id": id, "name": name, "available_name": name,
+            "avatar_url": "", "type": "user", "availability_status": "online", "thumbnail": ""}),
+        (_, id, name) => json!({"id": id, "name": name, "avatar_url": "", "type": "agent_bot"}),
     }
 }
 
 /// `Liquidable#message_drops`: contact, agent (the sender, user or bot),
 /// conversation and inbox, with the fields of `app/drops/*_drop.rb`.
 fn drops(caller: Caller, conversation_id: i64) -> Value {
-    let (agent_id, agent_name) = match caller {
-        Caller::User => (super::USER_ID, super::USER_NAME),
-        Caller::Bot => (super::BOT_ID, super::BOT_NAME),
-    };
+    let (_, agent_id, agent_name) = caller.identity();
     let mut names = CONTACT_NAME.split_whitespace();
     json!({
         "contact": {"id": 1, "name": CONTACT_NAME, "email": "customer@sandbox.invalid",
@@ -465,7 +529,7 @@ async fn list(
     }
     let (account_id, conversation_id) = path.into_inner();
     match authorize(&shared, &req, (account_id, conversation_id)) {
-        Ok(Caller::User) => {}
+        Ok(Caller::User | Caller::Agent) => {}
         Ok(Caller::Bot) => {
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -474,6 +538,7 @@ async fn list(
         }
         Err(refusal) => return refusal.into_response(),
     }
+    shared.lock().lists += 1;
     if let Some(response) = injected(&shared).await {
         return response;
     }
@@ -498,22 +563,25 @@ async fn list(
     }))
 }
 
-/// `app/finders/message_finder.rb`: the latest 20; 20 before `before`; up
-/// to 100 after `after`; up to 1000 from `after` (inclusive) to `before`;
-/// always ascending.
-fn find<'a>(all: Vec<&'a Message>, query: &ListQuery) -> Vec<&'a Message> {
+/// `app/finders/message_finder.rb`: filters by id, orders by `created_at`
+/// (ties by id), and returns each page ascending. No params: the latest 20
+/// by `created_at`; `before`: the latest 20 of `id < before`; `after`: the
+/// first 100 by `created_at` of `id > after`; both: the first 1000 of
+/// `after <= id < before`.
+fn find<'a>(mut all: Vec<&'a Message>, query: &ListQuery) -> Vec<&'a Message> {
+    all.sort_by_key(|m| (m.created, m.id));
     let before = present(&query.before).map(to_i);
     let after = present(&query.after).map(to_i);
-    let (oldest_first, limit): (Vec<&Message>, usize) = match (after, before) {
-        (Some(a), Some(b)) => (
-            all.into_iter().filter(|m| m.id >= a && m.id < b).collect(),
-            1000,
-        ),
-        (Some(a), None) => (all.into_iter().filter(|m| m.id > a).collect(), 100),
-        (None, Some(b)) => return latest(all.into_iter().filter(|m| m.id < b).collect()),
-        (None, None) => return latest(all),
-    };
-    oldest_first.into_iter().take(limit).collect()
+    match (after, before) {
+        (Some(a), Some(b)) => first(all, |m| m.id >= a && m.id < b, 1000),
+        (Some(a), None) => first(all, |m| m.id > a, 100),
+        (None, Some(b)) => latest(all.into_iter().filter(|m| m.id < b).collect()),
+        (None, None) => latest(all),
+    }
+}
+
+fn first(sorted: Vec<&Message>, keep: impl Fn(&Message) -> bool, limit: usize) -> Vec<&Message> {
+    sorted.into_iter().filter(|m| keep(m)).take(limit).collect()
 }
 
 fn latest(messages: Vec<&Message>) -> Vec<&Message> {

@@ -29,6 +29,11 @@ const USER_ID: i64 = 1;
 const USER_NAME: &str = "Sandbox Agent";
 const BOT_ID: i64 = 2;
 const BOT_NAME: &str = "Sandbox Bot";
+/// Another agent of the account, with a user token of its own.
+const AGENT_ID: i64 = 3;
+const AGENT_NAME: &str = "Another Agent";
+/// The token of that other agent (`SandboxConfig::agent_token` by default).
+pub const AGENT_TOKEN: &str = "sandbox-other-agent-token";
 const INBOX_NAME: &str = "Sandbox API";
 /// The name of every conversation's contact, as `{{contact.name}}` renders it.
 pub const CONTACT_NAME: &str = "Sandbox Customer";
@@ -58,6 +63,19 @@ pub struct SandboxConfig {
     /// `Validation failed: Too many messages` (`Message#prevent_message_flooding`,
     /// `CONVERSATION_MESSAGE_PER_MINUTE_LIMIT` in `lib/limits.rb`, 200 by default).
     pub flood_limit: usize,
+    /// Another agent's user token: may create and list messages as a user
+    /// who is not goldrelay's, and set any `content_attributes` doing so.
+    pub agent_token: String,
+    /// How far a new message's `created_at` may lie before the moment its id
+    /// is taken (drawn at random, in seconds): `created_at` is set before the
+    /// INSERT takes its id, and some channels store the provider's time
+    /// (`app/services/tiktok/message_service.rb`), so ids and `created_at`
+    /// disagree; `MessageFinder` filters by id but orders by `created_at`.
+    pub created_at_disorder_secs: u64,
+    /// Honours `client_message_id` as chatwoot#15743 / PR #15744 propose:
+    /// unique per conversation; the same key and payload answer the original
+    /// message (200), a different payload 409. Off, like every release so far.
+    pub idempotency_keys: bool,
 }
 
 impl Default for SandboxConfig {
@@ -71,6 +89,9 @@ impl Default for SandboxConfig {
             webhook_secret: None,
             rack_attack_limit: None,
             flood_limit: 200,
+            agent_token: AGENT_TOKEN.into(),
+            created_at_disorder_secs: 0,
+            idempotency_keys: false,
         }
     }
 }
@@ -117,6 +138,20 @@ pub struct Faults {
     /// its name (`api_access_token`) never reaches Chatwoot; only
     /// `Api-Access-Token` does.
     pub drop_underscore_headers: bool,
+    /// The user token was revoked or rotated: Chatwoot answers its own 401
+    /// `{"error":"Invalid Access Token"}` to it (`access_token_auth_helper.rb`).
+    pub token_revoked: bool,
+    /// With `error_after_commit_next`: answer this status instead of 422, as
+    /// a proxy does (HTML) when Rails outlived its timeout, e.g. 502 or 504.
+    pub error_after_commit_status: Option<u16>,
+    /// Lose this many of the next `message_created` events (Chatwoot never
+    /// retries an account webhook: `lib/webhooks/trigger.rb`).
+    pub echo_drop_next: u32,
+    /// Send each `message_created` event twice (chatwoot#11901).
+    pub echo_twice: bool,
+    /// Hold each event this long before sending it (two Sidekiq hops:
+    /// `event_dispatcher_job.rb`, `webhook_job.rb`), so events overtake each other.
+    pub echo_delay_ms: u64,
 }
 
 /// What `error_after_commit_next` answers unless told otherwise.
@@ -141,6 +176,9 @@ pub struct Message {
     pub sender: Value,
     #[serde(skip)]
     created: DateTime<Utc>,
+    /// `client_message_id`, when the sandbox honours it.
+    #[serde(skip)]
+    client_message_id: Option<String>,
     #[serde(skip)]
     updated: DateTime<Utc>,
     #[serde(skip)]
@@ -169,8 +207,22 @@ pub struct CreateSeen {
 /// Who a token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Caller {
+    /// The user whose token goldrelay holds.
     User,
     Bot,
+    /// Another agent of the account.
+    Agent,
+}
+
+impl Caller {
+    /// `(sender_type, id, name)` of the sender.
+    fn identity(self) -> (&'static str, i64, &'static str) {
+        match self {
+            Caller::User => ("User", USER_ID, USER_NAME),
+            Caller::Bot => ("AgentBot", BOT_ID, BOT_NAME),
+            Caller::Agent => ("User", AGENT_ID, AGENT_NAME),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -181,6 +233,8 @@ struct State {
     next_id: i64,
     faults: Faults,
     creates: Vec<CreateSeen>,
+    /// List requests received (message lists, the profile excluded).
+    lists: usize,
     recent: HashMap<(i64, i64), Vec<Instant>>,
     /// rack-attack's fixed windows: client IP → (minute, requests in it).
     throttle: HashMap<IpAddr, (i64, u32)>,
@@ -248,6 +302,31 @@ impl SandboxHandle {
     /// Every create request received so far, failed ones included.
     pub fn creates(&self) -> Vec<CreateSeen> {
         self.shared.lock().creates.clone()
+    }
+
+    /// Rewrites a message's `created_at`, as a channel that stores the
+    /// provider's time does (`app/services/tiktok/message_service.rb`).
+    pub fn set_created_at(&self, message_id: i64, at: DateTime<Utc>) -> bool {
+        let mut state = self.shared.lock();
+        let Some(message) = state.messages.iter_mut().find(|m| m.id == message_id) else {
+            return false;
+        };
+        message.created = at;
+        message.created_at = at.timestamp();
+        true
+    }
+
+    /// How many message-list requests arrived so far.
+    pub fn lists(&self) -> usize {
+        self.shared.lock().lists
+    }
+
+    /// Changes a message's channel status without any webhook: the event
+    /// was lost, or the channel's report came in another way.
+    pub fn set_status_silently(&self, message_id: i64, status: &str) -> bool {
+        self.shared
+            .update_status(message_id, status, None)
+            .is_some()
     }
 
     /// Changes a message's channel status as `Messages::StatusUpdateService`
@@ -352,6 +431,33 @@ impl Shared {
             event.body,
         )
         .await;
+    }
+
+    /// Sends a `message_created` as Sidekiq would, with the echo faults: lost,
+    /// late, or twice.
+    async fn echo(&self, event: Event) {
+        let (drop, twice, delay) = {
+            let mut state = self.lock();
+            let f = &mut state.faults;
+            let drop = f.echo_drop_next > 0;
+            f.echo_drop_next = f.echo_drop_next.saturating_sub(1);
+            (drop, f.echo_twice, f.echo_delay_ms)
+        };
+        if drop {
+            return;
+        }
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if twice {
+            let again = Event {
+                url: event.url.clone(),
+                secret: event.secret.clone(),
+                body: event.body.clone(),
+            };
+            self.post(again).await;
+        }
+        self.post(event).await;
     }
 }
 

@@ -74,10 +74,7 @@ fn conversation_data(state: &State, m: &Message) -> Value {
 /// `Message#push_event_data`: the columns (integer `message_type` and
 /// `created_at`), plus `sender` in its push form, which carries `type`.
 fn push_event_data(m: &Message) -> Value {
-    let (sender_type, sender_id) = match m.sent_by {
-        Caller::User => ("User", super::USER_ID),
-        Caller::Bot => ("AgentBot", super::BOT_ID),
-    };
+    let (sender_type, sender_id, _) = m.sent_by.identity();
     json!({
         "id": m.id, "content": m.content, "account_id": m.account_id, "inbox_id": m.inbox_id,
         "conversation_id": m.conversation_id, "message_type": m.message_type,
@@ -95,10 +92,10 @@ fn push_event_data(m: &Message) -> Value {
 /// `sender.webhook_data`: shorter than the push form (`app/models/user.rb`,
 /// `app/models/agent_bot.rb`).
 fn sender_webhook_data(caller: Caller) -> Value {
-    match caller {
-        Caller::User => json!({"id": super::USER_ID, "name": super::USER_NAME,
+    match caller.identity() {
+        ("User", id, name) => json!({"id": id, "name": name,
             "email": "agent@sandbox.invalid", "type": "user"}),
-        Caller::Bot => json!({"id": super::BOT_ID, "name": super::BOT_NAME, "type": "agent_bot"}),
+        (_, id, name) => json!({"id": id, "name": name, "type": "agent_bot"}),
     }
 }
 

@@ -40,6 +40,8 @@ pub(crate) struct ReplyChange {
     pub requeued_at: Option<DateTime<Utc>>,
     pub uncertain: Option<bool>,
     pub channel_status_stale_at: Option<Option<DateTime<Utc>>>,
+    /// Sets the attempt count (an attempt that sent nothing gives its count back).
+    pub attempts: Option<i64>,
 }
 
 /// A value to write into one column, for the backend to bind in its own types.
@@ -91,6 +93,9 @@ impl ReplyChange {
         }
         if let Some(at) = self.channel_status_stale_at {
             set.push(("channel_status_stale_at", Value::Time(at)));
+        }
+        if let Some(attempts) = self.attempts {
+            set.push(("attempts", Value::Int(Some(attempts))));
         }
         set
     }
@@ -315,6 +320,23 @@ pub(crate) async fn finish(
             let change = ReplyChange {
                 last_error: Some(Some(error)),
                 next_attempt_at: Some(Some(at)),
+                ..ReplyChange::default()
+            };
+            tx.update_reply(reply_id, &change).await
+        }
+        Outcome::Unsent {
+            at,
+            maybe_sent,
+            attempts,
+            why,
+        } => {
+            if !tx.reschedule_job(reply_id, owner, at, maybe_sent).await? {
+                return Ok(());
+            }
+            let change = ReplyChange {
+                last_error: why.map(Some),
+                next_attempt_at: Some(Some(at)),
+                attempts: Some(attempts),
                 ..ReplyChange::default()
             };
             tx.update_reply(reply_id, &change).await

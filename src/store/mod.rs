@@ -114,6 +114,18 @@ pub enum Outcome {
         /// operator's retry looks for it before sending.
         maybe_sent: bool,
     },
+    /// No create left for this attempt (it waited for a send slot, Chatwoot
+    /// throttled or refused the token): the job goes back as it was, due at
+    /// `at`, and the attempt is not counted.
+    Unsent {
+        at: DateTime<Utc>,
+        /// Whether an earlier attempt may have created the message.
+        maybe_sent: bool,
+        /// The reply's attempt count before this claim.
+        attempts: i64,
+        /// Why, for the operator (`last_error`); `None` keeps it.
+        why: Option<String>,
+    },
 }
 
 /// Which replies `list` returns, newest first.
@@ -193,11 +205,18 @@ pub trait Store: Send + Sync {
 
     /// Leases up to `limit` due jobs, at most one per conversation and always that
     /// conversation's oldest, so replies reach each conversation in order.
+    ///
+    /// Each job is due again no sooner than `lease + look_after` from `now`
+    /// unless its outcome is recorded: a create can leave until the lease
+    /// ends, so after a crash or a lost outcome the next attempt, which looks
+    /// the message up first, comes at least `look_after` (the lookup delay)
+    /// after it.
     async fn claim(
         &self,
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
+        look_after: Duration,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError>;
 
@@ -257,9 +276,23 @@ pub trait Store: Send + Sync {
     /// Deletes events received before `before`; returns how many.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
-    /// Hands back every job `owner` still leases (at shutdown), so the next claim
-    /// need not wait for the leases to run out.
-    async fn release_all(&self, owner: &str) -> Result<(), StoreError>;
+    /// The highest Chatwoot message id of a reply in this conversation that
+    /// was delivered before `before`: its message existed before any attempt
+    /// of a reply accepted at `before`, so a lookup for that reply may start
+    /// above it. 0 when there is none.
+    async fn message_floor(
+        &self,
+        account_id: i64,
+        conversation_id: i64,
+        before: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+
+    /// The time by the store's clock. Where several instances share the store
+    /// (PostgreSQL), leases and due times compare against one clock, the
+    /// database's, however far the instances' own clocks drift.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
 
     /// When the next job becomes due (or its lease runs out), if any job waits.
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;

@@ -25,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{PgConnection, QueryBuilder, Row};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
@@ -46,6 +47,34 @@ pub struct PostgresStore {
     most_waiting: usize,
     /// Deliveries Chatwoot answered, waiting to be recorded together.
     delivereds: mpsc::Sender<PendingDelivered>,
+    /// How far the database's clock is ahead of this process's, in ms.
+    clock_offset: Arc<AtomicI64>,
+}
+
+/// How often the database's clock is read again.
+const CLOCK_READ_EVERY: Duration = Duration::from_secs(10);
+
+/// Reads the database's clock and stores how far it is ahead of ours, taking
+/// the middle of the round trip as the moment it was read.
+async fn read_clock(pool: &PgPool, offset: &AtomicI64) -> Result<(), StoreError> {
+    let sent = Utc::now();
+    let theirs: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await?;
+    let back = Utc::now();
+    let ours = sent + (back - sent) / 2;
+    offset.store((theirs - ours).num_milliseconds(), Ordering::Relaxed);
+    Ok(())
+}
+
+/// Keeps [`PostgresStore::now`] on the database's clock.
+async fn follow_clock(pool: PgPool, offset: Arc<AtomicI64>) {
+    loop {
+        tokio::time::sleep(CLOCK_READ_EVERY).await;
+        if let Err(e) = read_clock(&pool, &offset).await {
+            tracing::debug!(error = %e, "could not read the database's clock; keeping the last offset");
+        }
+    }
 }
 
 /// A delivery Chatwoot answered, on its way to the recorder, and where the
@@ -90,12 +119,16 @@ impl PostgresStore {
         // Bounded by the delivery slots in practice: each waits for its answer.
         let (delivereds, recorded) = mpsc::channel(MAX_BATCH);
         tokio::spawn(record_delivereds(pool.clone(), recorded));
+        let clock_offset = Arc::new(AtomicI64::new(0));
+        read_clock(&pool, &clock_offset).await?;
+        tokio::spawn(follow_clock(pool.clone(), clock_offset.clone()));
         Ok(Self {
             pool,
             announce,
             ingests,
             most_waiting: most,
             delivereds,
+            clock_offset,
         })
     }
 }
@@ -649,9 +682,12 @@ impl Store for PostgresStore {
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
+        look_after: Duration,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        let lease_until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
+        let lease_until = now + span(lease);
+        let due_again = lease_until + span(look_after);
         // One statement, so one round trip and no explicit transaction: pick
         // the due heads, lease them, and count the attempt on their replies.
         let sql = "WITH picked AS ( \
@@ -660,7 +696,8 @@ impl Store for PostgresStore {
                AND (j.lease_until IS NULL OR j.lease_until <= $1) \
                ORDER BY j.due_at, j.seq LIMIT $2 FOR UPDATE OF j SKIP LOCKED), \
              leased AS ( \
-               UPDATE delivery_jobs j SET lease_owner = $3, lease_until = $4, maybe_sent = true \
+               UPDATE delivery_jobs j SET lease_owner = $3, lease_until = $4, maybe_sent = true, \
+                 due_at = $5 \
                FROM picked WHERE j.seq = picked.seq \
                RETURNING j.seq, j.due_at, j.reply_id, j.account_id, j.conversation_id, \
                  picked.was_maybe_sent), \
@@ -678,6 +715,7 @@ impl Store for PostgresStore {
             .bind(limit as i64)
             .bind(owner)
             .bind(lease_until)
+            .bind(due_again)
             .fetch_all(&self.pool)
             .await?;
         let job = |row: &PgRow| -> Result<Job, sqlx::Error> {
@@ -842,14 +880,27 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
-    async fn release_all(&self, owner: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE delivery_jobs SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+    async fn message_floor(
+        &self,
+        account_id: i64,
+        conversation_id: i64,
+        before: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let floor: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(chatwoot_message_id) FROM gold_replies \
+             WHERE account_id = $1 AND conversation_id = $2 AND delivered_at < $3",
         )
-        .bind(owner)
-        .execute(&self.pool)
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(before)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        Ok(floor.unwrap_or(0))
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        let offset = self.clock_offset.load(Ordering::Relaxed);
+        Utc::now() + chrono::Duration::milliseconds(offset)
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

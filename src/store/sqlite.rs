@@ -320,10 +320,12 @@ impl Store for SqliteStore {
         owner: &str,
         now: DateTime<Utc>,
         lease: Duration,
+        look_after: Duration,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let owner = owner.to_owned();
-        self.write(move |c| writer::claim(c, &owner, now, lease, limit))
+        let due_again = lease.saturating_add(look_after);
+        self.write(move |c| writer::claim(c, &owner, now, lease, due_again, limit))
             .await
     }
 
@@ -348,17 +350,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release_all(&self, owner: &str) -> Result<(), StoreError> {
-        let owner = owner.to_owned();
-        self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE delivery_jobs SET lease_owner = NULL, lease_until = NULL \
-                 WHERE lease_owner = ?1",
-            )?
-            .execute([owner])?;
-            Ok(())
-        })
-        .await
+    async fn message_floor(
+        &self,
+        account_id: i64,
+        conversation_id: i64,
+        before: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let floor: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(chatwoot_message_id) FROM gold_replies \
+             WHERE account_id = ?1 AND conversation_id = ?2 AND delivered_at < ?3",
+        )
+        .bind(account_id)
+        .bind(conversation_id)
+        .bind(millis(before))
+        .fetch_one(&self.reads)
+        .await?;
+        Ok(floor.unwrap_or(0))
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {

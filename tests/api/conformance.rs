@@ -22,6 +22,9 @@ use tokio::sync::Notify;
 
 /// The lease every claim here takes, unless a test says otherwise.
 const LEASE: Duration = Duration::from_secs(60);
+/// The lookup delay every claim here takes, unless a test says otherwise:
+/// none, so a lost lease makes its job due when the lease ends.
+const NO_LOOKUP_DELAY: Duration = Duration::ZERO;
 /// Long enough for anything a store does; a test that hits it found a hang.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -83,7 +86,9 @@ conformance! {
         a_new_reply_is_created_a_repeat_is_existing_and_other_content_is_a_conflict,
         approve_and_reject_are_recorded_without_a_delivery_job,
         a_claim_leases_only_the_oldest_job_of_each_conversation,
-        a_leased_job_is_claimed_again_only_after_its_lease_and_then_as_maybe_sent,
+        a_leased_job_is_claimed_again_only_after_its_lease_and_lookup_delay_then_as_maybe_sent,
+        an_unsent_attempt_goes_back_as_it_was_without_counting,
+        the_message_floor_is_the_last_message_delivered_before_a_reply_was_accepted,
         every_claim_counts_one_attempt,
         a_delivered_job_is_recorded_and_leaves_the_queue,
         a_retry_sets_the_due_time_next_attempt_at_and_maybe_sent,
@@ -91,7 +96,6 @@ conformance! {
         retry_or_dead_from_an_owner_who_lost_the_lease_changes_nothing,
         delivered_from_an_owner_who_lost_the_lease_is_recorded_anyway,
         next_due_ignores_jobs_blocked_behind_their_conversations_head,
-        release_all_hands_back_only_that_owners_jobs,
         requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts,
         requeue_refuses_replies_that_are_not_dead_and_unknown_ids,
         list_filters_by_status_account_and_conversation_newest_first,
@@ -192,6 +196,7 @@ fn event(delivery_id: Option<&str>, dedupe_key: &str, effect: Option<Effect>) ->
         message_id: None,
         reply_id: None,
         effect,
+        sender: None,
     }
 }
 
@@ -307,7 +312,10 @@ async fn record(store: &SharedStore, reply_id: &str) -> ReplyRecord {
 
 /// Every due job `owner` can lease at `now`, under the standard lease.
 async fn claim(store: &SharedStore, owner: &str, now: DateTime<Utc>) -> Vec<Job> {
-    store.claim(owner, now, LEASE, 100).await.expect("claim")
+    store
+        .claim(owner, now, LEASE, NO_LOOKUP_DELAY, 100)
+        .await
+        .expect("claim")
 }
 
 /// Claims at `now` and asserts exactly `expected` (in any order) came back.
@@ -444,7 +452,10 @@ async fn a_claim_leases_only_the_oldest_job_of_each_conversation(store: SharedSt
         ingest(&store, &send(reply_id, conversation), t0 + secs(i as i64)).await;
     }
     let now = t0 + secs(10);
-    let first = store.claim("w1", now, LEASE, 2).await.unwrap();
+    let first = store
+        .claim("w1", now, LEASE, NO_LOOKUP_DELAY, 2)
+        .await
+        .unwrap();
     assert_eq!(first.len(), 2, "the limit caps a claim");
     let rest = claim(&store, "w1", now).await;
     let heads: BTreeSet<_> = ids(&first).union(&ids(&rest)).cloned().collect();
@@ -470,25 +481,97 @@ async fn a_claim_leases_only_the_oldest_job_of_each_conversation(store: SharedSt
     claim_exactly(&store, "w2", now + secs(100), &["c1"]).await;
 }
 
-async fn a_leased_job_is_claimed_again_only_after_its_lease_and_then_as_maybe_sent(
+async fn a_leased_job_is_claimed_again_only_after_its_lease_and_lookup_delay_then_as_maybe_sent(
     store: SharedStore,
 ) {
     let t0 = start();
     ingest(&store, &send("r1", 7), t0).await;
-    let lease = Duration::from_secs(30);
-    let first = store.claim("w1", t0, lease, 10).await.unwrap();
+    let (lease, lookup) = (Duration::from_secs(30), Duration::from_secs(20));
+    let first = store.claim("w1", t0, lease, lookup, 10).await.unwrap();
     assert_eq!(ids(&first), set(&["r1"]));
     assert!(!first[0].maybe_sent, "a first attempt has sent nothing");
 
-    let during = store.claim("w2", t0 + secs(29), lease, 10).await.unwrap();
-    assert!(during.is_empty(), "claimed during the lease: {during:?}");
-    let after = store.claim("w2", t0 + secs(31), lease, 10).await.unwrap();
+    // A create may leave until the lease ends; the lookup waits its delay after that.
+    for at in [29, 31, 49] {
+        let early = store
+            .claim("w2", t0 + secs(at), lease, lookup, 10)
+            .await
+            .unwrap();
+        assert!(
+            early.is_empty(),
+            "claimed {at} s after the claim: {early:?}"
+        );
+    }
+    assert_eq!(store.next_due().await.unwrap(), Some(t0 + secs(50)));
+    let after = store
+        .claim("w2", t0 + secs(50), lease, lookup, 10)
+        .await
+        .unwrap();
     assert_eq!(ids(&after), set(&["r1"]));
     assert!(
         after[0].maybe_sent,
         "the dead owner may have sent it: look first"
     );
     assert_eq!(after[0].attempt, 2);
+}
+
+async fn an_unsent_attempt_goes_back_as_it_was_without_counting(store: SharedStore) {
+    let t0 = start();
+    ingest(&store, &send("r1", 7), t0).await;
+    claim_exactly(&store, "w", t0, &["r1"]).await;
+    let unsent = Outcome::Unsent {
+        at: t0 + secs(5),
+        maybe_sent: false,
+        attempts: 0,
+        why: Some("no send slot was free in time".into()),
+    };
+    finish(&store, "r1", "w", unsent, t0 + secs(1)).await;
+    let r1 = record(&store, "r1").await;
+    assert_eq!(r1.attempts, 0);
+    assert_eq!(r1.next_attempt_at, Some(t0 + secs(5)));
+    assert_eq!(
+        r1.last_error.as_deref(),
+        Some("no send slot was free in time")
+    );
+    claim_exactly(&store, "w", t0 + secs(4), &[]).await;
+    let again = claim_exactly(&store, "w", t0 + secs(5), &["r1"]).await;
+    assert_eq!(again[0].attempt, 1, "the unsent attempt was not counted");
+    assert!(!again[0].maybe_sent, "nothing left: no lookup");
+
+    // One that was maybe sent before stays so; from a lost lease it changes nothing.
+    let kept = Outcome::Unsent {
+        at: t0 + secs(9),
+        maybe_sent: true,
+        attempts: 0,
+        why: None,
+    };
+    finish(&store, "r1", "someone-else", kept.clone(), t0 + secs(6)).await;
+    assert_eq!(record(&store, "r1").await.attempts, 1);
+    finish(&store, "r1", "w", kept, t0 + secs(6)).await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(9), &["r1"]).await;
+    assert!(jobs[0].maybe_sent);
+}
+
+async fn the_message_floor_is_the_last_message_delivered_before_a_reply_was_accepted(
+    store: SharedStore,
+) {
+    let t0 = start();
+    assert_eq!(store.message_floor(1, 7, t0).await.unwrap(), 0);
+    for (reply_id, conversation, message_id, at) in
+        [("a1", 7, 500, 0), ("a2", 7, 900, 10), ("b1", 8, 4000, 0)]
+    {
+        ingest(&store, &send(reply_id, conversation), t0 + secs(at)).await;
+        claim_exactly(&store, "w", t0 + secs(at), &[reply_id]).await;
+        let delivered = Outcome::Delivered { message_id };
+        finish(&store, reply_id, "w", delivered, t0 + secs(at + 1)).await;
+    }
+    assert_eq!(store.message_floor(1, 7, t0 + secs(5)).await.unwrap(), 500);
+    assert_eq!(store.message_floor(1, 7, t0 + secs(20)).await.unwrap(), 900);
+    assert_eq!(
+        store.message_floor(1, 8, t0 + secs(20)).await.unwrap(),
+        4000
+    );
+    assert_eq!(store.message_floor(2, 7, t0 + secs(20)).await.unwrap(), 0);
 }
 
 async fn every_claim_counts_one_attempt(store: SharedStore) {
@@ -650,26 +733,6 @@ async fn next_due_ignores_jobs_blocked_behind_their_conversations_head(store: Sh
 
     ingest(&store, &send("b1", 2), t0 + secs(5)).await;
     assert_eq!(store.next_due().await.unwrap(), Some(t0 + secs(5)));
-}
-
-async fn release_all_hands_back_only_that_owners_jobs(store: SharedStore) {
-    let t0 = start();
-    for (reply_id, conversation) in [("a1", 1), ("b1", 2), ("c1", 3)] {
-        ingest(&store, &send(reply_id, conversation), t0).await;
-    }
-    let mine = store.claim("leaving", t0, LEASE, 2).await.unwrap();
-    assert_eq!(mine.len(), 2);
-    let theirs = claim(&store, "staying", t0).await;
-    assert_eq!(theirs.len(), 1);
-
-    store.release_all("leaving").await.unwrap();
-    store.release_all("nobody").await.unwrap();
-    let taken = claim(&store, "next", t0 + secs(1)).await;
-    assert_eq!(ids(&taken), ids(&mine), "only the leaver's jobs come back");
-    assert!(
-        taken.iter().all(|j| j.maybe_sent),
-        "released mid-attempt: look first"
-    );
 }
 
 // ---------------------------------------------------------------- requeue
@@ -1312,7 +1375,10 @@ async fn drain(
     total: usize,
 ) {
     while log.lock().unwrap().len() < total {
-        let jobs = store.claim(owner, now, LEASE, 4).await.expect("claim");
+        let jobs = store
+            .claim(owner, now, LEASE, NO_LOOKUP_DELAY, 4)
+            .await
+            .expect("claim");
         if jobs.is_empty() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }

@@ -61,7 +61,9 @@ async fn a_422_after_the_commit_is_looked_up_and_delivered_once_not_given_up_on(
         .wait_for_status("gr-422-committed", "delivered", PATIENCE)
         .await;
     assert_sent_once(&app, "gr-422-committed", 60, &record);
-    assert_eq!(record["attempts"], 2, "{record}");
+    // Chatwoot answered after its transaction: the lookup runs at once, in
+    // the same attempt, and finds the message.
+    assert_eq!(record["attempts"], 1, "{record}");
 }
 
 #[tokio::test]
@@ -235,4 +237,225 @@ async fn a_forced_operator_retry_sends_without_looking_and_says_so() {
         .await;
     // What the operator chose: a second message, which the answer warned of.
     assert_eq!(creates_of(&app.chatwoot, "gr-retry-forced"), 2);
+}
+
+/// Enterprise Chatwoot saves the message, then `conversation.open!` raises
+/// `RecordInvalid`, and `create` answers 422 "Validation failed: …"
+/// (`enterprise/app/models/enterprise/message.rb`): even that is looked up at
+/// once, and the message found, never taken for a refusal nor sent again.
+#[tokio::test]
+async fn a_validation_failure_raised_after_the_commit_is_found_not_taken_for_a_refusal() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.lookup_delay = Duration::from_secs(30);
+    })
+    .await;
+    app.chatwoot.set_faults(Faults {
+        error_after_commit_next: 1,
+        error_after_commit_text: Some("Validation failed: Status is invalid".into()),
+        error_after_commit_echo: false,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-enterprise", 66)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-enterprise", "delivered", PATIENCE)
+        .await;
+    assert_sent_once(&app, "gr-enterprise", 66, &record);
+    assert_eq!(record["attempts"], 1, "{record}");
+}
+
+/// A proxy answers 504 after Rails committed (rack-timeout lets a request run
+/// about 15 s: `config/initializers/rack_timeout.rb`): maybe sent, looked up
+/// after the lookup delay, found.
+#[tokio::test]
+async fn a_proxy_error_after_the_commit_is_found_by_the_lookup() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.lookup_delay = Duration::from_millis(500);
+    })
+    .await;
+    app.chatwoot.set_faults(Faults {
+        error_after_commit_next: 1,
+        error_after_commit_status: Some(504),
+        error_after_commit_echo: false,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-504", 67)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-504", "delivered", PATIENCE)
+        .await;
+    assert_sent_once(&app, "gr-504", 67, &record);
+}
+
+/// Any user token may set `content_attributes`: another agent's message
+/// carrying the reply's marker (and even its text) while the reply waits is
+/// neither taken for it by the webhook echo nor by the lookup. The reply is
+/// sent, and the impostor counted.
+#[tokio::test]
+async fn a_marker_on_another_agents_message_is_not_taken_for_the_reply() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.lookup_delay = Duration::from_millis(300);
+    })
+    .await;
+    // The first create fails as if it might have landed: the next attempt looks.
+    app.chatwoot.set_faults(Faults {
+        fail_next: 1,
+        fail_status: Some(503),
+        retry_after: Some(2),
+        ..Faults::default()
+    });
+    let posted = reply("gr-impostor", 68);
+    app.api.accept(&posted).await;
+    wait_for_create(&app.chatwoot, "gr-impostor").await;
+    let impostor = crate::helpers::other_agent_posts(
+        &app.chatwoot,
+        68,
+        &json!({
+            "content": posted["content"],
+            "message_type": "outgoing",
+            "content_attributes": { "gold_reply_id": "gr-impostor" },
+        }),
+    )
+    .await;
+    let sent = |r: &Value| r["status"] == "delivered" || r["status"] == "confirmed";
+    let record = app
+        .api
+        .wait_until("gr-impostor", "sent", PATIENCE, sent)
+        .await;
+    assert_ne!(record["chatwoot_message_id"], impostor["id"], "{record}");
+    // The impostor's own create carried the marker too: goldrelay's two, and its one.
+    assert_eq!(creates_of(&app.chatwoot, "gr-impostor"), 3, "never sent");
+    let ours: Vec<_> = app
+        .chatwoot
+        .messages(1, 68)
+        .into_iter()
+        .filter(|m| m.sender["id"] == 1 && m.content_attributes["gold_reply_id"] == "gr-impostor")
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(record["chatwoot_message_id"], ours[0].id);
+    let metrics = app.metrics().await;
+    let mismatches = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("goldrelay_webhook_mismatches_total "))
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(
+        mismatches >= 1.0,
+        "the impostor was not counted:\n{metrics}"
+    );
+}
+
+/// `MessageFinder` filters by id but orders by `created_at`
+/// (`app/finders/message_finder.rb`); a message whose `created_at` is newer
+/// than its id says (a provider's timestamp) sits on the first page with a
+/// small id. Paging "before the smallest id seen" then skips everything in
+/// between; id ranges do not.
+#[tokio::test]
+async fn the_lookup_reads_every_id_even_when_ids_and_created_at_disagree() {
+    use goldrelay::chatwoot::{ChatwootClient, Lookup, Wanted};
+    let chatwoot = goldrelay::sandbox::start(
+        SandboxConfig {
+            flood_limit: 1000,
+            ..SandboxConfig::default()
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let client = ChatwootClient::new(
+        chatwoot.base_url().parse().unwrap(),
+        SandboxConfig::default().user_token.into(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let early =
+        crate::helpers::other_agent_posts(&chatwoot, 69, &json!({"content": "early"})).await;
+    let text = "The approved text";
+    // Another agent copies the marker and the text before goldrelay sends.
+    let impostor = crate::helpers::other_agent_posts(
+        &chatwoot,
+        69,
+        &json!({"content": text, "content_attributes": {"gold_reply_id": "gr-disorder"}}),
+    )
+    .await;
+    let ours = client
+        .create_message(1, 69, "gr-disorder", text, false)
+        .await
+        .unwrap();
+    for i in 0..250 {
+        crate::helpers::agent_says(&chatwoot, 69, &format!("chatter {i}")).await;
+    }
+    // The earliest message takes the newest time, the rest run backwards.
+    let now = chrono::Utc::now();
+    chatwoot.set_created_at(
+        early["id"].as_i64().unwrap(),
+        now + chrono::Duration::hours(1),
+    );
+    for (i, m) in chatwoot.messages(1, 69).iter().enumerate().skip(1) {
+        chatwoot.set_created_at(m.id, now - chrono::Duration::seconds(i as i64));
+    }
+    // Read before ours, so the lookup must pass it over.
+    chatwoot.set_created_at(
+        impostor["id"].as_i64().unwrap(),
+        now - chrono::Duration::hours(9),
+    );
+    let wanted = Wanted {
+        reply_id: "gr-disorder",
+        content: Some(text),
+        floor: 0,
+    };
+    let lists_before = chatwoot.lists();
+    let search = client
+        .find_reply(1, 69, &wanted, || async {})
+        .await
+        .unwrap();
+    assert_eq!(search.lookup, Lookup::Found(ours));
+    assert_eq!(search.impostors.len(), 1, "{search:?}");
+    // A floor above our message proves it is not there: absent, not a miss.
+    let above = Wanted {
+        floor: ours,
+        ..wanted
+    };
+    let search = client.find_reply(1, 69, &above, || async {}).await.unwrap();
+    assert_eq!(search.lookup, Lookup::Absent);
+    assert!(
+        chatwoot.lists() - lists_before <= 8,
+        "{} requests",
+        chatwoot.lists() - lists_before
+    );
+}
+
+/// With Chatwoot honouring `client_message_id` (chatwoot#15743, a setting on
+/// both sides), an attempt that may have landed is simply sent again at once:
+/// Chatwoot answers the original message, so nothing is looked up or doubled.
+#[tokio::test]
+async fn with_idempotency_keys_an_ambiguous_create_is_resent_at_once_and_lands_once() {
+    let sandbox = SandboxConfig {
+        idempotency_keys: true,
+        ..SandboxConfig::default()
+    };
+    let app = spawn_app_with(sandbox, |s| {
+        s.lookup_delay = Duration::from_secs(60);
+        s.chatwoot_idempotent = true;
+    })
+    .await;
+    app.chatwoot.set_faults(Faults {
+        late_next: 1,
+        late_ms: 3000,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-keyed", 70)).await;
+    let record = app
+        .api
+        .wait_for_status("gr-keyed", "delivered", PATIENCE)
+        .await;
+    assert_eq!(record["attempts"], 2, "{record}");
+    assert_eq!(creates_of(&app.chatwoot, "gr-keyed"), 2);
+    assert_eq!(
+        app.chatwoot.lists(),
+        0,
+        "looked up although the resend was safe"
+    );
+    let messages = app.chatwoot.messages(1, 70);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(record["chatwoot_message_id"], messages[0].id);
 }

@@ -13,16 +13,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 async fn metrics(app: &TestApp) -> String {
-    app.api
-        .client
-        .get(format!("{}/metrics", app.api.address))
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    app.metrics().await
 }
 
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -419,7 +410,9 @@ async fn no_secret_reaches_a_log_line_even_on_errors() {
         .unwrap();
     assert_eq!(forged.status(), 401);
     api.accept(&reply("logged-1", 2)).await;
-    api.wait_for_status("logged-1", "dead", PATIENCE).await;
+    let refused = |r: &Value| r["last_error"].as_str().is_some_and(|e| e.contains("401"));
+    api.wait_until("logged-1", "refused by Chatwoot", PATIENCE, refused)
+        .await;
     let webhook = api
         .client
         .post(format!("{}/api/webhooks/chatwoot", api.address))
@@ -470,7 +463,7 @@ async fn no_secret_reaches_a_log_line_even_on_errors() {
     }
     let attempt = lines
         .iter()
-        .find(|l| l["message"] == "delivery attempt" && l["outcome"] == "dead")
+        .find(|l| l["message"] == "delivery attempt sent nothing" && l["outcome"] == "unsent")
         .expect("a delivery attempt line");
     assert_eq!(attempt["chatwoot_status"], 401);
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 #[tokio::test]
 async fn a_conversation_waiting_for_a_retry_keeps_its_order_while_another_conversation_proceeds() {
     let app = spawn_app().await;
-    // The first request goldrelay makes, A1's, is throttled for 3 s.
+    // The first request goldrelay makes, A1's, is refused with a 503 that asks for 3 s.
     app.chatwoot.set_faults(Faults {
         fail_next: 1,
-        fail_status: Some(429),
+        fail_status: Some(503),
         retry_after: Some(3),
         ..Faults::default()
     });

@@ -120,3 +120,67 @@ async fn a_process_stopped_with_sigterm_finishes_its_in_flight_delivery_before_i
     assert_eq!(record["attempts"], 1, "{record}");
     assert_eq!(chatwoot.messages(1, 52).len(), 1);
 }
+
+/// A routine deploy: SIGTERM while Chatwoot is still committing a create
+/// (Rails finishes a create after the client hung up; rack-timeout allows
+/// about 15 s). The drain abandons the attempt; the next process must not look
+/// the message up sooner than `GOLDRELAY_LOOKUP_DELAY` after the create left,
+/// or it misses the late commit and sends a second message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_while_chatwoot_is_slow_never_sends_the_reply_twice() {
+    let (chatwoot, serve, _dir) = setup();
+    let serve = serve
+        .env("GOLDRELAY_CHATWOOT_TIMEOUT", "3s")
+        .env("GOLDRELAY_SHUTDOWN_DRAIN", "500ms")
+        .env("GOLDRELAY_LOOKUP_DELAY", "6s");
+    // The row commits 4 s after the request arrived; no answer ever comes.
+    chatwoot.set_faults(Faults {
+        commit_late_next: 1,
+        commit_after_ms: 4000,
+        answer_after_ms: None,
+        ..Faults::default()
+    });
+    let first = serve.start("goldrelay").await;
+    first.api.accept(&reply("gr-deploy", 53)).await;
+    wait_for_create(&chatwoot, "gr-deploy").await;
+    let exit = first.terminate().await;
+    assert!(exit.success(), "{exit}");
+
+    let second = serve.start("goldrelay").await;
+    let record = second
+        .api
+        .wait_for_status("gr-deploy", "delivered", AFTER_LEASE)
+        .await;
+    let messages = chatwoot.messages(1, 53);
+    assert_eq!(messages.len(), 1, "sent twice: {messages:?}");
+    assert_eq!(record["chatwoot_message_id"], messages[0].id);
+    assert_eq!(creates_of(&chatwoot, "gr-deploy"), 1, "created again");
+}
+
+/// A crash mid-create whose commit lands after the lease ran out: the next
+/// claim comes only `GOLDRELAY_LOOKUP_DELAY` after the lease (the claim set
+/// it so before the create left), so its lookup sees the late commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_whose_create_commits_after_the_lease_is_found_not_sent_again() {
+    let (chatwoot, serve, _dir) = setup();
+    // Lease: 3 x 1 s + 5 s = 8 s. The row commits at 9 s.
+    let serve = serve.env("GOLDRELAY_LOOKUP_DELAY", "5s");
+    chatwoot.set_faults(Faults {
+        commit_late_next: 1,
+        commit_after_ms: 9000,
+        answer_after_ms: None,
+        ..Faults::default()
+    });
+    let first = serve.start("goldrelay").await;
+    kill_mid_delivery(first, &chatwoot, "gr-late-crash").await;
+
+    let second = serve.start("goldrelay").await;
+    let record = second
+        .api
+        .wait_for_status("gr-late-crash", "delivered", AFTER_LEASE)
+        .await;
+    let messages = chatwoot.messages(1, 51);
+    assert_eq!(messages.len(), 1, "sent twice: {messages:?}");
+    assert_eq!(record["chatwoot_message_id"], messages[0].id);
+    assert_eq!(creates_of(&chatwoot, "gr-late-crash"), 1, "created again");
+}

@@ -51,7 +51,13 @@ fn send(reply_id: &str, conversation_id: i64) -> GoldReply {
 
 async fn claimed_ids(store: &SharedStore) -> Vec<String> {
     let jobs = store
-        .claim("faults", Utc::now(), Duration::from_secs(60), 100)
+        .claim(
+            "faults",
+            Utc::now(),
+            Duration::from_secs(60),
+            Duration::ZERO,
+            100,
+        )
         .await
         .expect("claim");
     jobs.into_iter().map(|j| j.reply_id.to_string()).collect()

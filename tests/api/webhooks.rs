@@ -49,8 +49,16 @@ fn echo(reply_id: &str, conversation_id: i64, message_id: i64) -> String {
     echo_body(reply_id, conversation_id, message_id).to_string()
 }
 
+/// The sender of goldrelay's messages: the sandbox's user, whose token goldrelay
+/// holds (the fixture's sender is an agent bot, which goldrelay would not know
+/// itself as).
+fn from_goldrelay(body: &mut Value) {
+    body["sender"] = json!({"id": 1, "name": "Sandbox Agent", "type": "user"});
+}
+
 fn echo_body(reply_id: &str, conversation_id: i64, message_id: i64) -> Value {
     let mut body = fixture("webhook_message_created_outgoing_echo.json");
+    from_goldrelay(&mut body);
     body["id"] = json!(message_id);
     body["content_attributes"]["gold_reply_id"] = json!(reply_id);
     body["conversation"]["id"] = json!(conversation_id);
@@ -59,6 +67,7 @@ fn echo_body(reply_id: &str, conversation_id: i64, message_id: i64) -> Value {
 
 fn failed_update(reply_id: &str, conversation_id: i64, message_id: i64) -> String {
     let mut body = fixture("webhook_message_updated_failed.json");
+    from_goldrelay(&mut body);
     body["id"] = json!(message_id);
     body["content_attributes"]["gold_reply_id"] = json!(reply_id);
     body["conversation"]["id"] = json!(conversation_id);

@@ -390,17 +390,21 @@ impl Tx for SqliteTx<'_> {
 }
 
 /// Leases up to `limit` due heads to `owner`. Each is marked as possibly sent
-/// before its attempt starts: if this process dies mid-request, the next
-/// claimant looks before sending again.
+/// and due again only `due_again` from now before its attempt starts: if this
+/// process dies mid-request, the next claimant waits, then looks before
+/// sending again.
 pub(super) fn claim(
     conn: &mut Connection,
     owner: &str,
     now: DateTime<Utc>,
     lease: Duration,
+    due_again: Duration,
     limit: usize,
 ) -> Result<Vec<Job>, StoreError> {
     let now_ms = millis(now);
-    let lease_until = now_ms + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
+    let lease_until = now_ms.saturating_add(ms(lease));
+    let due_at = now_ms.saturating_add(ms(due_again));
     let due: Vec<(i64, Job)> = conn
         .prepare_cached(
             "SELECT j.seq, j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
@@ -429,10 +433,10 @@ pub(super) fn claim(
         .collect::<Result<_, _>>()?;
     for (seq, job) in &due {
         conn.prepare_cached(
-            "UPDATE delivery_jobs SET lease_owner = ?1, lease_until = ?2, maybe_sent = 1 \
-             WHERE seq = ?3",
+            "UPDATE delivery_jobs SET lease_owner = ?1, lease_until = ?2, maybe_sent = 1, \
+             due_at = ?4 WHERE seq = ?3",
         )?
-        .execute(params![owner, lease_until, seq])?;
+        .execute(params![owner, lease_until, seq, due_at])?;
         conn.prepare_cached("UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = ?1")?
             .execute([job.reply_id.as_str()])?;
     }

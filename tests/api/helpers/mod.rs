@@ -194,6 +194,20 @@ impl Api {
 }
 
 impl TestApp {
+    /// `/metrics`, read with the operator's token.
+    pub async fn metrics(&self) -> String {
+        self.api
+            .client
+            .get(format!("{}/metrics", self.api.address))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Delivers one more reply to `conversation_id` and waits for it. Replies
     /// of a conversation go out in order, so once this one is delivered every
     /// job accepted before it for that conversation has been dealt with: what
@@ -287,16 +301,44 @@ pub fn error_fields(problem: &Value) -> Vec<String> {
 /// Posts a message to a sandbox conversation as an agent would (not through
 /// goldrelay), so that it becomes the conversation's latest public message.
 pub async fn agent_says(chatwoot: &SandboxHandle, conversation_id: i64, text: &str) {
+    let token = SandboxConfig::default().user_token;
+    let body = json!({ "content": text, "message_type": "outgoing" });
+    post_message(chatwoot, conversation_id, &token, &body).await;
+}
+
+/// Another agent (not goldrelay's Chatwoot user) posts `body` to a sandbox
+/// conversation; returns the message.
+pub async fn other_agent_posts(
+    chatwoot: &SandboxHandle,
+    conversation_id: i64,
+    body: &Value,
+) -> Value {
+    post_message(
+        chatwoot,
+        conversation_id,
+        goldrelay::sandbox::AGENT_TOKEN,
+        body,
+    )
+    .await
+}
+
+async fn post_message(
+    chatwoot: &SandboxHandle,
+    conversation_id: i64,
+    token: &str,
+    body: &Value,
+) -> Value {
     let url = format!(
         "{}/api/v1/accounts/1/conversations/{conversation_id}/messages",
         chatwoot.base_url()
     );
     let sent = reqwest::Client::new()
         .post(url)
-        .header("Api-Access-Token", SandboxConfig::default().user_token)
-        .json(&json!({ "content": text, "message_type": "outgoing" }))
+        .header("Api-Access-Token", token)
+        .json(body)
         .send()
         .await
         .unwrap();
-    assert_eq!(sent.status(), 200, "{}", sent.text().await.unwrap());
+    assert_eq!(sent.status(), 200, "a sandbox message was refused");
+    sent.json().await.unwrap()
 }

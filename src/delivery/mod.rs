@@ -876,8 +876,19 @@ fn span(wait: Duration) -> chrono::Duration {
 
 /// What a drain records for an attempt it abandons.
 fn abandoned_outcome(flight: &Flight, policy: &Policy, now: DateTime<Utc>) -> Outcome {
-    let job = &flight.job;
-    match flight.sent_at {
+    abandoned(&flight.job, flight.sent_at, policy, now)
+}
+
+/// What a drain records for an attempt on `job` it abandons, whose create
+/// left at `sent_at` (if it did): sent, it is due only a lookup delay after
+/// the create left, and looks first; unsent, it goes back as it was. Pure.
+pub fn abandoned(
+    job: &Job,
+    sent_at: Option<DateTime<Utc>>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Outcome {
+    match sent_at {
         None => unsent(job, now, "stopped before anything was sent".into(), policy),
         Some(sent) => Outcome::Retry {
             at: (sent + span(policy.look_after())).max(now),

@@ -42,6 +42,37 @@ impl Role {
     fn from_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|role| role.code() == code)
     }
+
+    /// The role's name, as `required_role` and `openapi.json`'s security schemes spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Support => "support",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
+/// The roles an extractor lets through: named once, for its own check and
+/// for its routes' rows in [`super::ROUTES`].
+pub trait Admits {
+    const ROLES: &'static [Role];
+}
+
+impl Admits for Caller {
+    const ROLES: &'static [Role] = &[Role::Support, Role::Viewer, Role::Operator];
+}
+
+impl Admits for Poster {
+    const ROLES: &'static [Role] = &[Role::Support, Role::Operator];
+}
+
+impl Admits for Reader {
+    const ROLES: &'static [Role] = &[Role::Viewer, Role::Operator];
+}
+
+impl Admits for Operator {
+    const ROLES: &'static [Role] = &[Role::Operator];
 }
 
 /// An authenticated request's caller.
@@ -92,10 +123,11 @@ fn operator(req: &HttpRequest) -> Result<Operator, ApiError> {
     if !configured {
         return Err(ApiError::NoOperators);
     }
-    match authenticate(req)?.role {
-        Role::Operator => Ok(Operator),
-        Role::Support | Role::Viewer => Err(ApiError::RoleRequired("operator")),
+    let caller = authenticate(req)?;
+    if !Operator::ROLES.contains(&caller.role) {
+        return Err(ApiError::RoleRequired("operator"));
     }
+    Ok(Operator)
 }
 
 /// An authenticated caller who may post gold replies: Support or an operator.
@@ -114,10 +146,11 @@ impl FromRequest for Poster {
 }
 
 fn poster(req: &HttpRequest) -> Result<Poster, ApiError> {
-    match authenticate(req)?.role {
-        Role::Support | Role::Operator => Ok(Poster),
-        Role::Viewer => Err(ApiError::RoleRequired("support or operator")),
+    let caller = authenticate(req)?;
+    if !Poster::ROLES.contains(&caller.role) {
+        return Err(ApiError::RoleRequired("support or operator"));
     }
+    Ok(Poster)
 }
 
 /// An authenticated caller who may read every reply: a viewer or an operator.
@@ -146,10 +179,11 @@ fn reader(req: &HttpRequest) -> Result<Reader, ApiError> {
     } else {
         "operator"
     };
-    match authenticate(req)?.role {
-        Role::Operator | Role::Viewer => Ok(Reader),
-        Role::Support => Err(ApiError::RoleRequired(required)),
+    let caller = authenticate(req)?;
+    if !Reader::ROLES.contains(&caller.role) {
+        return Err(ApiError::RoleRequired(required));
     }
+    Ok(Reader)
 }
 
 /// The accepted tokens and the role each grants, kept only as SHA-256 digests:

@@ -19,13 +19,6 @@ const INDEX: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
 const STYLE: &str = include_str!("console/app.css");
 
-/// Registers the page and its assets: not API, so not in `openapi.json`.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/console", super::read().to(to_index))
-        .route("/console/", super::read().to(index))
-        .route("/console/{asset}", super::read().to(asset));
-}
-
 /// The `Content-Security-Policy` of every console response: scripts and
 /// styles from goldrelay only, nothing inline, and framing by goldrelay
 /// itself or Chatwoot (`chatwoot_origin`).
@@ -44,17 +37,17 @@ pub fn chatwoot_origin(base_url: &reqwest::Url) -> String {
 
 /// `/console` without its slash: relative asset paths need the slash. The
 /// fragment (and the token in it) stays in the browser across the redirect.
-async fn to_index() -> HttpResponse {
+pub(super) async fn to_index() -> HttpResponse {
     HttpResponse::PermanentRedirect()
         .insert_header((header::LOCATION, "/console/"))
         .finish()
 }
 
-async fn index(state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn index(state: web::Data<AppState>) -> HttpResponse {
     page(&state, "text/html; charset=utf-8", INDEX)
 }
 
-async fn asset(path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+pub(super) async fn asset(path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     match path.as_str() {
         "app.js" => page(&state, "text/javascript; charset=utf-8", SCRIPT),
         "app.css" => page(&state, "text/css; charset=utf-8", STYLE),

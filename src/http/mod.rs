@@ -8,19 +8,20 @@ mod export;
 mod health;
 pub mod problem;
 mod replies;
+mod routes;
 mod webhook;
 
-pub use auth::{BearerTokens, Caller, Operator, Reader, Role};
+pub use auth::{Admits, BearerTokens, Caller, Operator, Poster, Reader, Role};
+pub use routes::{Access, Method, Route, ROUTES};
 pub use webhook::WebhookAuth;
 
 use crate::health::WorkerState;
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
-use actix_web::dev::{ResourceDef, Service, ServiceResponse};
-use actix_web::http::StatusCode;
-use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use problem::ApiError;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What every handler shares.
@@ -55,82 +56,10 @@ pub fn console_csp(chatwoot_base_url: &reqwest::Url) -> String {
 #[derive(Clone)]
 pub struct LoggedReplyId(pub String);
 
-/// Every path the API serves and the methods it answers there, for `405`'s
-/// `Allow`; held to the routes by a test over every documented path.
-const ALLOWED: [(&str, &str); 14] = [
-    ("/hc", "GET, HEAD"),
-    ("/api/gold-replies/export", "GET, HEAD"),
-    ("/console", "GET, HEAD"),
-    ("/console/", "GET, HEAD"),
-    ("/console/{asset}", "GET, HEAD"),
-    (
-        "/api/accounts/{account_id}/conversations/{conversation_id}/gold-replies",
-        "GET, HEAD",
-    ),
-    ("/metrics", "GET, HEAD"),
-    ("/openapi.json", "GET, HEAD"),
-    ("/api/gold-replies", "GET, HEAD"),
-    ("/api/gold-replies/{reply_id}/retry", "POST"),
-    ("/api/webhooks/gold-replies", "POST"),
-    ("/api/gold-replies/{reply_id}", "GET, HEAD"),
-    ("/api/webhooks/chatwoot", "POST"),
-    ("/api/webhooks/chatwoot/{token}", "POST"),
-];
-
-/// [`ALLOWED`] with its patterns compiled once: compiling them for every
-/// unmatched request would let a flood of 404s cost far more than it should.
-fn allowed() -> &'static [(ResourceDef, &'static str)] {
-    static COMPILED: OnceLock<Vec<(ResourceDef, &'static str)>> = OnceLock::new();
-    COMPILED.get_or_init(|| {
-        ALLOWED
-            .iter()
-            .map(|(pattern, allow)| (ResourceDef::new(*pattern), *allow))
-            .collect()
-    })
-}
-
-/// A route for `GET` that answers `HEAD` too, as HTTP clients expect
-/// (the server sends the headers without the body).
-fn read() -> actix_web::Route {
-    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
-}
-
-/// Registers every route of the API.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/hc", read().to(health::health))
-        .route("/metrics", read().to(metrics))
-        .route("/openapi.json", read().to(openapi))
-        .route("/api/gold-replies", read().to(replies::list_replies))
-        .route("/api/gold-replies/export", read().to(export::export))
-        .route(
-            "/api/accounts/{account_id}/conversations/{conversation_id}/gold-replies",
-            read().to(console::conversation),
-        )
-        .configure(console::routes)
-        .route(
-            "/api/gold-replies/{reply_id}/retry",
-            web::post().to(replies::retry_reply),
-        )
-        .route(
-            "/api/webhooks/gold-replies",
-            web::post().to(replies::post_reply),
-        )
-        .route(
-            "/api/gold-replies/{reply_id}",
-            read().to(replies::get_reply),
-        )
-        .route("/api/webhooks/chatwoot", web::post().to(webhook::signed))
-        .route(
-            "/api/webhooks/chatwoot/{token}",
-            web::post().to(webhook::path_token),
-        )
-        .default_service(web::to(not_found));
-}
-
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-async fn openapi() -> HttpResponse {
+pub(crate) async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(OPENAPI)
@@ -138,13 +67,13 @@ async fn openapi() -> HttpResponse {
 
 /// `/metrics` on the main listener: operators only, and only when metrics
 /// have no address of their own.
-async fn metrics(
+pub(crate) async fn metrics(
     req: HttpRequest,
     caller: Result<Operator, ApiError>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     if !state.metrics_here {
-        return no_route(&req);
+        return routes::no_route(&req);
     }
     match caller {
         Ok(_) => metrics_text(&state).await,
@@ -157,25 +86,6 @@ pub async fn metrics_text(state: &AppState) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(state.store.as_ref()).await)
-}
-
-/// What no route answered: 405 with `Allow` on a known path, 404 otherwise.
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    let known = allowed()
-        .iter()
-        .find(|(pattern, _)| pattern.is_match(req.path()));
-    if let Some((_, allow)) = known {
-        return ApiError::MethodNotAllowed(req.method().to_string(), allow).error_response();
-    }
-    no_route(&req)
-}
-
-fn no_route(req: &HttpRequest) -> HttpResponse {
-    let detail = format!("no route for {} {}", req.method(), req.path());
-    problem::problem_response(
-        StatusCode::NOT_FOUND,
-        problem::problem(StatusCode::NOT_FOUND, "not-found", &detail),
-    )
 }
 
 /// Builds the actix app with its logging.
@@ -192,7 +102,7 @@ pub fn app(
 > {
     actix_web::App::new()
         .app_data(state)
-        .configure(routes)
+        .configure(routes::register)
         .wrap_fn(|req, srv| {
             let started = Instant::now();
             let method = req.method().clone();

@@ -29,6 +29,7 @@ mod postgres_instances;
 mod postgres_outage;
 mod properties;
 mod restart;
+mod roles;
 mod sandbox;
 mod send_pace;
 mod store_faults;

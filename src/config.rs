@@ -19,14 +19,16 @@ pub struct Settings {
     /// `GOLDRELAY_LISTEN`: address to bind.
     pub listen: SocketAddr,
     /// `GOLDRELAY_TOKENS`: the Support bearer tokens; any one is accepted.
-    pub tokens: Vec<SecretString>,
+    /// One written `<account_id>:<token>` is bound to that account.
+    pub tokens: Vec<BearerToken>,
     /// `GOLDRELAY_OPERATOR_TOKENS`: the operators' bearer tokens (list, retry,
-    /// `/metrics`). None configured: operator endpoints answer 403.
-    pub operator_tokens: Vec<SecretString>,
+    /// `/metrics`), never bound. None configured: operator endpoints answer 403.
+    pub operator_tokens: Vec<BearerToken>,
     /// `GOLDRELAY_VIEWER_TOKENS`: read-only bearer tokens (the console, the
-    /// list and the export); they change nothing. None configured: only
+    /// list and the export); they change nothing. One written
+    /// `<account_id>:<token>` is bound to that account. None configured: only
     /// operators read the console's data.
-    pub viewer_tokens: Vec<SecretString>,
+    pub viewer_tokens: Vec<BearerToken>,
     /// `GOLDRELAY_REQUEST_TIMEOUT`: how long a request's head, and then its
     /// body, may take to arrive before it is answered 408 and closed.
     pub request_timeout: Duration,
@@ -80,6 +82,52 @@ pub struct Settings {
     /// `GOLDRELAY_METRICS_LISTEN`: serve `/metrics` on this address instead of the
     /// main one, so metrics need not be public.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// One bearer token of a token list, and the Chatwoot account it is bound to:
+/// `<account_id>:<token>` binds it, a bare token reaches every account. Tokens
+/// are at least [`MIN_TOKEN_CHARS`] long, so a leading `digits:` is never
+/// mistaken for part of one.
+#[derive(Clone)]
+pub struct BearerToken {
+    pub secret: SecretString,
+    /// The only account the token reaches; `None`: every account.
+    pub account: Option<i64>,
+}
+
+impl From<&str> for BearerToken {
+    /// An unbound token.
+    fn from(token: &str) -> Self {
+        Self {
+            secret: SecretString::from(token.to_owned()),
+            account: None,
+        }
+    }
+}
+
+impl BearerToken {
+    /// A token bound to `account`.
+    pub fn bound(account: i64, token: &str) -> Self {
+        Self {
+            account: Some(account),
+            ..Self::from(token)
+        }
+    }
+
+    /// Reads `<account_id>:<token>` or a bare token; `Err` when the account
+    /// id is not a positive number (the token itself is never in the error).
+    fn parse(raw: &str) -> Result<Self, &'static str> {
+        let Some((prefix, token)) = raw.split_once(':') else {
+            return Ok(Self::from(raw));
+        };
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(Self::from(raw));
+        }
+        match prefix.parse::<i64>() {
+            Ok(account) if account > 0 => Ok(Self::bound(account, token)),
+            _ => Err("is bound to an account id that is not a positive number"),
+        }
+    }
 }
 
 /// The database a `DATABASE_URL` selects.
@@ -225,8 +273,8 @@ impl Settings {
         let settings = Settings {
             listen: env.parsed("GOLDRELAY_LISTEN", SocketAddr::from(([127, 0, 0, 1], 8080))),
             tokens: env.tokens("GOLDRELAY_TOKENS"),
-            operator_tokens: env.optional_tokens("GOLDRELAY_OPERATOR_TOKENS"),
-            viewer_tokens: env.optional_tokens("GOLDRELAY_VIEWER_TOKENS"),
+            operator_tokens: env.optional_tokens("GOLDRELAY_OPERATOR_TOKENS", false),
+            viewer_tokens: env.optional_tokens("GOLDRELAY_VIEWER_TOKENS", true),
             request_timeout: env.duration("GOLDRELAY_REQUEST_TIMEOUT", "10s"),
             token_rate: env.parsed("GOLDRELAY_TOKEN_RATE", 0),
             database_url: env.database_url(),
@@ -255,6 +303,11 @@ impl Settings {
                 )
             }),
         };
+        env.check_ambiguity(&[
+            ("GOLDRELAY_TOKENS", &settings.tokens),
+            ("GOLDRELAY_OPERATOR_TOKENS", &settings.operator_tokens),
+            ("GOLDRELAY_VIEWER_TOKENS", &settings.viewer_tokens),
+        ]);
         env.check(
             settings.max_attempts >= 1,
             "GOLDRELAY_MAX_ATTEMPTS must be at least 1",
@@ -415,35 +468,74 @@ impl Env<'_> {
         Some(SecretString::from(raw.to_owned()))
     }
 
-    /// Comma-separated tokens; the values never appear in a problem, only their position.
-    fn tokens(&mut self, name: &str) -> Vec<SecretString> {
+    /// Comma-separated tokens, each may be bound (`<account_id>:<token>`); the
+    /// values never appear in a problem, only their position.
+    fn tokens(&mut self, name: &str) -> Vec<BearerToken> {
         match self.required(name) {
-            Some(raw) => self.token_list(name, &raw),
+            Some(raw) => self.token_list(name, &raw, true),
             None => Vec::new(),
         }
     }
 
-    /// Like [`Env::tokens`], but none at all is fine.
-    fn optional_tokens(&mut self, name: &str) -> Vec<SecretString> {
+    /// Like [`Env::tokens`], but none at all is fine; `bindable: false`
+    /// refuses a token bound to an account.
+    fn optional_tokens(&mut self, name: &str, bindable: bool) -> Vec<BearerToken> {
         match self.optional(name) {
-            Some(raw) => self.token_list(name, &raw),
+            Some(raw) => self.token_list(name, &raw, bindable),
             None => Vec::new(),
         }
     }
 
-    fn token_list(&mut self, name: &str, raw: &str) -> Vec<SecretString> {
+    fn token_list(&mut self, name: &str, raw: &str, bindable: bool) -> Vec<BearerToken> {
         let mut tokens = Vec::new();
-        for (i, token) in raw.split(',').map(str::trim).enumerate() {
-            if token.chars().count() < MIN_TOKEN_CHARS {
-                self.problems.push(format!(
-                    "{name}: token #{} is shorter than {MIN_TOKEN_CHARS} characters",
-                    i + 1
-                ));
-            } else {
-                tokens.push(SecretString::from(token.to_owned()));
-            }
+        for (i, raw) in raw.split(',').map(str::trim).enumerate() {
+            let problem = match BearerToken::parse(raw) {
+                Err(problem) => problem.to_owned(),
+                Ok(token) if token.secret.expose_secret().chars().count() < MIN_TOKEN_CHARS => {
+                    format!("is shorter than {MIN_TOKEN_CHARS} characters")
+                }
+                Ok(token) if token.account.is_some() && !bindable => {
+                    "is bound to an account, but these tokens reach every account: drop `<account_id>:`"
+                        .to_owned()
+                }
+                Ok(token) => {
+                    tokens.push(token);
+                    continue;
+                }
+            };
+            self.problems
+                .push(format!("{name}: token #{} {problem}", i + 1));
         }
         tokens
+    }
+
+    /// Refuses a token that could mean two things: listed under two roles
+    /// (the last grant would silently win), or bound to two accounts (or
+    /// bound and unbound) in one list. One line per pair of variables, naming
+    /// them and never the token.
+    fn check_ambiguity(&mut self, lists: &[(&str, &[BearerToken])]) {
+        let mut seen: Vec<(&str, &BearerToken)> = Vec::new();
+        for (name, tokens) in lists {
+            for token in tokens.iter() {
+                let secret = token.secret.expose_secret();
+                for (other_name, other) in &seen {
+                    if other.secret.expose_secret() != secret {
+                        continue;
+                    }
+                    let problem = if other_name != name {
+                        format!("the same token is listed in {other_name} and {name}: a token has one role, list it in one")
+                    } else if other.account != token.account {
+                        format!("{name} binds the same token to two accounts (or bound and not): bind each token to one account")
+                    } else {
+                        continue;
+                    };
+                    if !self.problems.contains(&problem) {
+                        self.problems.push(problem);
+                    }
+                }
+                seen.push((name, token));
+            }
+        }
     }
 }
 
@@ -545,6 +637,125 @@ mod tests {
         let err = load(&vars).unwrap_err().to_string();
         assert!(err.contains("GOLDRELAY_VIEWER_TOKENS: token #1"), "{err}");
         assert!(!err.contains("short-viewer"), "{err}");
+    }
+
+    fn with_tokens(extra: &[(&'static str, &'static str)]) -> Result<Settings, ConfigError> {
+        let mut vars = vec![
+            ("CHATWOOT_BASE_URL", "http://localhost:3000"),
+            ("CHATWOOT_API_TOKEN", "x"),
+        ];
+        vars.extend_from_slice(extra);
+        if !extra.iter().any(|(name, _)| *name == "GOLDRELAY_TOKENS") {
+            vars.push(("GOLDRELAY_TOKENS", TOKEN));
+        }
+        load(&vars)
+    }
+
+    const VIEWER: &str = "viewer-0123456789abcdef0123456789ab";
+
+    #[test]
+    fn a_token_written_with_an_account_id_is_bound_to_that_account() {
+        let settings = with_tokens(&[
+            (
+                "GOLDRELAY_VIEWER_TOKENS",
+                "7:viewer-0123456789abcdef0123456789ab",
+            ),
+            ("GOLDRELAY_TOKENS", "12:0123456789abcdef0123456789abcdef"),
+        ])
+        .unwrap();
+        let viewer = &settings.viewer_tokens[0];
+        assert_eq!(viewer.account, Some(7));
+        assert_eq!(viewer.secret.expose_secret(), VIEWER);
+        assert_eq!(settings.tokens[0].account, Some(12));
+        let bare = with_tokens(&[("GOLDRELAY_VIEWER_TOKENS", VIEWER)]).unwrap();
+        assert_eq!(bare.viewer_tokens[0].account, None);
+    }
+
+    #[test]
+    fn a_bound_token_is_as_long_as_any_other_and_its_account_a_positive_number() {
+        for (raw, problem) in [
+            ("7:short-viewer", "token #1 is shorter than 32"),
+            (
+                "0:viewer-0123456789abcdef0123456789ab",
+                "token #1 is bound to an account id",
+            ),
+            (
+                "99999999999999999999:viewer-0123456789abcdef0123456789ab",
+                "token #1 is bound",
+            ),
+        ] {
+            let err = with_tokens(&[("GOLDRELAY_VIEWER_TOKENS", raw)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("GOLDRELAY_VIEWER_TOKENS: {problem}")),
+                "{err}"
+            );
+            assert!(
+                !err.contains("short-viewer") && !err.contains(VIEWER),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_operator_token_cannot_be_bound_to_an_account() {
+        let err = with_tokens(&[(
+            "GOLDRELAY_OPERATOR_TOKENS",
+            "3:operator-0123456789abcdef0123456",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("GOLDRELAY_OPERATOR_TOKENS: token #1 is bound to an account"),
+            "{err}"
+        );
+        assert!(!err.contains("operator-0123"), "{err}");
+    }
+
+    #[test]
+    fn a_token_listed_under_two_roles_is_refused_in_one_line_naming_both_variables() {
+        // Bound there and not here is two roles all the same.
+        let both = format!("5:{TOKEN}");
+        let both: &'static str = Box::leak(both.into_boxed_str());
+        for vars in [
+            vec![("GOLDRELAY_OPERATOR_TOKENS", TOKEN)],
+            vec![("GOLDRELAY_VIEWER_TOKENS", both)],
+        ] {
+            let err = with_tokens(&vars).unwrap_err().to_string();
+            let name = vars[0].0;
+            let naming: Vec<&str> = err.lines().filter(|l| l.contains(name)).collect();
+            assert_eq!(naming.len(), 1, "{err}");
+            assert!(
+                naming[0].contains(&format!("listed in GOLDRELAY_TOKENS and {name}")),
+                "{err}"
+            );
+            assert!(!err.contains(TOKEN), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_token_bound_to_two_accounts_or_bound_and_not_is_refused_without_echoing_it() {
+        for list in [
+            format!("1:{VIEWER},2:{VIEWER}"),
+            format!("1:{VIEWER},{VIEWER},3:{VIEWER}"),
+        ] {
+            let list: &'static str = Box::leak(list.into_boxed_str());
+            let err = with_tokens(&[("GOLDRELAY_VIEWER_TOKENS", list)])
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with("GOLDRELAY_VIEWER_TOKENS binds the same token to two accounts"),
+                "{err}"
+            );
+            assert!(!err.contains(VIEWER), "{err}");
+        }
+        let twice = with_tokens(&[(
+            "GOLDRELAY_VIEWER_TOKENS",
+            "1:viewer-0123456789abcdef0123456789ab,1:viewer-0123456789abcdef0123456789ab",
+        )]);
+        assert!(twice.is_ok(), "the same binding twice means one thing");
     }
 
     #[test]

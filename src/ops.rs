@@ -92,7 +92,7 @@ pub async fn export(
         .filter(|s| !s.is_empty())
         .map(|raw| parse_cursor(raw).with_context(|| format!("{raw:?} is not an export cursor")))
         .transpose()?;
-    let mut lines = Box::pin(export_lines(store, after, Utc::now()));
+    let mut lines = Box::pin(export_lines(store, after, None, Utc::now()));
     let mut written = 0u64;
     while let Some(chunk) = lines.next().await {
         let chunk = chunk.context("the export stopped; resume it from the last line's cursor")?;

@@ -4,12 +4,13 @@
 
 use super::problem::ApiError;
 use super::AppState;
+use crate::config::BearerToken;
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{web, FromRequest, HttpRequest};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::future::{ready, Ready};
 use std::num::NonZeroU32;
@@ -80,6 +81,47 @@ impl Admits for Operator {
 pub struct Caller {
     /// What the presented token grants.
     pub role: Role,
+    /// Which accounts the token reaches.
+    pub scope: Scope,
+}
+
+/// The Chatwoot accounts a token reaches: one when it is bound
+/// (`<account_id>:<token>`), every one otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scope(Option<i64>);
+
+impl Scope {
+    /// A token bound to `account`.
+    pub fn bound(account: i64) -> Self {
+        Self(Some(account))
+    }
+
+    /// The one account the token reaches, if it is bound.
+    pub fn account(self) -> Option<i64> {
+        self.0
+    }
+
+    /// Whether a reply of `account` is within reach.
+    pub fn sees(self, account: i64) -> bool {
+        self.0.is_none_or(|bound| bound == account)
+    }
+
+    /// `Ok` when `account` is within reach; 403 `account-forbidden` otherwise.
+    pub fn require(self, account: i64) -> Result<(), ApiError> {
+        match self.0 {
+            Some(bound) if bound != account => Err(ApiError::AccountForbidden { bound, account }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The account a listing is narrowed to: the one asked for, which must be
+    /// within reach, or else the bound account.
+    pub fn narrow(self, asked: Option<i64>) -> Result<Option<i64>, ApiError> {
+        match asked {
+            Some(account) => self.require(account).map(|()| Some(account)),
+            None => Ok(self.0),
+        }
+    }
 }
 
 impl FromRequest for Caller {
@@ -134,7 +176,7 @@ fn operator(req: &HttpRequest) -> Result<Operator, ApiError> {
 /// A viewer's token is the one in the Dashboard App URL that every agent can
 /// read, so it must never reach a customer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Poster;
+pub struct Poster(pub Scope);
 
 impl FromRequest for Poster {
     type Error = ApiError;
@@ -150,12 +192,12 @@ fn poster(req: &HttpRequest) -> Result<Poster, ApiError> {
     if !Poster::ROLES.contains(&caller.role) {
         return Err(ApiError::RoleRequired("support or operator"));
     }
-    Ok(Poster)
+    Ok(Poster(caller.scope))
 }
 
 /// An authenticated caller who may read every reply: a viewer or an operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reader;
+pub struct Reader(pub Scope);
 
 impl FromRequest for Reader {
     type Error = ApiError;
@@ -183,14 +225,15 @@ fn reader(req: &HttpRequest) -> Result<Reader, ApiError> {
     if !Reader::ROLES.contains(&caller.role) {
         return Err(ApiError::RoleRequired(required));
     }
-    Ok(Reader)
+    Ok(Reader(caller.scope))
 }
 
-/// The accepted tokens and the role each grants, kept only as SHA-256 digests:
-/// comparing digests in constant time reveals neither a token nor its length.
+/// The accepted tokens, the role each grants and the account each is bound
+/// to (0: none; Chatwoot's account ids start at 1), kept only as SHA-256
+/// digests: comparing digests in constant time reveals neither a token nor its length.
 #[derive(Clone, Default)]
 pub struct BearerTokens {
-    known: Vec<([u8; 32], Role)>,
+    known: Vec<([u8; 32], Role, i64)>,
     /// Per-token request budget; keys are digests of accepted tokens only, so
     /// unknown tokens cannot grow it.
     rate: Option<Arc<DefaultKeyedRateLimiter<[u8; 32]>>>,
@@ -198,13 +241,16 @@ pub struct BearerTokens {
 
 impl BearerTokens {
     /// Support tokens (`GOLDRELAY_TOKENS`).
-    pub fn new(support: &[SecretString]) -> Self {
+    pub fn new(support: &[BearerToken]) -> Self {
         Self::default().grant(Role::Support, support)
     }
 
-    /// Adds `tokens`, each granting `role`.
-    pub fn grant(mut self, role: Role, tokens: &[SecretString]) -> Self {
-        let digests = tokens.iter().map(|t| (digest(t.expose_secret()), role));
+    /// Adds `tokens`, each granting `role` within its account, if bound.
+    pub fn grant(mut self, role: Role, tokens: &[BearerToken]) -> Self {
+        let digests = tokens.iter().map(|t| {
+            let account = t.account.unwrap_or(0);
+            (digest(t.secret.expose_secret()), role, account)
+        });
         self.known.extend(digests);
         self
     }
@@ -218,7 +264,7 @@ impl BearerTokens {
 
     /// Whether any token grants `role`.
     pub fn has(&self, role: Role) -> bool {
-        self.known.iter().any(|(_, r)| *r == role)
+        self.known.iter().any(|(_, r, _)| *r == role)
     }
 
     /// The caller of `Authorization: Bearer <token>` when the token is one of
@@ -227,12 +273,20 @@ impl BearerTokens {
         let presented = bearer(req).ok_or(ApiError::Unauthorized)?;
         let presented = digest(presented);
         // Check every token so timing does not tell which one matched.
-        let matched = self.known.iter().fold(0u8, |found, (known, role)| {
-            u8::conditional_select(&found, &role.code(), known.ct_eq(&presented))
-        });
+        let (matched, account) =
+            self.known
+                .iter()
+                .fold((0u8, 0i64), |(found, bound), (known, role, account)| {
+                    let same = known.ct_eq(&presented);
+                    (
+                        u8::conditional_select(&found, &role.code(), same),
+                        i64::conditional_select(&bound, account, same),
+                    )
+                });
         let role = Role::from_code(matched).ok_or(ApiError::Unauthorized)?;
         self.within_rate(&presented)?;
-        Ok(Caller { role })
+        let scope = Scope((account != 0).then_some(account));
+        Ok(Caller { role, scope })
     }
 
     fn within_rate(&self, token: &[u8; 32]) -> Result<(), ApiError> {
@@ -264,7 +318,7 @@ mod tests {
     use actix_web::test::TestRequest;
 
     fn tokens() -> BearerTokens {
-        BearerTokens::new(&[SecretString::from("s3cret")])
+        BearerTokens::new(&["s3cret".into()])
     }
 
     #[test]
@@ -277,7 +331,7 @@ mod tests {
 
     #[test]
     fn an_operator_token_is_an_operator_caller() {
-        let tokens = tokens().grant(Role::Operator, &[SecretString::from("0p3rator")]);
+        let tokens = tokens().grant(Role::Operator, &["0p3rator".into()]);
         let req = TestRequest::default()
             .insert_header((AUTHORIZATION, "Bearer 0p3rator"))
             .to_http_request();
@@ -287,12 +341,36 @@ mod tests {
 
     #[test]
     fn a_viewer_token_is_a_viewer_caller() {
-        let tokens = tokens().grant(Role::Viewer, &[SecretString::from("v1ewer")]);
+        let tokens = tokens().grant(Role::Viewer, &["v1ewer".into()]);
         let req = TestRequest::default()
             .insert_header((AUTHORIZATION, "Bearer v1ewer"))
             .to_http_request();
         assert_eq!(tokens.caller(&req).unwrap().role, Role::Viewer);
         assert!(tokens.has(Role::Viewer) && !tokens.has(Role::Operator));
+    }
+
+    #[test]
+    fn a_bound_token_reaches_its_account_only_and_an_unbound_one_every_account() {
+        let tokens = tokens().grant(
+            Role::Viewer,
+            &[BearerToken::bound(7, "v1ewer"), "v2ewer".into()],
+        );
+        let caller = |token: &str| {
+            let req = TestRequest::default()
+                .insert_header((AUTHORIZATION, format!("Bearer {token}")))
+                .to_http_request();
+            tokens.caller(&req).unwrap()
+        };
+        let bound = caller("v1ewer");
+        assert_eq!((bound.role, bound.scope), (Role::Viewer, Scope::bound(7)));
+        assert!(bound.scope.sees(7) && !bound.scope.sees(8));
+        assert!(bound.scope.require(8).is_err());
+        assert_eq!(bound.scope.narrow(None).unwrap(), Some(7));
+        assert!(bound.scope.narrow(Some(8)).is_err());
+        let unbound = caller("v2ewer").scope;
+        assert!(unbound.sees(8) && unbound.require(8).is_ok());
+        assert_eq!(unbound.narrow(None).unwrap(), None);
+        assert_eq!(caller("s3cret").scope, Scope::default());
     }
 
     #[test]

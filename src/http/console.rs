@@ -69,9 +69,10 @@ fn page(state: &AppState, content_type: &str, body: &'static str) -> HttpRespons
 
 /// `GET /api/accounts/{a}/conversations/{c}/gold-replies` (viewers and
 /// operators): the conversation view's data, oldest first, with each reply's
-/// content and approver, which the status record leaves out.
+/// content and approver, which the status record leaves out. A bound token
+/// is refused another account's conversations.
 pub async fn conversation(
-    _: Reader,
+    Reader(scope): Reader,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -85,10 +86,12 @@ pub async fn conversation(
             format!("account {account:?} and conversation {conversation:?} must be numbers");
         return Err(ApiError::NotFound(detail));
     };
+    scope.require(ids.0)?;
     let page = ExportPage {
         after: None,
         until: Utc::now(),
         conversation: Some(ids),
+        account: None,
         limit: CONVERSATION_LIMIT + 1,
     };
     let mut items = state

@@ -20,8 +20,9 @@ struct ExportQuery {
 /// Streams every decision after `since`. The first page is read before the
 /// answer starts, so a store that is down is a 503 rather than an empty 200;
 /// a failure later cuts the stream, and the client resumes from its last line.
+/// A bound token exports its own account only.
 pub async fn export(
-    _: Reader,
+    Reader(scope): Reader,
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -31,7 +32,12 @@ pub async fn export(
         Some(raw) => Some(parse_cursor(&raw).ok_or(ApiError::InvalidCursor)?),
         None => None,
     };
-    let mut lines = Box::pin(export_lines(state.store.clone(), after, Utc::now()));
+    let mut lines = Box::pin(export_lines(
+        state.store.clone(),
+        after,
+        scope.account(),
+        Utc::now(),
+    ));
     let first = lines
         .next()
         .await

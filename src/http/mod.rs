@@ -11,7 +11,7 @@ mod replies;
 mod routes;
 mod webhook;
 
-pub use auth::{Admits, BearerTokens, Caller, Operator, Poster, Reader, Role};
+pub use auth::{Admits, BearerTokens, Caller, Operator, Poster, Reader, Role, Scope};
 pub use routes::{Access, Method, Route, ROUTES};
 pub use webhook::WebhookAuth;
 

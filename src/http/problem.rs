@@ -40,6 +40,8 @@ pub enum ApiError {
     NotDead(&'static str),
     #[error("this endpoint needs a token with the {0} role; yours does not have it")]
     RoleRequired(&'static str),
+    #[error("this token is bound to account {bound}; account {account} is out of its reach")]
+    AccountForbidden { bound: i64, account: i64 },
     #[error("operator endpoints are off: no GOLDRELAY_OPERATOR_TOKENS configured")]
     NoOperators,
     #[error(
@@ -76,6 +78,7 @@ impl ApiError {
             ApiError::Disabled(_) => "disabled",
             ApiError::NotDead(_) => "not-dead",
             ApiError::RoleRequired(_) => "role-required",
+            ApiError::AccountForbidden { .. } => "account-forbidden",
             ApiError::NoOperators => "operators-not-configured",
             ApiError::TooManyRequests(_) => "rate-limited",
             ApiError::RequestTimeout(_) => "request-timeout",
@@ -101,7 +104,9 @@ impl ResponseError for ApiError {
             ApiError::Invalid(_) | ApiError::InvalidQuery(_) | ApiError::InvalidCursor => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::RoleRequired(_) | ApiError::NoOperators => StatusCode::FORBIDDEN,
+            ApiError::RoleRequired(_)
+            | ApiError::AccountForbidden { .. }
+            | ApiError::NoOperators => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,

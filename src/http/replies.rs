@@ -37,7 +37,7 @@ pub async fn post_reply(
 }
 
 async fn ingest(
-    _: Poster,
+    Poster(scope): Poster,
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
@@ -45,6 +45,7 @@ async fn ingest(
     require_json(req)?;
     let body = read_limited(req, payload, state.max_body_bytes, state.request_timeout).await?;
     let reply = GoldReply::parse(&parse_json(&body)?).map_err(ApiError::Invalid)?;
+    scope.require(reply.account_id())?;
     let ingested = state
         .store
         .ingest(&reply, Utc::now())
@@ -75,9 +76,10 @@ fn not_found(raw: &str) -> ApiError {
     ApiError::NotFound(format!("no gold reply has reply_id {raw:?}"))
 }
 
-/// `GET /api/gold-replies/{reply_id}`
+/// `GET /api/gold-replies/{reply_id}`: a reply of an account out of the
+/// token's reach is absent, so a bound token learns nothing of other accounts.
 pub async fn get_reply(
-    _: Caller,
+    caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -87,6 +89,7 @@ pub async fn get_reply(
         .reply(&id)
         .await
         .map_err(ApiError::StoreUnavailable)?
+        .filter(|record| caller.scope.sees(record.account_id))
         .ok_or_else(|| not_found(&path))?;
     Ok(HttpResponse::Ok().json(record))
 }
@@ -143,15 +146,17 @@ pub struct ListQuery {
 /// `GET /api/gold-replies?status=&conversation_id=&limit=&cursor=` (viewers and operators)
 ///
 /// The query string is read here, after authentication, so that an anonymous
-/// caller learns nothing from how a query is refused.
+/// caller learns nothing from how a query is refused. A bound token lists its
+/// own account, and is refused another.
 pub async fn list_replies(
-    _: Reader,
+    Reader(scope): Reader,
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let query = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::MalformedQuery(e.to_string()))?;
-    let filter = filter(query.into_inner())?;
+    let mut filter = filter(query.into_inner())?;
+    filter.account_id = scope.narrow(filter.account_id)?;
     let limit = filter.limit;
     let items = state
         .store

@@ -26,6 +26,8 @@ pub struct ExportPage {
     pub until: DateTime<Utc>,
     /// Only this `(account_id, conversation_id)`, for the console.
     pub conversation: Option<(i64, i64)>,
+    /// Only this account, for a token bound to it.
+    pub account: Option<i64>,
     pub limit: usize,
 }
 
@@ -91,6 +93,22 @@ pub fn parse_cursor(raw: &str) -> Option<Cursor> {
     })
 }
 
+impl ExportPage {
+    /// The `AND …` that narrows the page to its account and conversation,
+    /// written out (integers only, no `? IS NULL OR …`) so each backend's
+    /// planner can use the conversation's index.
+    pub(super) fn narrowing(&self) -> String {
+        let mut sql = String::new();
+        if let Some((account, conversation)) = self.conversation {
+            sql += &format!(" AND account_id = {account} AND conversation_id = {conversation}");
+        }
+        if let Some(account) = self.account {
+            sql += &format!(" AND account_id = {account}");
+        }
+        sql
+    }
+}
+
 impl ExportRecord {
     fn cursor(&self) -> Cursor {
         Cursor {
@@ -100,17 +118,20 @@ impl ExportRecord {
     }
 }
 
-/// The export after `after`, one chunk of lines per page read from the store.
-/// It ends at the first error: whatever was written resumes from its last line.
+/// The export after `after` (of one account only, if `account`), one chunk
+/// of lines per page read from the store. It ends at the first error:
+/// whatever was written resumes from its last line.
 pub fn export_lines(
     store: SharedStore,
     after: Option<Cursor>,
+    account: Option<i64>,
     now: DateTime<Utc>,
 ) -> impl Stream<Item = Result<String, StoreError>> {
     let first = ExportPage {
         after,
         until: now - EXPORT_SETTLE,
         conversation: None,
+        account,
         limit: EXPORT_PAGE_ROWS,
     };
     stream::try_unfold(Some(first), move |page| {

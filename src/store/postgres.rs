@@ -1075,17 +1075,11 @@ async fn export_page(pool: &PgPool, page: &ExportPage) -> Result<Vec<ExportRecor
         .after
         .as_ref()
         .map(|cursor| cursor.reply_id.to_string());
-    // Written out (two integers, no text) so the planner uses the conversation's index.
-    let one_conversation = match page.conversation {
-        Some((account, conversation)) => {
-            format!("AND account_id = {account} AND conversation_id = {conversation}")
-        }
-        None => String::new(),
-    };
+    let narrowing = page.narrowing();
     let sql = format!(
         "SELECT {EXPORT_COLUMNS} FROM gold_replies \
          WHERE ($1::timestamptz IS NULL OR (received_at, reply_id) > ($1, $2)) \
-         AND received_at <= $3 {one_conversation} \
+         AND received_at <= $3 {narrowing} \
          ORDER BY received_at, reply_id LIMIT $4"
     );
     let rows = sqlx::query(&sql)

@@ -430,17 +430,11 @@ async fn export_page(
         Some(cursor) => (millis(cursor.received_at), cursor.reply_id.to_string()),
         None => (i64::MIN, String::new()),
     };
-    // Written out, not as `? IS NULL OR …`, so the conversation's index is used.
-    let one_conversation = match page.conversation {
-        Some((account, conversation)) => {
-            format!("AND account_id = {account} AND conversation_id = {conversation}")
-        }
-        None => String::new(),
-    };
+    let narrowing = page.narrowing();
     let sql = format!(
         "SELECT {EXPORT_COLUMNS} FROM gold_replies \
          WHERE received_at >= ? AND (received_at > ? OR reply_id > ?) AND received_at <= ? \
-         {one_conversation} ORDER BY received_at, reply_id LIMIT ?"
+         {narrowing} ORDER BY received_at, reply_id LIMIT ?"
     );
     let rows = sqlx::query(&sql)
         .bind(after_ms)

@@ -100,6 +100,7 @@ conformance! {
         requeue_refuses_replies_that_are_not_dead_and_unknown_ids,
         list_filters_by_status_account_and_conversation_newest_first,
         list_pages_through_equal_timestamps_without_gaps_or_repeats,
+        an_export_page_narrowed_to_an_account_or_a_conversation_holds_only_its_replies,
         count_by_status_and_queue_stats_follow_the_replies,
         an_event_is_processed_once_by_delivery_id_and_by_dedupe_key,
         a_confirmation_removes_a_queued_replys_job_for_good,
@@ -885,6 +886,38 @@ async fn list_filters_by_status_account_and_conversation_newest_first(store: Sha
     ];
     for (filter, expected) in cases {
         assert_eq!(listed(&store, filter.clone()).await, expected, "{filter:?}");
+    }
+}
+
+async fn an_export_page_narrowed_to_an_account_or_a_conversation_holds_only_its_replies(
+    store: SharedStore,
+) {
+    let t0 = start();
+    let replies = [("e1", 1, 1), ("e2", 2, 1), ("e3", 1, 2), ("e4", 2, 2), ("e5", 1, 1)];
+    for (i, (reply_id, account, conversation)) in replies.into_iter().enumerate() {
+        let reply = gold(reply_id, account, conversation, "approve");
+        ingest(&store, &reply, t0 + secs(i as i64)).await;
+    }
+    let page = |account, conversation, limit| store::ExportPage {
+        after: None,
+        until: t0 + secs(60),
+        conversation,
+        account,
+        limit,
+    };
+    let cases = [
+        (page(None, None, 100), vec!["e1", "e2", "e3", "e4", "e5"]),
+        (page(Some(1), None, 100), vec!["e1", "e3", "e5"]),
+        (page(Some(2), None, 1), vec!["e2"]),
+        (page(None, Some((1, 1)), 100), vec!["e1", "e5"]),
+        (page(Some(1), Some((1, 2)), 100), vec!["e3"]),
+        (page(Some(2), Some((1, 1)), 100), vec![]),
+        (page(Some(3), None, 100), vec![]),
+    ];
+    for (page, expected) in cases {
+        let records = store.export(&page).await.expect("export");
+        let exported: Vec<String> = records.iter().map(|r| r.reply_id.to_string()).collect();
+        assert_eq!(exported, expected, "{page:?}");
     }
 }
 

@@ -67,6 +67,7 @@ impl Application {
             metrics: metrics.clone(),
             metrics_here: settings.metrics_listen.is_none(),
             console_csp: crate::http::console_csp(&settings.chatwoot_base_url),
+            writes: http::WriteHealth::new(settings.database_url.backend()),
         });
         let listener = listen(settings.listen)
             .with_context(|| format!("could not listen on {}", settings.listen))?;

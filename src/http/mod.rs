@@ -12,6 +12,7 @@ mod routes;
 mod webhook;
 
 pub use auth::{Admits, BearerTokens, Caller, Operator, Poster, Reader, Role, Scope};
+pub use health::WriteHealth;
 pub use routes::{Access, Method, Route, ROUTES};
 pub use webhook::WebhookAuth;
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub metrics_here: bool,
     /// The console's `Content-Security-Policy`, from [`console_csp`].
     pub console_csp: String,
+    /// How posts' writes and `/hc`'s probe went lately, for `/hc`.
+    pub writes: WriteHealth,
 }
 
 /// The console's `Content-Security-Policy`: Chatwoot at `chatwoot_base_url`

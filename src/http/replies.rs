@@ -5,7 +5,7 @@ use super::body::{parse_json, read_limited, require_json};
 use super::problem::ApiError;
 use super::{AppState, LoggedReplyId};
 use crate::domain::{FieldError, GoldReply, ReplyId, Status};
-use crate::store::{Cursor, Ingested, ReplyFilter, ReplyRecord, Requeued};
+use crate::store::{Cursor, Ingested, ReplyFilter, ReplyRecord, Requeued, StoreError};
 use actix_web::http::header::LOCATION;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use chrono::{DateTime, Utc};
@@ -46,11 +46,13 @@ async fn ingest(
     let body = read_limited(req, payload, state.max_body_bytes, state.request_timeout).await?;
     let reply = GoldReply::parse(&parse_json(&body)?).map_err(ApiError::Invalid)?;
     scope.require(reply.account_id())?;
-    let ingested = state
-        .store
-        .ingest(&reply, Utc::now())
-        .await
-        .map_err(ApiError::StoreUnavailable)?;
+    let ingested = state.store.ingest(&reply, Utc::now()).await;
+    match &ingested {
+        // A full write queue is load, not a broken store: /hc stays up.
+        Err(StoreError::Overloaded(_)) => {}
+        outcome => state.writes.post_written(outcome.is_ok()),
+    }
+    let ingested = ingested.map_err(ApiError::StoreUnavailable)?;
     let (outcome, mut response) = match ingested {
         Ingested::Created(record) => ("accepted", located(HttpResponse::Accepted(), &record)),
         Ingested::Existing(record) => ("duplicate", located(HttpResponse::Ok(), &record)),

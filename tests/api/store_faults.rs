@@ -141,6 +141,132 @@ async fn health(api: &helpers::Api) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
+/// Polls `/hc` until it answers `status`, for at most a few seconds.
+async fn health_becomes(api: &helpers::Api, status: u16) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (now, body) = health(api).await;
+        if now == status {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/hc never answered {status}: {now} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Makes every insert into `gold_replies` fail, as a revoked grant or a full
+/// tablespace for that table would; `/hc`'s probe table is untouched.
+const SQLITE_NO_REPLIES: &str = "CREATE TRIGGER no_replies BEFORE INSERT ON gold_replies \
+     BEGIN SELECT RAISE(ABORT, 'x'); END";
+const PG_NO_REPLIES: &str = "CREATE FUNCTION no_replies() RETURNS trigger AS $$ BEGIN \
+     RAISE EXCEPTION 'x'; END $$ LANGUAGE plpgsql; \
+     CREATE TRIGGER no_replies BEFORE INSERT ON gold_replies FOR EACH ROW EXECUTE FUNCTION no_replies()";
+
+/// Runs on whichever backend `TEST_DATABASE_URL` selects (the PostgreSQL
+/// run is the suite run with it set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hc_answers_503_while_posts_cannot_be_stored_and_200_after_a_good_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = helpers::database_url(&dir);
+    let app = spawn_app_with(SandboxConfig::default(), |settings| {
+        settings.database_url = DatabaseUrl::parse(&url).unwrap();
+    })
+    .await;
+    let (status, body) = health(&app.api).await;
+    assert_eq!(status, 200, "{body}");
+    let backend = match Backend::of(&url) {
+        Some(Backend::Postgres) => "postgres",
+        _ => "sqlite",
+    };
+    assert_eq!(body["store"]["backend"], backend, "{body}");
+    let (poison, cure) = match Backend::of(&url) {
+        Some(Backend::Postgres) => (PG_NO_REPLIES, "DROP TRIGGER no_replies ON gold_replies"),
+        _ => (SQLITE_NO_REPLIES, "DROP TRIGGER no_replies"),
+    };
+    execute(&url, poison).await;
+    let refused = app.api.post_reply(&helpers::reply("hc-refused", 5)).await;
+    assert_eq!(refused.status().as_u16(), 503);
+    let body = health_becomes(&app.api, 503).await;
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert!(
+        body["store"]["status"]
+            .as_str()
+            .unwrap()
+            .starts_with("failing"),
+        "{body}"
+    );
+    assert_eq!(body["store"]["backend"], backend, "{body}");
+
+    execute(&url, cure).await;
+    // Still failing: nothing has shown the writes work again yet.
+    assert_eq!(health(&app.api).await.0, 503);
+    let accepted = app.api.post_reply(&helpers::reply("hc-accepted", 5)).await;
+    assert_eq!(accepted.status().as_u16(), 202);
+    health_becomes(&app.api, 200).await;
+}
+
+/// Counts every write of `/hc`'s probe into `probe_writes`.
+const SQLITE_COUNT_PROBES: &str = "CREATE TABLE probe_writes (n INTEGER); \
+     CREATE TRIGGER count_probe_update AFTER UPDATE ON write_probe \
+     BEGIN INSERT INTO probe_writes VALUES (1); END; \
+     CREATE TRIGGER count_probe_insert AFTER INSERT ON write_probe \
+     BEGIN INSERT INTO probe_writes VALUES (1); END";
+const PG_COUNT_PROBES: &str = "CREATE TABLE probe_writes (n INTEGER); \
+     CREATE FUNCTION count_probe() RETURNS trigger AS $$ BEGIN \
+     INSERT INTO probe_writes VALUES (1); RETURN NEW; END $$ LANGUAGE plpgsql; \
+     CREATE TRIGGER count_probe AFTER INSERT OR UPDATE ON write_probe \
+     FOR EACH ROW EXECUTE FUNCTION count_probe()";
+
+async fn probe_writes(url: &str) -> i64 {
+    use sqlx::Connection;
+    let sql = "SELECT COUNT(*) FROM probe_writes";
+    match Backend::of(url) {
+        Some(Backend::Postgres) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        }
+        _ => {
+            let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+        }
+    }
+}
+
+/// An anonymous flood of `/hc` must not reach the writer Support's posts use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_hc_adds_at_most_about_one_probe_write_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = helpers::database_url(&dir);
+    let app = spawn_app_with(SandboxConfig::default(), |settings| {
+        settings.database_url = DatabaseUrl::parse(&url).unwrap();
+    })
+    .await;
+    let counting = match Backend::of(&url) {
+        Some(Backend::Postgres) => PG_COUNT_PROBES,
+        _ => SQLITE_COUNT_PROBES,
+    };
+    execute(&url, counting).await;
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    for _ in 0..20 {
+        let flood = (0..25).map(|_| health(&app.api));
+        for (status, body) in futures_util::future::join_all(flood).await {
+            assert_eq!(status, 200, "{body}");
+            answered += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let writes = probe_writes(&url).await;
+    assert!(
+        writes as f64 <= seconds.ceil() + 1.0,
+        "{answered} /hc in {seconds:.2} s wrote the probe {writes} times"
+    );
+    assert!(answered == 500 && writes >= 1, "{writes}");
+}
+
 /// Runs on whichever backend `TEST_DATABASE_URL` selects, like the rest of the API suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hc_answers_503_while_writes_fail_and_recovers_by_itself() {
@@ -159,13 +285,12 @@ async fn hc_answers_503_while_writes_fail_and_recovers_by_itself() {
         ),
     };
     execute(&url, broken).await;
-    let (status, body) = health(&app.api).await;
-    assert_eq!(status, 503, "{body}");
+    // The probe's verdict stands for a second, so the next one sees the fault.
+    let body = health_becomes(&app.api, 503).await;
     assert_ne!(body["store"]["status"], "ok", "{body}");
 
     execute(&url, repair).await;
-    let (status, body) = health(&app.api).await;
-    assert_eq!(status, 200, "{body}");
+    health_becomes(&app.api, 200).await;
     let accepted = app.api.post_reply(&helpers::reply("after-repair", 5)).await;
     assert_eq!(accepted.status().as_u16(), 202);
 }

@@ -54,6 +54,11 @@ pub struct Settings {
     /// (chatwoot#15743; not in any release yet), so a create that may have
     /// landed is sent again at once instead of being looked up. Default false.
     pub chatwoot_idempotent: bool,
+    /// `GOLDRELAY_STATUS_RECONCILE`: how often a delivered reply's channel
+    /// status is read back from Chatwoot until it is final (`read`) or the
+    /// reply is older than `GOLDRELAY_MAX_AGE`; events only hint. `0` turns
+    /// it off (statuses are then read only when an event asks). Default 5m.
+    pub status_reconcile: Duration,
     /// `GOLDRELAY_MAX_ATTEMPTS`: attempts before a reply is given up on.
     pub max_attempts: u32,
     /// `GOLDRELAY_MAX_AGE`: age after which a reply is given up on.
@@ -285,6 +290,7 @@ impl Settings {
             retry_max: env.duration("GOLDRELAY_RETRY_MAX", "5m"),
             lookup_delay: env.duration("GOLDRELAY_LOOKUP_DELAY", "60s"),
             chatwoot_idempotent: env.parsed("GOLDRELAY_CHATWOOT_IDEMPOTENT", false),
+            status_reconcile: env.duration("GOLDRELAY_STATUS_RECONCILE", "5m"),
             max_attempts: env.parsed("GOLDRELAY_MAX_ATTEMPTS", 50),
             max_age: env.duration("GOLDRELAY_MAX_AGE", "24h"),
             max_body_bytes: env.parsed("GOLDRELAY_MAX_BODY", 256 * 1024),

@@ -1,12 +1,18 @@
-//! Channel statuses no webhook showed. Chatwoot's message events carry no
-//! top-level status, and a conversation's payload lists only its latest public
-//! message (`app/models/message.rb` `webhook_data`,
-//! `app/presenters/conversations/event_data_presenter.rb` `push_messages`): once
-//! the customer has answered, an update about our message does not say what
-//! became of it. The store marks such replies; this loop reads their status
-//! from Chatwoot's message list, within the same send rate as deliveries.
+//! Channel statuses that converge on Chatwoot's truth. Chatwoot's message
+//! events carry no top-level status, a conversation's payload lists only its
+//! latest public message (`app/models/message.rb` `webhook_data`,
+//! `app/presenters/conversations/event_data_presenter.rb` `push_messages`),
+//! and events come late, out of order, twice or never (`lib/webhooks/trigger.rb`
+//! never retries an account webhook). So an event is a hint and the message
+//! list is the truth: this loop reads the status of every reply an event
+//! marked, and of every delivered reply every `GOLDRELAY_STATUS_RECONCILE`
+//! until it is final (`read`) or older than `GOLDRELAY_MAX_AGE`, within the
+//! same send rate as deliveries. One failing read backs off alone.
 
 use super::Worker;
+use crate::chatwoot::ChannelReport;
+use crate::store::{ChannelRead, DueReads, StaleChannelStatus};
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -15,12 +21,18 @@ use tokio_util::sync::CancellationToken;
 const IDLE: Duration = Duration::from_secs(1);
 /// How many it reads in one go.
 const BATCH: usize = 16;
-/// The wait after Chatwoot or the store failed: statuses can wait, and a
-/// token that may not read messages must not fill the log.
+/// The wait after the store failed: statuses can wait.
 const AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// How long one reply's status waits after its read failed (a deleted
+/// conversation answers 404, a token that lost the inbox 401): that reply
+/// alone waits, the others go on.
+const READ_BACKOFF: Duration = Duration::from_secs(60);
+/// Chatwoot's final channel status: `read` never goes back
+/// (`app/services/messages/status_update_service.rb`).
+const FINAL: &str = "read";
 
 impl Worker {
-    /// Reads the marked statuses until `stop`.
+    /// Reads the due statuses until `stop`.
     pub(super) async fn read_channel_statuses(self: Arc<Self>, stop: CancellationToken) {
         while !stop.is_cancelled() {
             let pause = match self.read_some().await {
@@ -35,48 +47,78 @@ impl Worker {
         }
     }
 
-    /// Reads one batch: how many statuses it settled, `None` if it failed.
+    /// Reads one batch: how many reads it recorded, `None` if the store failed.
     async fn read_some(&self) -> Option<usize> {
-        let stale = match self.store.stale_channel_statuses(BATCH).await {
+        let now = self.now();
+        let due = DueReads {
+            now,
+            limit: BATCH,
+            every: self.policy.status_reconcile,
+            horizon: now - chrono::Duration::from_std(self.policy.max_age).ok()?,
+        };
+        let stale = match self.store.stale_channel_statuses(&due).await {
             Ok(stale) => stale,
             Err(e) => {
                 tracing::warn!(error = %e, "could not list the channel statuses to read");
                 return None;
             }
         };
-        let mut settled = 0;
+        let mut recorded = 0;
         for reply in stale {
             self.pace().await;
             let report = self
                 .client
                 .channel_report(reply.account_id, reply.conversation_id, reply.message_id)
                 .await;
-            let report = match report {
-                Ok(report) => report,
+            let (report, next) = match report {
+                Ok(report) => {
+                    let next = self.next_read(&reply, report.as_ref());
+                    (report, next)
+                }
                 Err(e) => {
                     self.note_refusal(&e);
                     tracing::warn!(reply_id = %reply.reply_id, error = %e.detail(),
-                        "could not read a channel status from Chatwoot; trying again later");
-                    return None;
+                        "could not read a channel status from Chatwoot; this reply tries again later");
+                    (None, Some(self.now() + span(READ_BACKOFF)))
                 }
             };
-            let recorded = self
+            let read = ChannelRead {
+                status: report.as_ref().map(|r| r.status.as_str()),
+                error: report.as_ref().and_then(|r| r.error.as_deref()),
+                since: reply.since,
+                next,
+            };
+            match self
                 .store
-                .record_channel_status(
-                    &reply.reply_id,
-                    report.as_ref().map(|r| r.status.as_str()),
-                    report.as_ref().and_then(|r| r.error.as_deref()),
-                    reply.since,
-                )
-                .await;
-            match recorded {
-                Ok(()) => settled += 1,
+                .record_channel_status(&reply.reply_id, &read)
+                .await
+            {
+                Ok(()) => recorded += 1,
                 Err(e) => {
                     tracing::warn!(reply_id = %reply.reply_id, error = %e, "could not record a channel status");
                     return None;
                 }
             }
         }
-        Some(settled)
+        Some(recorded)
     }
+
+    /// When to read a status again after reading `report`: never once it is
+    /// final, the message is gone, or the reply is past its maximum age;
+    /// otherwise after `GOLDRELAY_STATUS_RECONCILE`, if that is on.
+    fn next_read(
+        &self,
+        reply: &StaleChannelStatus,
+        report: Option<&ChannelReport>,
+    ) -> Option<DateTime<Utc>> {
+        let every = self.policy.status_reconcile?;
+        let status = &report?.status;
+        let next = self.now() + span(every);
+        let young = next - reply.received_at <= span(self.policy.max_age);
+        (status != FINAL && young).then_some(next)
+    }
+}
+
+fn span(wait: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
 }

@@ -19,7 +19,7 @@ use crate::chatwoot::{ChatwootClient, Lookup, SendError, Wanted};
 use crate::domain::ReplyId;
 use crate::health::{PauseReason, WorkerPhase, WorkerState};
 use crate::metrics::Metrics;
-use crate::store::{Job, Outcome, SharedStore};
+use crate::store::{Job, Outcome, SendSlot, SharedStore};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -78,6 +78,9 @@ pub struct Policy {
     /// same key answers the original message, so a maybe-sent attempt is
     /// simply sent again, with no wait and no lookup.
     pub idempotent_creates: bool,
+    /// How often a delivered reply's channel status is read back from
+    /// Chatwoot until it is final; `None`: only when an event marks it.
+    pub status_reconcile: Option<Duration>,
 }
 
 impl Policy {
@@ -684,19 +687,19 @@ impl Worker {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
+        let latest_at =
+            latest.map(|l| self.now() + span(l.saturating_duration_since(Instant::now())));
         let reserved = self
             .store
-            .reserve_send(self.policy.send_rate, self.now())
+            .reserve_send(self.policy.send_rate, self.now(), latest_at)
             .await;
         match reserved {
-            Ok(Some(slot)) => {
+            Ok(Some(SendSlot::Reserved(slot))) => {
                 let wait = (slot - self.now()).to_std().unwrap_or_default();
-                if too_late(wait).is_some() {
-                    return Err(slot);
-                }
                 tokio::time::sleep(wait).await;
                 Ok(())
             }
+            Ok(Some(SendSlot::NotBefore(slot))) => Err(slot),
             Ok(None) => self.local_slot(limiter, latest).await,
             Err(e) => {
                 tracing::warn!(error = %e, "could not reserve a shared send slot; pacing this instance alone");
@@ -1074,6 +1077,7 @@ mod tests {
             lease: Duration::from_secs(35),
             drain: Duration::from_secs(5),
             idempotent_creates: false,
+            status_reconcile: None,
         }
     }
 

@@ -144,8 +144,14 @@ fn caller(shared: &Shared, req: &HttpRequest) -> Result<Caller, Refusal> {
 fn authorize(shared: &Shared, req: &HttpRequest, path: (i64, i64)) -> Result<Caller, Refusal> {
     let caller = caller(shared, req)?;
     let (account, conversation) = path;
+    let deleted = shared
+        .lock()
+        .faults
+        .deleted_conversations
+        .contains(&conversation);
     let exists = shared.config.accounts.contains(&account)
-        && (1..=shared.config.conversations).contains(&conversation);
+        && (1..=shared.config.conversations).contains(&conversation)
+        && !deleted;
     if !exists {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,

@@ -147,6 +147,9 @@ pub struct Faults {
     /// Lose this many of the next `message_created` events (Chatwoot never
     /// retries an account webhook: `lib/webhooks/trigger.rb`).
     pub echo_drop_next: u32,
+    /// Conversations deleted meanwhile: Chatwoot answers 404 for them
+    /// (`conversations/base_controller.rb`, `find_by!`).
+    pub deleted_conversations: Vec<i64>,
     /// Send each `message_created` event twice (chatwoot#11901).
     pub echo_twice: bool,
     /// Hold each event this long before sending it (two Sidekiq hops:
@@ -323,9 +326,9 @@ impl SandboxHandle {
 
     /// Changes a message's channel status without any webhook: the event
     /// was lost, or the channel's report came in another way.
-    pub fn set_status_silently(&self, message_id: i64, status: &str) -> bool {
+    pub fn set_status_silently(&self, message_id: i64, status: &str, error: Option<&str>) -> bool {
         self.shared
-            .update_status(message_id, status, None)
+            .update_status(message_id, status, error)
             .is_some()
     }
 

@@ -7,7 +7,7 @@
 //! offers the statements of [`Tx`], which these functions run inside one
 //! transaction the backend opened and commits.
 
-use super::{EventOutcome, Ingested, Outcome, ReplyRecord, Requeued, StoreError};
+use super::{ChannelRead, EventOutcome, Ingested, Outcome, ReplyRecord, Requeued, StoreError};
 use crate::domain::{
     channel_status_may_change, ChatwootEvent, Effect, EventMessage, GoldReply, Status,
 };
@@ -570,7 +570,12 @@ async fn channel_status(
             if !channel_status_may_change(current, status) {
                 return Ok(());
             }
-            channel_change(status, report.error.as_deref())
+            // An event is a hint: late, replayed or out of order, it may not
+            // be what Chatwoot holds now, so the status is read back soon.
+            ReplyChange {
+                channel_status_stale_at: Some(Some(now)),
+                ..channel_change(status, report.error.as_deref())
+            }
         }
     };
     tx.update_reply(reply_id, &change).await
@@ -590,22 +595,23 @@ fn channel_change(status: &str, error: Option<&str>) -> ReplyChange {
 }
 
 /// Records a channel status read from Chatwoot, which is the truth as of the
-/// read. The reply stays marked for reading when an event marked it again
-/// after `since`: that change may have come after the read.
+/// read, and when to read it next. The reply stays marked for reading when an
+/// event marked it again after `read.since`: that change may have come after
+/// the read.
 pub(crate) async fn record_channel_status(
     tx: &mut dyn Tx,
     reply_id: &str,
-    status: Option<&str>,
-    error: Option<&str>,
-    since: DateTime<Utc>,
+    read: &ChannelRead<'_>,
 ) -> Result<(), StoreError> {
     let Some(stored) = tx.reply(reply_id, true).await? else {
         return Ok(());
     };
-    // No status: Chatwoot no longer has the message; nothing more to read.
-    let mut change = status.map_or_else(ReplyChange::default, |s| channel_change(s, error));
-    if stored.stale_since == Some(stored_time(since)) {
-        change.channel_status_stale_at = Some(None);
+    // No status: the read failed, or Chatwoot no longer has the message.
+    let mut change = read
+        .status
+        .map_or_else(ReplyChange::default, |s| channel_change(s, read.error));
+    if stored.stale_since == read.since.map(stored_time) {
+        change.channel_status_stale_at = Some(read.next.map(stored_time));
     }
     tx.update_reply(reply_id, &change).await
 }

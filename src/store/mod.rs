@@ -173,8 +173,9 @@ pub enum EventOutcome {
     Mismatch,
 }
 
-/// A reply whose channel status changed in Chatwoot without an event showing
-/// the new one: the worker reads it from Chatwoot's message list.
+/// A reply whose channel status is due for reading from Chatwoot's message
+/// list: an event said it changed without showing it, or it is time to check
+/// that what goldrelay holds is still what Chatwoot holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleChannelStatus {
     pub reply_id: ReplyId,
@@ -182,9 +183,48 @@ pub struct StaleChannelStatus {
     pub conversation_id: i64,
     /// The Chatwoot message to read (`GET …/messages?after=<message_id - 1>`).
     pub message_id: i64,
-    /// When an event last said the status needs reading; handed back to
-    /// [`Store::record_channel_status`] so a newer event is not forgotten.
-    pub since: DateTime<Utc>,
+    /// When the read was due (an event's mark, or the last read's schedule);
+    /// `None` for a first check. Handed back to [`Store::record_channel_status`]
+    /// so a mark made during the read is not forgotten.
+    pub since: Option<DateTime<Utc>>,
+    /// When the reply was accepted: past `GOLDRELAY_MAX_AGE` it is no longer checked.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What [`Store::reserve_send`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendSlot {
+    /// This slot is ours: send when it starts.
+    Reserved(DateTime<Utc>),
+    /// No slot starts by the latest time asked; the next free one starts here.
+    NotBefore(DateTime<Utc>),
+}
+
+/// Which channel statuses [`Store::stale_channel_statuses`] hands out.
+#[derive(Debug, Clone, Copy)]
+pub struct DueReads {
+    pub now: DateTime<Utc>,
+    pub limit: usize,
+    /// Every delivered reply's status is first checked this long after its
+    /// delivery (`GOLDRELAY_STATUS_RECONCILE`); `None`: only replies an event
+    /// or an earlier read marked.
+    pub every: Option<Duration>,
+    /// Replies accepted before this are not checked unless marked.
+    pub horizon: DateTime<Utc>,
+}
+
+/// What one read of a channel status found, and when to read it again.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelRead<'a> {
+    /// The status Chatwoot holds; `None` when the read failed or Chatwoot no
+    /// longer has the message (the status stays as it was).
+    pub status: Option<&'a str>,
+    /// `content_attributes.external_error`, kept only while `failed`.
+    pub error: Option<&'a str>,
+    /// [`StaleChannelStatus::since`] of the listing this read came from.
+    pub since: Option<DateTime<Utc>>,
+    /// When to read it again; `None`: not again unless an event marks it.
+    pub next: Option<DateTime<Utc>>,
 }
 
 /// Counts for `/hc` and the metrics.
@@ -254,23 +294,21 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError>;
 
-    /// Up to `limit` replies whose channel status must be read from Chatwoot,
-    /// longest waiting first.
+    /// Replies whose channel status is due for reading from Chatwoot, longest
+    /// due first (see [`DueReads`]).
     async fn stale_channel_statuses(
         &self,
-        limit: usize,
+        due: &DueReads,
     ) -> Result<Vec<StaleChannelStatus>, StoreError>;
 
-    /// Records the channel status read from Chatwoot for a reply listed by
-    /// [`Store::stale_channel_statuses`] (`None`: Chatwoot no longer has the
-    /// message, so the status stays as it was). It stays listed if an event
-    /// marked it again after `since`, since that change may postdate the read.
+    /// Records a read of the channel status of a reply listed by
+    /// [`Store::stale_channel_statuses`], and when to read it next. If an
+    /// event marked it after `read.since`, it stays marked, since that change
+    /// may postdate the read.
     async fn record_channel_status(
         &self,
         reply_id: &ReplyId,
-        status: Option<&str>,
-        error: Option<&str>,
-        since: DateTime<Utc>,
+        read: &ChannelRead<'_>,
     ) -> Result<(), StoreError>;
 
     /// Deletes events received before `before`; returns how many.
@@ -305,13 +343,15 @@ pub trait Store: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Reserves the next send slot shared by every instance on this database,
-    /// `1 / rate` seconds after the previous one, and returns when it starts.
+    /// `1 / rate` seconds after the previous one, if it starts no later than
+    /// `latest`: a slot taken and then not used would hold every instance back.
     /// `None`: this store serves one process, whose own limiter paces it.
     async fn reserve_send(
         &self,
         _rate: u32,
         _now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        _latest: Option<DateTime<Utc>>,
+    ) -> Result<Option<SendSlot>, StoreError> {
         Ok(None)
     }
 
@@ -337,10 +377,29 @@ const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, stat
 
 /// Replies whose channel status needs reading, longest waiting first; the
 /// same SQL on both backends (one bind: the limit).
-const STALE_CHANNEL_STATUSES: &str = "SELECT reply_id, account_id, conversation_id, \
-     chatwoot_message_id, channel_status_stale_at FROM gold_replies \
-     WHERE channel_status_stale_at IS NOT NULL AND chatwoot_message_id IS NOT NULL \
-     ORDER BY channel_status_stale_at, reply_id LIMIT $1";
+/// [`Store::stale_channel_statuses`]: the marked replies whose read is due,
+/// and (with `every`) delivered replies never read whose first check is due.
+/// `{due}`, `{horizon}`, `{every}` and `{limit}` are each backend's binds, and
+/// `{first_check}` its way to add `every` to `delivered_at`.
+pub(crate) fn stale_channel_statuses_sql(
+    due: &str,
+    horizon: &str,
+    every: &str,
+    limit: &str,
+    first_check: &str,
+) -> String {
+    format!(
+        "SELECT reply_id, account_id, conversation_id, chatwoot_message_id, \
+         channel_status_stale_at, received_at, \
+         COALESCE(channel_status_stale_at, {first_check}) AS due_at FROM gold_replies \
+         WHERE chatwoot_message_id IS NOT NULL AND (channel_status_stale_at <= {due} \
+           OR ({every} > 0 AND channel_status_stale_at IS NULL \
+             AND status IN ('delivered', 'confirmed') \
+             AND (channel_status IS NULL OR channel_status <> 'read') \
+             AND received_at > {horizon} AND {first_check} <= {due})) \
+         ORDER BY due_at, reply_id LIMIT {limit}"
+    )
+}
 
 /// Reads a stored `status`; an unknown one is a decode error, not a panic.
 pub(crate) fn status_column(raw: &str) -> Result<Status, sqlx::Error> {

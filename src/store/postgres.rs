@@ -13,9 +13,9 @@
 
 use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
 use super::{
-    reply_id_column, status_column, status_counts, Cursor, EventOutcome, Ingested, Job, Outcome,
-    QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError,
-    REPLY_COLUMNS, STALE_CHANNEL_STATUSES,
+    reply_id_column, status_column, status_counts, ChannelRead, Cursor, DueReads, EventOutcome,
+    Ingested, Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, SendSlot,
+    StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
 };
 use super::{ExportPage, ExportRecord, StoreOptions, EXPORT_COLUMNS};
 use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
@@ -839,10 +839,16 @@ impl Store for PostgresStore {
 
     async fn stale_channel_statuses(
         &self,
-        limit: usize,
+        due: &DueReads,
     ) -> Result<Vec<StaleChannelStatus>, StoreError> {
-        let rows = sqlx::query(STALE_CHANNEL_STATUSES)
-            .bind(limit as i64)
+        let every = due.every.map_or(0.0, |d| d.as_secs_f64());
+        let first_check = "(delivered_at + make_interval(secs => $3::float8))";
+        let sql = super::stale_channel_statuses_sql("$1", "$2", "$3", "$4", first_check);
+        let rows = sqlx::query(&sql)
+            .bind(due.now)
+            .bind(due.horizon)
+            .bind(every)
+            .bind(due.limit as i64)
             .fetch_all(&self.pool)
             .await?;
         let stale = |row: &PgRow| -> Result<StaleChannelStatus, sqlx::Error> {
@@ -852,6 +858,7 @@ impl Store for PostgresStore {
                 conversation_id: row.try_get("conversation_id")?,
                 message_id: row.try_get("chatwoot_message_id")?,
                 since: row.try_get("channel_status_stale_at")?,
+                received_at: row.try_get("received_at")?,
             })
         };
         Ok(rows.iter().map(stale).collect::<Result<_, _>>()?)
@@ -860,14 +867,12 @@ impl Store for PostgresStore {
     async fn record_channel_status(
         &self,
         reply_id: &ReplyId,
-        status: Option<&str>,
-        error: Option<&str>,
-        since: DateTime<Utc>,
+        read: &ChannelRead<'_>,
     ) -> Result<(), StoreError> {
         let reply_id = reply_id.as_str();
         let mut tx = self.pool.begin().await?;
         let mut pg = PgTx(&mut tx);
-        lifecycle::record_channel_status(&mut pg, reply_id, status, error, since).await?;
+        lifecycle::record_channel_status(&mut pg, reply_id, read).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -937,19 +942,28 @@ impl Store for PostgresStore {
         &self,
         rate: u32,
         now: DateTime<Utc>,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        latest: Option<DateTime<Utc>>,
+    ) -> Result<Option<SendSlot>, StoreError> {
         let spacing = 1.0 / f64::from(rate.max(1));
-        let starts = sqlx::query_scalar(
-            "INSERT INTO send_pace (id, next_at) VALUES (1, $1 + make_interval(secs => $2)) \
-             ON CONFLICT (id) DO UPDATE \
-             SET next_at = GREATEST(send_pace.next_at, $1) + make_interval(secs => $2) \
-             RETURNING next_at - make_interval(secs => $2)",
+        // One round trip: take the slot if it starts in time; either way say
+        // when the next free one starts (the row as it was before the update).
+        let (reserved, next): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
+            "WITH reserved AS ( \
+               UPDATE send_pace SET next_at = GREATEST(next_at, $1) + make_interval(secs => $2) \
+               WHERE id = 1 AND ($3::timestamptz IS NULL OR GREATEST(next_at, $1) <= $3) \
+               RETURNING next_at - make_interval(secs => $2) AS starts) \
+             SELECT (SELECT starts FROM reserved), \
+               GREATEST((SELECT next_at FROM send_pace WHERE id = 1), $1)",
         )
         .bind(now)
         .bind(spacing)
+        .bind(latest)
         .fetch_one(&self.pool)
         .await?;
-        Ok(Some(starts))
+        Ok(Some(match reserved {
+            Some(starts) => SendSlot::Reserved(starts),
+            None => SendSlot::NotBefore(next.unwrap_or(now)),
+        }))
     }
 
     async fn pause_sends(&self, until: DateTime<Utc>) -> Result<(), StoreError> {

@@ -11,9 +11,9 @@ mod writer;
 
 use super::lifecycle::{self, NewReply};
 use super::{
-    reply_id_column, status_column, status_counts, EventOutcome, Ingested, Job, Outcome,
-    QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError,
-    REPLY_COLUMNS, STALE_CHANNEL_STATUSES,
+    reply_id_column, status_column, status_counts, ChannelRead, DueReads, EventOutcome, Ingested,
+    Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store,
+    StoreError, REPLY_COLUMNS,
 };
 use super::{ExportPage, ExportRecord, StoreOptions, EXPORT_COLUMNS};
 use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
@@ -245,10 +245,17 @@ impl Store for SqliteStore {
 
     async fn stale_channel_statuses(
         &self,
-        limit: usize,
+        due: &DueReads,
     ) -> Result<Vec<StaleChannelStatus>, StoreError> {
-        let rows = sqlx::query(STALE_CHANNEL_STATUSES)
-            .bind(limit as i64)
+        let every = due
+            .every
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4));
+        let sql = super::stale_channel_statuses_sql("?1", "?2", "?3", "?4", "(delivered_at + ?3)");
+        let rows = sqlx::query(&sql)
+            .bind(millis(due.now))
+            .bind(millis(due.horizon))
+            .bind(every)
+            .bind(due.limit as i64)
             .fetch_all(&self.reads)
             .await?;
         let stale = |row: &SqliteRow| -> Result<StaleChannelStatus, sqlx::Error> {
@@ -257,7 +264,8 @@ impl Store for SqliteStore {
                 account_id: row.try_get("account_id")?,
                 conversation_id: row.try_get("conversation_id")?,
                 message_id: row.try_get("chatwoot_message_id")?,
-                since: time(row.try_get("channel_status_stale_at")?).unwrap_or_default(),
+                since: time(row.try_get("channel_status_stale_at")?),
+                received_at: time(row.try_get("received_at")?).unwrap_or_default(),
             })
         };
         Ok(rows.iter().map(stale).collect::<Result<_, _>>()?)
@@ -266,20 +274,25 @@ impl Store for SqliteStore {
     async fn record_channel_status(
         &self,
         reply_id: &ReplyId,
-        status: Option<&str>,
-        error: Option<&str>,
-        since: DateTime<Utc>,
+        read: &ChannelRead<'_>,
     ) -> Result<(), StoreError> {
-        let reply_id = reply_id.as_str();
-        let (reply_id, status) = (reply_id.to_owned(), status.map(str::to_owned));
-        let error = error.map(str::to_owned);
+        let reply_id = reply_id.as_str().to_owned();
+        let (status, error) = (
+            read.status.map(str::to_owned),
+            read.error.map(str::to_owned),
+        );
+        let (since, next) = (read.since, read.next);
         self.write(move |c| {
+            let read = ChannelRead {
+                status: status.as_deref(),
+                error: error.as_deref(),
+                since,
+                next,
+            };
             step(lifecycle::record_channel_status(
                 &mut SqliteTx(c),
                 &reply_id,
-                status.as_deref(),
-                error.as_deref(),
-                since,
+                &read,
             ))
         })
         .await

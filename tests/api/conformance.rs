@@ -10,8 +10,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use goldrelay::config::DatabaseUrl;
 use goldrelay::domain::{ChatwootEvent, Effect, EventMessage, GoldReply, ReplyId, Status};
 use goldrelay::store::{
-    self, Backend, Cursor, EventOutcome, Ingested, Job, Outcome, ReplyFilter, ReplyRecord,
-    Requeued, SharedStore, StaleChannelStatus,
+    self, Backend, ChannelRead, Cursor, DueReads, EventOutcome, Ingested, Job, Outcome,
+    ReplyFilter, ReplyRecord, Requeued, SharedStore, StaleChannelStatus,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,6 +110,7 @@ conformance! {
         only_an_outgoing_message_in_the_replys_conversation_confirms_it,
         an_update_without_the_marker_finds_the_reply_by_its_message_id,
         an_update_that_does_not_show_the_status_marks_it_for_reading,
+        channel_statuses_are_read_back_until_final,
         requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced,
         prune_events_deletes_only_events_received_before_the_cutoff,
         concurrent_claims_from_two_owners_never_share_a_job,
@@ -1257,6 +1258,43 @@ async fn an_update_without_the_marker_finds_the_reply_by_its_message_id(store: S
     assert_eq!((kept.status, kept.channel_status), (Status::Recorded, None));
 }
 
+/// What is due for reading at `now`: marked replies only, or (`every`) also
+/// delivered replies whose first check has come.
+fn due(now: DateTime<Utc>, every: Option<Duration>) -> DueReads {
+    DueReads {
+        now,
+        limit: 10,
+        every,
+        horizon: now - secs(3600),
+    }
+}
+
+async fn stale(store: &SharedStore, due: DueReads) -> Vec<StaleChannelStatus> {
+    store
+        .stale_channel_statuses(&due)
+        .await
+        .expect("stale_channel_statuses")
+}
+
+async fn record_read(
+    store: &SharedStore,
+    reply_id: &str,
+    status: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    next: Option<DateTime<Utc>>,
+) {
+    let read = ChannelRead {
+        status,
+        error: None,
+        since,
+        next,
+    };
+    store
+        .record_channel_status(&rid(reply_id), &read)
+        .await
+        .expect("record_channel_status");
+}
+
 async fn an_update_that_does_not_show_the_status_marks_it_for_reading(store: SharedStore) {
     let t0 = start();
     ingest(&store, &send("r1", 7), t0).await;
@@ -1264,56 +1302,121 @@ async fn an_update_that_does_not_show_the_status_marks_it_for_reading(store: Sha
     claim_exactly(&store, "w", t0, &["r1", "r2"]).await;
     finish(&store, "r1", "w", Outcome::Delivered { message_id: 71 }, t0).await;
     finish(&store, "r2", "w", Outcome::Delivered { message_id: 81 }, t0).await;
-    let report = channel_report("r1", outgoing(71, 7), "delivered", None);
-    record_event(&store, &report, t0 + secs(1)).await;
-    assert!(store.stale_channel_statuses(10).await.unwrap().is_empty());
+    assert!(stale(&store, due(t0 + secs(1), None)).await.is_empty());
 
     let unseen = |id, conversation| update(None, outgoing(id, conversation), None, None);
     record_event(&store, &unseen(71, 7), t0 + secs(2)).await;
     record_event(&store, &unseen(81, 8), t0 + secs(3)).await;
-    let stale = store.stale_channel_statuses(10).await.unwrap();
+    let listed = stale(&store, due(t0 + secs(3), None)).await;
     let expected = |reply_id: &str, conversation_id, message_id, at| StaleChannelStatus {
         reply_id: rid(reply_id),
         account_id: 1,
         conversation_id,
         message_id,
-        since: at,
+        since: Some(at),
+        received_at: t0,
     };
     assert_eq!(
-        stale,
+        listed,
         [
             expected("r1", 7, 71, t0 + secs(2)),
             expected("r2", 8, 81, t0 + secs(3))
         ]
     );
-    assert_eq!(store.stale_channel_statuses(1).await.unwrap(), stale[..1]);
+    let first = DueReads {
+        limit: 1,
+        ..due(t0 + secs(3), None)
+    };
+    assert_eq!(stale(&store, first).await, listed[..1]);
+    assert_eq!(
+        stale(&store, due(t0 + secs(2), None)).await,
+        listed[..1],
+        "r2's read is not due yet"
+    );
     assert_eq!(
         channel(&store, "r1").await,
-        some("delivered", None),
+        (None, None),
         "an unseen status changes nothing yet"
     );
 
     // The worker read r1 as failed; r2 changed again after its read.
     record_event(&store, &unseen(81, 8), t0 + secs(4)).await;
-    let error = Some("undeliverable");
-    let record_read = |reply_id: &'static str, status, since| {
-        let store = store.clone();
-        async move {
-            store
-                .record_channel_status(&rid(reply_id), Some(status), error, since)
-                .await
-                .expect("record_channel_status")
-        }
+    let read = ChannelRead {
+        status: Some("failed"),
+        error: Some("undeliverable"),
+        since: listed[0].since,
+        next: None,
     };
-    record_read("r1", "failed", stale[0].since).await;
-    record_read("r2", "read", stale[1].since).await;
-    assert_eq!(channel(&store, "r1").await, some("failed", error));
+    store
+        .record_channel_status(&rid("r1"), &read)
+        .await
+        .unwrap();
+    record_read(&store, "r2", Some("read"), listed[1].since, None).await;
+    assert_eq!(
+        channel(&store, "r1").await,
+        some("failed", Some("undeliverable"))
+    );
     assert_eq!(channel(&store, "r2").await, some("read", None));
     assert_eq!(
-        store.stale_channel_statuses(10).await.unwrap(),
+        stale(&store, due(t0 + secs(5), None)).await,
         [expected("r2", 8, 81, t0 + secs(4))],
         "read again: it changed after the read"
     );
+}
+
+/// Events are hints: a status an event shows is applied and read back soon,
+/// and with `every` each delivered reply is checked after delivery, again at
+/// each scheduled read, until it is final; a failed read waits alone.
+async fn channel_statuses_are_read_back_until_final(store: SharedStore) {
+    let t0 = start();
+    let every = Some(Duration::from_secs(300));
+    for (id, conversation, message_id) in [("r1", 7, 71), ("r2", 8, 81), ("r3", 9, 91)] {
+        ingest(&store, &send(id, conversation), t0).await;
+        claim_exactly(&store, "w", t0, &[id]).await;
+        finish(&store, id, "w", Outcome::Delivered { message_id }, t0).await;
+    }
+    assert!(stale(&store, due(t0 + secs(299), every)).await.is_empty());
+    let first = stale(&store, due(t0 + secs(300), every)).await;
+    assert_eq!(ids_of(&first), ["r1", "r2", "r3"]);
+    assert!(first.iter().all(|s| s.since.is_none()), "{first:?}");
+    // Without `every` only marked replies are read.
+    assert!(stale(&store, due(t0 + secs(300), None)).await.is_empty());
+
+    // r1 is read as read (final), r2 as delivered (read again in 5 min),
+    // r3's read failed (it alone waits a minute).
+    record_read(&store, "r1", Some("read"), None, None).await;
+    record_read(&store, "r2", Some("delivered"), None, Some(t0 + secs(600))).await;
+    record_read(&store, "r3", None, None, Some(t0 + secs(360))).await;
+    assert!(stale(&store, due(t0 + secs(359), every)).await.is_empty());
+    assert_eq!(
+        ids_of(&stale(&store, due(t0 + secs(360), every)).await),
+        ["r3"]
+    );
+    assert_eq!(
+        ids_of(&stale(&store, due(t0 + secs(600), every)).await),
+        ["r3", "r2"]
+    );
+
+    // A late event's status is applied, and marked to be read back at once.
+    let late = channel_report("r2", outgoing(81, 8), "sent", None);
+    record_event(&store, &late, t0 + secs(400)).await;
+    assert_eq!(channel(&store, "r2").await, some("sent", None));
+    let now = due(t0 + secs(400), every);
+    assert_eq!(
+        ids_of(&stale(&store, now).await),
+        ["r3", "r2"],
+        "r3 since 360 s, r2 now"
+    );
+    // An old reply is no longer checked unless marked.
+    let old = DueReads {
+        horizon: t0 + secs(1),
+        ..due(t0 + secs(600), every)
+    };
+    assert!(stale(&store, old).await.iter().all(|s| s.since.is_some()));
+}
+
+fn ids_of(stale: &[StaleChannelStatus]) -> Vec<String> {
+    stale.iter().map(|s| s.reply_id.to_string()).collect()
 }
 
 async fn prune_events_deletes_only_events_received_before_the_cutoff(store: SharedStore) {

@@ -5,7 +5,7 @@
 use crate::helpers;
 use chrono::{Duration, SubsecRound, Utc};
 use goldrelay::config::DatabaseUrl;
-use goldrelay::store;
+use goldrelay::store::{self, SendSlot};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
@@ -19,8 +19,11 @@ async fn two_instances_share_one_send_rate_and_one_pause() {
     let mut slots = Vec::new();
     for i in 0..40 {
         let instance = if i % 2 == 0 { &a } else { &b };
-        let slot = instance.reserve_send(20, now).await.unwrap();
-        slots.push(slot.expect("PostgreSQL paces sends for every instance"));
+        let slot = instance.reserve_send(20, now, None).await.unwrap();
+        match slot.expect("PostgreSQL paces sends for every instance") {
+            SendSlot::Reserved(at) => slots.push(at),
+            other => panic!("no latest time, yet {other:?}"),
+        }
     }
     for pair in slots.windows(2) {
         let gap = pair[1] - pair[0];
@@ -33,10 +36,21 @@ async fn two_instances_share_one_send_rate_and_one_pause() {
 
     let until = now + Duration::seconds(30);
     b.pause_sends(until).await.unwrap();
-    let after = a.reserve_send(20, now).await.unwrap().unwrap();
+    let after = a.reserve_send(20, now, None).await.unwrap().unwrap();
     assert!(
-        after >= until,
-        "a 429 seen by one instance did not hold back the other: {after}"
+        matches!(after, SendSlot::Reserved(at) if at >= until),
+        "a 429 seen by one instance did not hold back the other: {after:?}"
+    );
+    // A slot that would start too late is not taken, so it holds nobody back.
+    let next = b.reserve_send(20, now, Some(now)).await.unwrap().unwrap();
+    let SendSlot::NotBefore(free) = next else {
+        panic!("reserved a slot past the latest start: {next:?}");
+    };
+    let again = b.reserve_send(20, now, None).await.unwrap().unwrap();
+    assert_eq!(
+        again,
+        SendSlot::Reserved(free),
+        "the refused slot was used up"
     );
 }
 
@@ -47,7 +61,10 @@ async fn a_single_sqlite_instance_paces_itself() {
     let store = store::open(&DatabaseUrl::parse(&url).unwrap())
         .await
         .unwrap();
-    assert_eq!(store.reserve_send(20, Utc::now()).await.unwrap(), None);
+    assert_eq!(
+        store.reserve_send(20, Utc::now(), None).await.unwrap(),
+        None
+    );
 }
 
 /// Chatwoot's rack-attack counts requests per client IP

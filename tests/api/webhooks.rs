@@ -333,6 +333,10 @@ async fn a_channel_failure_reaches_the_reply_record() {
         .wait_for_status("gr-fail", "delivered", Duration::from_secs(5))
         .await;
     let message_id = delivered["chatwoot_message_id"].as_i64().unwrap();
+    // What Chatwoot holds by then: the event is read back and must agree.
+    let error = "(#131047) Re-engagement message: more than 24 hours have passed since the customer last replied";
+    app.chatwoot
+        .set_status_silently(message_id, "failed", Some(error));
     let body = failed_update("gr-fail", 3, message_id);
     assert_eq!(
         deliver(&app, &body, &now(), WEBHOOK_SECRET, "d-9")
@@ -558,4 +562,96 @@ async fn an_event_whose_texts_hold_nul_is_stored_and_applied() {
         .wait_for_status("gr-nul", "confirmed", Duration::from_secs(5))
         .await;
     assert_eq!(record["chatwoot_message_id"], message_id);
+}
+
+/// Reads the record until its channel status is `status` (or panics).
+async fn wait_for_channel(app: &crate::helpers::TestApp, reply_id: &str, status: &str) -> Value {
+    app.api
+        .wait_until(reply_id, status, Duration::from_secs(10), |r| {
+            r["channel_status"] == status
+        })
+        .await
+}
+
+/// A delivered reply's channel status is read back from Chatwoot every
+/// `GOLDRELAY_STATUS_RECONCILE`, so a change no webhook reported (Chatwoot
+/// never retries one: `lib/webhooks/trigger.rb`) still reaches the record,
+/// until the status is final.
+#[tokio::test]
+async fn a_status_change_no_webhook_reported_is_read_back_from_chatwoot() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.status_reconcile = Duration::from_millis(500);
+    })
+    .await;
+    app.api.accept(&reply("gr-quiet", 80)).await;
+    let delivered = app
+        .api
+        .wait_for_status("gr-quiet", "delivered", Duration::from_secs(5))
+        .await;
+    let message_id = delivered["chatwoot_message_id"].as_i64().unwrap();
+    wait_for_channel(&app, "gr-quiet", "sent").await;
+    assert!(app
+        .chatwoot
+        .set_status_silently(message_id, "delivered", None));
+    wait_for_channel(&app, "gr-quiet", "delivered").await;
+    assert!(app.chatwoot.set_status_silently(message_id, "read", None));
+    wait_for_channel(&app, "gr-quiet", "read").await;
+    // Final: no more reads of it.
+    let lists = app.chatwoot.lists();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.chatwoot.lists(), lists, "a read status was read again");
+}
+
+/// An event is a hint: a late `sent` after Chatwoot moved the message to
+/// `failed` is read back, and the record ends with what Chatwoot holds.
+#[tokio::test]
+async fn a_late_event_cannot_leave_a_status_chatwoot_does_not_hold() {
+    let app = spawn_app().await;
+    app.api.accept(&reply("gr-late", 81)).await;
+    let delivered = app
+        .api
+        .wait_for_status("gr-late", "delivered", Duration::from_secs(5))
+        .await;
+    let message_id = delivered["chatwoot_message_id"].as_i64().unwrap();
+    app.chatwoot
+        .set_status_silently(message_id, "failed", Some("undeliverable"));
+    let mut late = echo_body("gr-late", 81, message_id);
+    late["event"] = json!("message_updated");
+    late["status"] = json!("sent");
+    let response = deliver(&app, &late.to_string(), &now(), WEBHOOK_SECRET, "d-late").await;
+    assert_eq!(response.status(), 200);
+    let record = wait_for_channel(&app, "gr-late", "failed").await;
+    assert_eq!(record["channel_error"], "undeliverable", "{record}");
+}
+
+/// One reply whose status cannot be read (its conversation was deleted:
+/// Chatwoot answers 404) waits alone; every other status still converges.
+#[tokio::test]
+async fn one_failing_status_read_holds_up_no_other() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.status_reconcile = Duration::from_millis(300);
+    })
+    .await;
+    let mut messages = Vec::new();
+    for (id, conversation) in [("gr-gone", 82), ("gr-here", 83)] {
+        app.api.accept(&reply(id, conversation)).await;
+        let record = app
+            .api
+            .wait_for_status(id, "delivered", Duration::from_secs(5))
+            .await;
+        messages.push(record["chatwoot_message_id"].as_i64().unwrap());
+    }
+    app.chatwoot.set_faults(Faults {
+        deleted_conversations: vec![82],
+        ..Faults::default()
+    });
+    for message_id in &messages {
+        app.chatwoot
+            .set_status_silently(*message_id, "delivered", None);
+    }
+    wait_for_channel(&app, "gr-here", "delivered").await;
+    assert_ne!(
+        app.api.record("gr-gone").await["channel_status"],
+        "delivered"
+    );
 }

@@ -6,7 +6,7 @@ use goldrelay::domain::Status;
 use goldrelay::ops;
 use goldrelay::sandbox::{self, SandboxConfig};
 use goldrelay::startup::{shutdown_signal, Application};
-use goldrelay::store::ReplyFilter;
+use goldrelay::store::{backup, ReplyFilter};
 use goldrelay::telemetry::{self, LogFormat};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +65,37 @@ enum Command {
         /// Address of the embedded sandbox Chatwoot (port 0 picks a free one).
         #[arg(long, default_value = "127.0.0.1:0")]
         sandbox_listen: SocketAddr,
+    },
+    /// Copy the SQLite database (DATABASE_URL) to FILE; safe while `serve` runs.
+    ///
+    /// Safe while serving: SQLite's online backup copies the database as it
+    /// stood when the backup began, while `serve` keeps taking replies
+    /// (replies accepted after that are in the next backup; under a heavy
+    /// burst its writer may wait for the copy, see docs/deploy.md). The copy is
+    /// written next to FILE and renamed to FILE only once complete and synced,
+    /// so FILE is never half-written. FILE is one self-contained SQLite file
+    /// (no -wal beside it): copy it off the machine. A long copy reports its
+    /// progress on standard error. For PostgreSQL, use pg_dump or your
+    /// provider's backups instead.
+    Backup {
+        /// Where to write the backup (its folder must exist).
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backup in place of the SQLite database (DATABASE_URL). Stop `serve` first.
+    ///
+    /// Checks FILE before touching anything: it must open as SQLite, pass
+    /// `PRAGMA integrity_check`, hold goldrelay's tables, and have no migration
+    /// this goldrelay does not know. Refuses while any process has the database
+    /// open (a running `serve` holds a lock on it; restore needs it alone).
+    /// The database it replaces is never deleted: its WAL is folded into it
+    /// and it is renamed to `<database>.before-restore-<UTC time>`, in the same
+    /// folder. The next `serve` migrates the restored database if it is older.
+    Restore {
+        /// The backup to restore (a file `goldrelay backup` wrote).
+        file: PathBuf,
     },
     /// Run only the sandbox Chatwoot, as a peer for tests, smoke runs and benchmarks.
     Sandbox {
@@ -158,6 +189,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replies(command) => replies(command).await,
+        Command::Backup { file, force } => {
+            let url = Settings::database_url_from_env()?;
+            println!("{}", backup::backup(&url, &file, force)?);
+            Ok(())
+        }
+        Command::Restore { file } => {
+            let url = Settings::database_url_from_env()?;
+            println!("{}", backup::restore(&url, &file)?);
+            Ok(())
+        }
         Command::CheckConfig {
             account_id,
             conversation_id,

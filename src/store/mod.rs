@@ -3,6 +3,7 @@
 //! The HTTP and delivery code see only this trait, so a second backend changes
 //! nothing above this module.
 
+pub mod backup;
 mod export;
 mod lifecycle;
 mod postgres;

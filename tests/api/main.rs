@@ -9,6 +9,7 @@
 //! on its own (see its module).
 
 mod auth;
+mod backup;
 mod chaos;
 mod conformance;
 mod console;

@@ -435,7 +435,7 @@ fn store(shared: &Shared, draft: Draft) -> Result<(Message, Option<Event>), Refu
     state.next_id += 1;
     let keep_key = shared.config.idempotency_keys;
     let disorder = shared.config.created_at_disorder_secs;
-    let mut message = build(id, message_type, draft, keep_key);
+    let mut message = build(id, message_type, draft, keep_key, shared.config.liquid_tokenizer);
     if disorder > 0 {
         let back = chrono::Duration::seconds(rand::random_range(0..=disorder as i64));
         message.created -= back;
@@ -446,7 +446,13 @@ fn store(shared: &Shared, draft: Draft) -> Result<(Message, Option<Event>), Refu
     Ok((message, event))
 }
 
-fn build(id: i64, message_type: i64, draft: Draft, keep_key: bool) -> Message {
+fn build(
+    id: i64,
+    message_type: i64,
+    draft: Draft,
+    keep_key: bool,
+    tokenizer: liquid::LiquidTokenizer,
+) -> Message {
     let Draft {
         caller,
         account_id,
@@ -456,7 +462,7 @@ fn build(id: i64, message_type: i64, draft: Draft, keep_key: bool) -> Message {
     let now = Utc::now();
     let content = match (&body.content, message_type) {
         (Value::String(text), 1) if !text.trim().is_empty() => Value::from(
-            liquid::render_outgoing(text, &drops(caller, conversation_id)),
+            liquid::render_outgoing(text, &drops(caller, conversation_id), tokenizer),
         ),
         (other, _) => other.clone(),
     };

@@ -18,7 +18,30 @@
 //! crate would render those too, but pulls in a parser generator and a
 //! standard library for what is a dozen lines of need here.
 
+//! Chatwoot does not pin `liquid` (its lock has 5.4.0), and Liquid has cut
+//! templates in two ways (Shopify/liquid, `lib/liquid/tokenizer.rb`), so the
+//! sandbox cuts with either, chosen by [`LiquidTokenizer`]
+//! (`SandboxConfig::liquid_tokenizer`); the newest is the default.
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// How Liquid cuts a template into text, `{{ … }}` and `{% … %}` tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiquidTokenizer {
+    /// Liquid up to 5.6.0, and 5.4.0 of Chatwoot's `Gemfile.lock`:
+    /// `source.split(TemplateParser)`, that is `{%.*?%}` or `{{.*?}}?` from
+    /// the leftmost `{{` or `{%` (`lib/liquid.rb`, v5.4.0). A raw block ends
+    /// at a token ending in `{% endraw %}`, without `-` (`tags/raw.rb`).
+    Regex,
+    /// Liquid from 5.6.1 to the newest release read, 5.13.0: a byte scanner
+    /// where a `{%` inside `{{ … }}` makes the token a tag running to the next
+    /// `%}` (`next_variable_token`, `next_tag_token_with_start`). A raw block
+    /// also ends at `{%- endraw -%}` (`BlockBody::FullTokenPossiblyInvalid`).
+    #[default]
+    ByteScanner,
+}
 
 /// Tags Liquid knows but this renderer does not render; Chatwoot would.
 const UNRENDERED_TAGS: &[&str] = &[
@@ -42,8 +65,8 @@ const UNRENDERED_TAGS: &[&str] = &[
 /// Renders outgoing `content` as `liquidable.rb` does; `drops` is the
 /// `{contact, agent, conversation, inbox}` object. Returns the content
 /// unchanged when it does not parse.
-pub fn render_outgoing(content: &str, drops: &Value) -> String {
-    render(&protect_backticks(content), drops).unwrap_or_else(|| content.to_owned())
+pub fn render_outgoing(content: &str, drops: &Value, tokenizer: LiquidTokenizer) -> String {
+    render(&protect_backticks(content), drops, tokenizer).unwrap_or_else(|| content.to_owned())
 }
 
 /// `content.gsub(/`(.*?)`/m, '{% raw %}`\1`{% endraw %}')`: every pair of
@@ -67,48 +90,37 @@ pub fn protect_backticks(content: &str) -> String {
     out
 }
 
-/// One piece of a template, as Liquid's tokenizer cuts it.
-enum Token<'a> {
-    Text(&'a str),
-    Output(&'a str),
-    Tag(&'a str),
+/// The tokens of `template`, verbatim and in order, as Liquid cuts them.
+pub fn tokenize(template: &str, tokenizer: LiquidTokenizer) -> Vec<&str> {
+    match tokenizer {
+        LiquidTokenizer::Regex => split(template),
+        LiquidTokenizer::ByteScanner => scan(template),
+    }
 }
 
-/// Cuts like Liquid's `TemplateParser`: `{%.*?%}` or `{{.*?}}?`. A token
-/// that opens and does not close properly is a syntax error (`None`).
-fn tokenize(template: &str) -> Option<Vec<Token<'_>>> {
+/// `source.split(TemplateParser)`: at the leftmost opener, `{%.*?%}`, else
+/// `{{.*?}}?`, else the bare two-character opener.
+fn split(template: &str) -> Vec<&str> {
     let mut tokens = Vec::new();
     let mut rest = template;
     while let Some(start) = next_opening(rest) {
-        if start > 0 {
-            tokens.push(Token::Text(&rest[..start]));
-        }
+        tokens.push(&rest[..start]);
         let from = &rest[start..];
-        let (token, end) = match from.strip_prefix("{%") {
-            Some(tag) => {
-                let close = tag.find("%}")?; // "Tag '{%' was not properly terminated"
-                (Token::Tag(&tag[..close]), close + 4)
-            }
-            None => {
-                let end = output_end(from)?;
-                (Token::Output(&from[2..end - 2]), end)
-            }
+        // Every opener is two ASCII bytes; what follows it is searched.
+        let (opener, after) = from.split_at(2);
+        let end = if opener == "{%" {
+            after.find("%}").map_or(2, |close| close + 4)
+        } else {
+            after.find('}').map_or(2, |close| {
+                let first = close + 3;
+                first + usize::from(from[first..].starts_with('}'))
+            })
         };
-        tokens.push(token);
+        tokens.push(&from[..end]);
         rest = &from[end..];
     }
-    if !rest.is_empty() {
-        tokens.push(Token::Text(rest));
-    }
-    Some(tokens)
-}
-
-/// Where `{{.*?}}?` ends: lazily at the first `}`, then one more `}` if it
-/// follows. Anything but `}}` there is "Variable '{{' was not properly terminated".
-fn output_end(from: &str) -> Option<usize> {
-    let first = from[2..].find('}')? + 3;
-    let end = first + usize::from(from[first..].starts_with('}'));
-    from[..end].ends_with("}}").then_some(end)
+    tokens.push(rest);
+    tokens
 }
 
 fn next_opening(text: &str) -> Option<usize> {
@@ -118,7 +130,73 @@ fn next_opening(text: &str) -> Option<usize> {
     }
 }
 
-/// Markup without Liquid's `-` whitespace-control marks, and which sides had one.
+/// `Tokenizer#tokenize` from v5.6.1 on: `next_token` until the end.
+fn scan(template: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let mut pos = 0;
+    while pos < template.len() {
+        let (token, next) = next_token(template, pos);
+        tokens.push(token);
+        pos = next;
+    }
+    tokens
+}
+
+/// One token from `pos`, and where the scanner stands after it.
+fn next_token(source: &str, pos: usize) -> (&str, usize) {
+    let bytes = source.as_bytes();
+    if bytes[pos] == b'{' {
+        match bytes.get(pos + 1) {
+            Some(b'%') => return tag_token(source, pos, pos + 2, "{%"),
+            Some(b'{') => return variable_token(source, pos),
+            _ => {}
+        }
+    }
+    match next_opening(&source[pos..]) {
+        Some(at) => (&source[pos..pos + at], pos + at),
+        None => (&source[pos..], source.len()),
+    }
+}
+
+/// `skip_until(TAG_END)` from `from`; without one the token is `unclosed`
+/// (`next_tag_token`: `"{%"`; `next_tag_token_with_start`: up to `from`).
+fn tag_token<'a>(
+    source: &'a str,
+    start: usize,
+    from: usize,
+    unclosed: &'a str,
+) -> (&'a str, usize) {
+    match source[from..].find("%}") {
+        Some(at) => (&source[start..from + at + 2], from + at + 2),
+        None => (unclosed, from),
+    }
+}
+
+/// `next_variable_token`: up to the first `}` (and a second one if it
+/// follows), unless a `{%` comes first, which makes the token a tag.
+fn variable_token(source: &str, start: usize) -> (&str, usize) {
+    let bytes = source.as_bytes();
+    let mut pos = start + 2;
+    while let Some(at) = bytes[pos..].iter().position(|b| matches!(b, b'{' | b'}')) {
+        let a = pos + at;
+        let Some(&b) = bytes.get(a + 1) else {
+            // The last byte: `{{ … }` is a token, `{{ … {` only "{{".
+            return match bytes[a] {
+                b'}' => (&source[start..], source.len()),
+                _ => ("{{", source.len()),
+            };
+        };
+        match (bytes[a], b) {
+            (b'}', b'}') => return (&source[start..a + 2], a + 2),
+            (b'}', _) => return (&source[start..a + 1], a + 1),
+            (b'{', b'%') => return tag_token(source, start, a + 2, &source[start..a + 2]),
+            _ => pos = a + 1,
+        }
+    }
+    ("{{", source.len())
+}
+
+/// What a text node reads when a `-` mark trims it.
 fn strip_controls(markup: &str) -> (&str, bool, bool) {
     let left = markup.starts_with('-');
     let markup = markup.strip_prefix('-').unwrap_or(markup);
@@ -128,25 +206,57 @@ fn strip_controls(markup: &str) -> (&str, bool, bool) {
 
 /// A tag's name (`\w+` or `#`) and the rest of its markup.
 fn tag_parts(markup: &str) -> (&str, &str) {
-    let markup = markup.trim_start();
+    let markup = markup.trim_start_matches(ruby_space);
     if let Some(rest) = markup.strip_prefix('#') {
         return ("#", rest);
     }
-    let end = markup
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(markup.len());
+    let end = markup.find(|c: char| !is_word(c)).unwrap_or(markup.len());
     (&markup[..end], &markup[end..])
 }
 
+/// Ruby's `\w`: ASCII only.
+fn is_word(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Ruby's `\s`.
+fn ruby_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// A token as the document parser reads it; `None` is a syntax error
+/// ("Variable '{{' was not properly terminated", the same for tags).
+enum Token<'a> {
+    Text(&'a str),
+    Output(&'a str),
+    Tag(&'a str),
+}
+
+fn classify(token: &str) -> Option<Token<'_>> {
+    let inner = || (token.len() >= 4).then(|| &token[2..token.len() - 2]);
+    if token.starts_with("{%") {
+        token.ends_with("%}").then(inner).flatten().map(Token::Tag)
+    } else if token.starts_with("{{") {
+        token
+            .ends_with("}}")
+            .then(inner)
+            .flatten()
+            .map(Token::Output)
+    } else {
+        Some(Token::Text(token))
+    }
+}
+
 /// Renders a template; `None` is a Liquid syntax error.
-pub fn render(template: &str, drops: &Value) -> Option<String> {
-    let tokens = tokenize(template)?;
+pub fn render(template: &str, drops: &Value, tokenizer: LiquidTokenizer) -> Option<String> {
     let mut out = String::new();
     let mut text_start: Option<usize> = None;
     let mut trim_next = false;
-    let mut iter = tokens.into_iter();
+    let mut iter = tokenize(template, tokenizer)
+        .into_iter()
+        .filter(|t| !t.is_empty());
     while let Some(token) = iter.next() {
-        let markup = match token {
+        let markup = match classify(token)? {
             Token::Text(text) => {
                 text_start = Some(out.len());
                 out.push_str(if trim_next { text.trim_start() } else { text });
@@ -163,38 +273,81 @@ pub fn render(template: &str, drops: &Value) -> Option<String> {
         }
         text_start = None;
         trim_next = right;
-        match token {
-            Token::Output(_) => out.push_str(&output(inner, drops)),
-            _ => out.push_str(&tag(inner, &mut iter)?),
+        if token.starts_with("{{") {
+            out.push_str(&output(inner, drops));
+            continue;
         }
+        let (body, trim) = tag(inner, &mut iter, tokenizer)?;
+        out.push_str(&body);
+        trim_next |= trim;
     }
     Some(out)
 }
 
-/// A tag at the top level: what it renders to, or `None` for a syntax error
-/// (an unknown tag, a block never closed) or a tag this renderer leaves alone.
-fn tag<'a>(markup: &str, rest: &mut impl Iterator<Item = Token<'a>>) -> Option<String> {
+/// A tag at the top level: what it renders to and whether its end tag trims
+/// the text after it, or `None` for a syntax error (an unknown tag, a block
+/// never closed) or a tag this renderer leaves alone.
+fn tag<'a>(
+    markup: &str,
+    rest: &mut impl Iterator<Item = &'a str>,
+    tokenizer: LiquidTokenizer,
+) -> Option<(String, bool)> {
     match tag_parts(markup) {
-        ("#", _) => Some(String::new()),
-        ("raw", args) if args.trim().is_empty() => raw_body(rest, "endraw"),
-        ("comment", _) => raw_body(rest, "endcomment").map(|_| String::new()),
+        ("#", _) => Some((String::new(), false)),
+        ("raw", args) if args.trim_matches(ruby_space).is_empty() => raw_body(rest, tokenizer),
+        ("comment", _) => comment_body(rest).map(|()| (String::new(), false)),
         (name, _) if UNRENDERED_TAGS.contains(&name) => None,
         _ => None, // "Unknown tag '…'"
     }
 }
 
-/// Every token up to `{% <end> %}`, verbatim; `None` if it never comes.
-fn raw_body<'a>(rest: &mut impl Iterator<Item = Token<'a>>, end: &str) -> Option<String> {
+/// Every token up to the one that ends the raw block, verbatim, and whether
+/// that one trims what follows (from 5.5 on); `None` if it never comes.
+fn raw_body<'a>(
+    rest: &mut impl Iterator<Item = &'a str>,
+    tokenizer: LiquidTokenizer,
+) -> Option<(String, bool)> {
+    let dash = tokenizer == LiquidTokenizer::ByteScanner;
     let mut body = String::new();
     for token in rest {
-        match token {
-            Token::Tag(m) if tag_parts(strip_controls(m).0).0 == end => return Some(body),
-            Token::Text(t) => body.push_str(t),
-            Token::Output(m) => body.push_str(&format!("{{{{{m}}}}}")),
-            Token::Tag(m) => body.push_str(&format!("{{%{m}%}}")),
+        match ends_in_tag(token, dash) {
+            Some((before, "endraw")) => {
+                body.push_str(before);
+                return Some((body, dash && token.ends_with("-%}")));
+            }
+            _ => body.push_str(token),
         }
     }
     None // "'raw' tag was never closed"
+}
+
+/// `FullTokenPossiblyInvalid`, `\A(.*)\{%-?\s*(\w+)\s*(.*)?-?%\}\z` (the
+/// `-` marks from 5.5 on): the text before the last `{%` that is followed by
+/// a word, and that word, when the token ends with `%}`.
+fn ends_in_tag(token: &str, dash: bool) -> Option<(&str, &str)> {
+    let head = token.strip_suffix("%}")?;
+    let mut search = head.len();
+    while let Some(open) = token[..search].rfind("{%") {
+        let mut after = &token[open + 2..];
+        if dash {
+            after = after.strip_prefix('-').unwrap_or(after);
+        }
+        let after = after.trim_start_matches(ruby_space);
+        let word = &after[..after.find(|c: char| !is_word(c)).unwrap_or(after.len())];
+        let word_end = token.len() - after.len() + word.len();
+        if !word.is_empty() && word_end <= head.len() {
+            return Some((&token[..open], word));
+        }
+        search = open + 1;
+    }
+    None
+}
+
+/// A comment block, up to its `{% endcomment %}`; `None` if it never comes.
+fn comment_body<'a>(rest: &mut impl Iterator<Item = &'a str>) -> Option<()> {
+    rest.map(classify)
+        .any(|t| matches!(t, Some(Token::Tag(m)) if tag_parts(strip_controls(m).0).0 == "endcomment"))
+        .then_some(())
 }
 
 /// `{{ expr | filter: arg | … }}` in lax mode: an unknown variable is empty,
@@ -269,6 +422,7 @@ fn to_liquid_string(value: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+    use LiquidTokenizer::{ByteScanner, Regex};
 
     fn drops() -> Value {
         json!({"contact": {"name": "Maria Lopez", "first_name": "Maria"},
@@ -276,21 +430,28 @@ mod tests {
                "inbox": {"name": "Support API"}})
     }
 
+    /// What either tokenizer renders `text` to, when both agree.
+    fn rendered(text: &str) -> String {
+        let old = render_outgoing(text, &drops(), Regex);
+        assert_eq!(old, render_outgoing(text, &drops(), ByteScanner), "{text}");
+        old
+    }
+
     #[test]
     fn variables_are_filled_and_unknown_ones_are_empty() {
-        let out = render_outgoing(
+        let out = rendered(
             "Hi {{contact.name}}, {{ agent.name }} here ({{conversation.display_id}}, {{inbox.name}}){{ contact.nope }}.",
-            &drops(),
         );
         assert_eq!(out, "Hi Maria Lopez, Priya here (187, Support API).");
     }
 
     #[test]
     fn backticks_and_raw_blocks_are_left_alone() {
-        let text = "run `{{contact.name}}` or\n```\n{{ x }}\n```\n{% raw %}{{a}}{% endraw %}";
+        let text =
+            "run `{{contact.name}}` or\n```\n{{ x }}\n```\n{% raw %}{{a}}{% endraw %} `{{b` `{%c`";
         assert_eq!(
-            render_outgoing(text, &drops()),
-            "run `{{contact.name}}` or\n```\n{{ x }}\n```\n{{a}}"
+            rendered(text),
+            "run `{{contact.name}}` or\n```\n{{ x }}\n```\n{{a}} `{{b` `{%c`"
         );
     }
 
@@ -299,27 +460,69 @@ mod tests {
         for text in [
             "{{ contact.name",
             "{{ a }",
+            "{{ a } b",
             "{% raw %}x",
             "{% bogus %}",
             "{% endraw %}",
             "{%}",
+            "{{ a {% b %} }}",
+            "`{% endraw %}`",
         ] {
-            assert_eq!(render_outgoing(text, &drops()), text);
+            assert_eq!(rendered(text), text);
         }
+    }
+
+    #[test]
+    fn a_tag_opener_inside_an_output_is_cut_differently_by_each_tokenizer() {
+        let text = "{{ '{%' }} x %}";
+        assert_eq!(tokenize(text, Regex), ["", "{{ '{%' }}", " x %}"]);
+        assert_eq!(tokenize(text, ByteScanner), ["{{ '{%' }} x %}"]);
+        assert_eq!(render_outgoing(text, &drops(), Regex), "{% x %}");
+        assert_eq!(render_outgoing(text, &drops(), ByteScanner), text);
+    }
+
+    #[test]
+    fn the_byte_scanner_cuts_as_liquids_own_tokenizer_does() {
+        // Cases from Shopify/liquid's test/unit/tokenizer_unit_test.rb and
+        // the branches of `next_variable_token`.
+        for (text, tokens) in [
+            (
+                "{{funk}} {{so}} {{brother}}",
+                &["{{funk}}", " ", "{{so}}", " ", "{{brother}}"][..],
+            ),
+            ("{{ a }x", &["{{ a }", "x"]),
+            ("{{ a }", &["{{ a }"]),
+            ("{{ a", &["{{"]),
+            ("{{ a { b", &["{{"]),
+            ("{{{%x%}y", &["{{{%x%}", "y"]),
+            ("{{ {% x", &["{{ {%", " x"]),
+            ("{% x", &["{%", " x"]),
+            ("a{b{{c}}", &["a{b", "{{c}}"]),
+        ] {
+            assert_eq!(tokenize(text, ByteScanner), tokens, "{text}");
+        }
+    }
+
+    #[test]
+    fn only_the_newer_liquid_ends_raw_at_an_endraw_with_dashes() {
+        let text = "{% raw %}a{%- endraw -%}  b{% endraw %}";
+        assert_eq!(render_outgoing(text, &drops(), Regex), "a{%- endraw -%}  b");
+        assert_eq!(render_outgoing(text, &drops(), ByteScanner), text);
+        assert_eq!(
+            render_outgoing("{% raw %}a{%- endraw -%}  b", &drops(), ByteScanner),
+            "ab"
+        );
     }
 
     #[test]
     fn control_flow_tags_are_not_rendered_by_the_sandbox() {
         let text = "a {% if x %}b{% endif %}";
-        assert_eq!(render_outgoing(text, &drops()), text);
+        assert_eq!(rendered(text), text);
     }
 
     #[test]
     fn whitespace_control_and_filters_work_as_in_liquid() {
-        let out = render_outgoing(
-            "a  {{- contact.first_name | upcase -}}  b {{ x | default: 'there' }}",
-            &drops(),
-        );
+        let out = rendered("a  {{- contact.first_name | upcase -}}  b {{ x | default: 'there' }}");
         assert_eq!(out, "aMARIAb there");
     }
 }

@@ -76,6 +76,9 @@ pub struct SandboxConfig {
     /// unique per conversation; the same key and payload answer the original
     /// message (200), a different payload 409. Off, like every release so far.
     pub idempotency_keys: bool,
+    /// How Liquid cuts outgoing content: Chatwoot does not pin `liquid`, so
+    /// either tokenizer may be running (see [`liquid::LiquidTokenizer`]).
+    pub liquid_tokenizer: liquid::LiquidTokenizer,
 }
 
 impl Default for SandboxConfig {
@@ -92,6 +95,7 @@ impl Default for SandboxConfig {
             agent_token: AGENT_TOKEN.into(),
             created_at_disorder_secs: 0,
             idempotency_keys: false,
+            liquid_tokenizer: liquid::LiquidTokenizer::default(),
         }
     }
 }

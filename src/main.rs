@@ -207,9 +207,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ops::check_config(|name| std::env::var(name).ok(), account_id, conversation_id)
                     .await;
             for check in &checks {
-                println!("{} {}", if check.ok { "ok  " } else { "FAIL" }, check.line);
+                println!("{} {}", check.level.label(), check.line);
             }
-            let failed = checks.iter().filter(|c| !c.ok).count();
+            // A warning is a pitfall to read, not a reason to stop a deploy.
+            let failed = checks
+                .iter()
+                .filter(|c| c.level == ops::Level::Fail)
+                .count();
             anyhow::ensure!(failed == 0, "{failed} check(s) failed");
             Ok(())
         }

@@ -12,6 +12,8 @@ use futures_util::StreamExt;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
+mod pitfalls;
+
 /// Opens the store `DATABASE_URL` names, as `serve` would.
 pub async fn open_store() -> anyhow::Result<SharedStore> {
     let url = Settings::database_url_from_env()?;
@@ -119,23 +121,50 @@ pub fn parse_status(raw: &str) -> Result<Status, String> {
     raw.parse().map_err(|e: UnknownStatus| e.to_string())
 }
 
+/// How a `check-config` line ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    /// A deploy pitfall: it works, but something the operator expects will not happen.
+    Warn,
+    Fail,
+}
+
+impl Level {
+    /// The line's prefix, four characters wide.
+    pub fn label(self) -> &'static str {
+        match self {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        }
+    }
+}
+
 /// One line of `check-config` output.
 pub struct Check {
-    pub ok: bool,
+    pub level: Level,
     pub line: String,
 }
 
 impl Check {
     fn pass(line: impl Into<String>) -> Self {
         Self {
-            ok: true,
+            level: Level::Ok,
+            line: line.into(),
+        }
+    }
+
+    fn warn(line: impl Into<String>) -> Self {
+        Self {
+            level: Level::Warn,
             line: line.into(),
         }
     }
 
     fn fail(line: impl Into<String>) -> Self {
         Self {
-            ok: false,
+            level: Level::Fail,
             line: line.into(),
         }
     }
@@ -147,19 +176,36 @@ pub async fn check_config(
     account_id: i64,
     conversation_id: i64,
 ) -> Vec<Check> {
+    let public_url = public_url(&lookup);
     let settings = match Settings::from_lookup(lookup) {
         Ok(settings) => settings,
         Err(e) => return e.0.into_iter().map(Check::fail).collect(),
     };
     let mut checks = vec![Check::pass("configuration: every variable is valid")];
-    if settings.webhook_secrets.is_empty() && settings.webhook_path_token.is_none() {
-        checks.push(Check::pass(
-            "webhooks: no CHATWOOT_WEBHOOK_SECRETS; the Chatwoot webhook endpoint will refuse every event",
-        ));
-    }
+    let public_url = public_url.unwrap_or_else(|problem| {
+        checks.push(Check::fail(problem));
+        None
+    });
     checks.push(check_database(&settings).await);
-    checks.extend(check_chatwoot(&settings, account_id, conversation_id).await);
+    let chatwoot = check_chatwoot(&settings, account_id, conversation_id).await;
+    let reachable = chatwoot.iter().all(|c| c.level != Level::Fail);
+    checks.extend(chatwoot);
+    checks.extend(pitfalls::check(&settings, public_url.as_ref(), reachable).await);
     checks
+}
+
+/// `GOLDRELAY_PUBLIC_URL`, read here alone: only the pitfall checks need it.
+fn public_url(lookup: impl Fn(&str) -> Option<String>) -> Result<Option<reqwest::Url>, String> {
+    let Some(raw) = lookup(pitfalls::PUBLIC_URL).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match reqwest::Url::parse(raw.trim()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(Some(url)),
+        _ => Err(format!(
+            "{}={raw:?} must be an http:// or https:// URL",
+            pitfalls::PUBLIC_URL
+        )),
+    }
 }
 
 async fn check_database(settings: &Settings) -> Check {
@@ -205,10 +251,10 @@ async fn check_chatwoot(settings: &Settings, account_id: i64, conversation_id: i
         Ok(()) => Check::pass(format!(
             "chatwoot: CHATWOOT_API_TOKEN can read account {account_id}, conversation {conversation_id}"
         )),
-        Err(SendError::Permanent { status: 401, detail }) if detail.contains("for bots") => Check::pass(format!(
-            "chatwoot: CHATWOOT_API_TOKEN is an agent-bot token: it can send but cannot list messages, \
-             so a reply whose delivery is uncertain goes dead instead of being checked ({detail})"
-        )),
+        // Named once, as a warning, by the pitfall checks that follow.
+        Err(SendError::Permanent { status: 401, detail }) if detail.contains("for bots") => {
+            Check::pass("chatwoot: CHATWOOT_API_TOKEN is accepted for sending only (see the agent-bot warning)")
+        }
         Err(SendError::Permanent { status: 404, .. }) => Check::pass(format!(
             "chatwoot: CHATWOOT_API_TOKEN is accepted (account {account_id} or conversation {conversation_id} does not exist; pass --account-id/--conversation-id to read a real one)"
         )),

@@ -9,6 +9,22 @@ use secrecy::{ExposeSecret, SecretString};
 /// and unlike `api_access_token` nginx does not drop it by default.
 const TOKEN_HEADER: &str = "Api-Access-Token";
 
+/// The spelling Rails also accepts, which nginx drops by default.
+const UNDERSCORE_TOKEN_HEADER: &str = "api_access_token";
+
+/// What Chatwoot made of a token sent in one header (`GET /api/v1/profile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A user's token, accepted.
+    User,
+    /// An agent-bot token: refused on every endpoint not open to bots.
+    Bot,
+    /// Chatwoot answered as if no token were sent: the header never arrived.
+    NoToken,
+    /// Anything else: an unknown token, an error page, no answer.
+    Other,
+}
+
 /// A Chatwoot client.
 pub struct Chatwoot {
     http: reqwest::Client,
@@ -34,6 +50,34 @@ impl Chatwoot {
     /// `GET /api`: version and service status, on every version.
     pub async fn api_info(&self) -> Result<Answer, TransportError> {
         http::send(self.http.get(http::endpoint(&self.base, "api"))).await
+    }
+
+    /// Whether a token was given.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// `GET /api/v1/profile` with the token in `Api-Access-Token`, or in
+    /// `api_access_token` when `underscore`, and nowhere else.
+    pub async fn profile(&self, underscore: bool) -> Seen {
+        let Some(token) = &self.token else {
+            return Seen::Other;
+        };
+        let header = if underscore {
+            UNDERSCORE_TOKEN_HEADER
+        } else {
+            TOKEN_HEADER
+        };
+        let request = self.http.get(http::endpoint(&self.base, "api/v1/profile"));
+        let Ok(answer) = http::send(request.header(header, token.expose_secret())).await else {
+            return Seen::Other;
+        };
+        match answer.status.as_u16() {
+            200 => Seen::User,
+            401 if answer.reason().contains("not authorized for bots") => Seen::Bot,
+            401 if answer.json["errors"].is_array() => Seen::NoToken,
+            _ => Seen::Other,
+        }
     }
 
     /// One page of a conversation: the latest 20 messages, or the 20 before `before`.

@@ -6,6 +6,7 @@ mod checks;
 mod cli;
 mod exit;
 mod http;
+mod pitfalls;
 mod plan;
 mod progress;
 mod redact;

@@ -4,10 +4,11 @@ use crate::checks::Run;
 use crate::cli::{CheckName, Cli, Format};
 use crate::exit::Exit;
 use crate::http::redacted;
+use crate::pitfalls;
 use crate::plan::{plan, Plan, Selection};
 use crate::progress::Progress;
 use crate::redact::Redactor;
-use crate::report::{human, json, junit, CheckResult, Report, Verdict};
+use crate::report::{github, human, json, junit, CheckResult, Report, Verdict};
 use chrono::Utc;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -22,6 +23,7 @@ pub async fn run(cli: Cli) -> Exit {
     };
     let redactor = Redactor::new(cli.token.iter().chain(&cli.chatwoot_token).cloned());
     let delivery_runs = planned.contains(&(CheckName::RelayDelivery, Selection::Run));
+    let chatwoot_runs = planned.contains(&(CheckName::ChatwootHealth, Selection::Run));
     let mut report = Report {
         started_at: Utc::now(),
         target: redacted(&cli.url),
@@ -32,6 +34,7 @@ pub async fn run(cli: Cli) -> Exit {
             .filter(|_| delivery_runs)
             .map(|s| s.id.clone()),
         checks: Vec::new(),
+        warnings: Vec::new(),
         duration: Default::default(),
         unreachable: false,
     };
@@ -42,6 +45,13 @@ pub async fn run(cli: Cli) -> Exit {
         result.detail = redactor.scrub(&result.detail);
         output.say(&human::line(&result));
         report.checks.push(result);
+    }
+    if chatwoot_runs {
+        for pitfall in pitfalls::find(&mut run, &cli.url).await {
+            let pitfall = redactor.scrub(&pitfall);
+            output.say(&human::warning(&pitfall));
+            report.warnings.push(pitfall);
+        }
     }
     report.duration = clock.elapsed();
     report.unreachable = run.relay.never_answered();
@@ -119,6 +129,10 @@ impl Output {
 
     fn finish(self, report: &Report) -> Result<(), String> {
         self.say(&human::summary(report));
+        // A CI summary that cannot be written is not a failed check: say so, go on.
+        if let Err(e) = github::append_step_summary(report) {
+            eprintln!("warning: could not write $GITHUB_STEP_SUMMARY: {e}");
+        }
         let rendered = match self.format {
             Format::Human => human::render(report),
             Format::Json => json::render(report),

@@ -53,7 +53,7 @@ async fn api_info(req: HttpRequest, shared: web::Data<Shared>) -> HttpResponse {
         return throttled;
     }
     HttpResponse::Ok().json(json!({
-        "version": "4.13.0",
+        "version": shared.config.version,
         "timestamp": Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
         "queue_services": "ok",
         "data_services": "ok",

@@ -79,6 +79,9 @@ pub struct SandboxConfig {
     /// How Liquid cuts outgoing content: Chatwoot does not pin `liquid`, so
     /// either tokenizer may be running (see [`liquid::LiquidTokenizer`]).
     pub liquid_tokenizer: liquid::LiquidTokenizer,
+    /// The version `GET /api` reports (`config/app.yml`); only `check-config`
+    /// and `smoke` read it, to warn about behaviour that changed with a release.
+    pub version: String,
 }
 
 impl Default for SandboxConfig {
@@ -96,6 +99,7 @@ impl Default for SandboxConfig {
             created_at_disorder_secs: 0,
             idempotency_keys: false,
             liquid_tokenizer: liquid::LiquidTokenizer::default(),
+            version: "4.13.0".into(),
         }
     }
 }

@@ -26,6 +26,7 @@ mod liquid;
 mod migrations;
 mod operations;
 mod ordering;
+mod pitfalls;
 mod postgres_instances;
 mod postgres_outage;
 mod properties;

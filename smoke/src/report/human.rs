@@ -25,6 +25,11 @@ pub fn line(check: &CheckResult) -> String {
     format!("{mark} {name:<18} {secs:>6.2}s  {}", check.detail)
 }
 
+/// `! <pitfall>`: a deploy pitfall, after the checks.
+pub fn warning(line: &str) -> String {
+    format!("! warning: {line}")
+}
+
 /// `PASSED: 5 passed, 0 failed, 2 skipped in 1.23s`
 pub fn summary(report: &Report) -> String {
     let outcome = match report.exit() {
@@ -49,6 +54,10 @@ pub fn render(report: &Report) -> String {
     text.push('\n');
     for check in &report.checks {
         text.push_str(&line(check));
+        text.push('\n');
+    }
+    for pitfall in &report.warnings {
+        text.push_str(&warning(pitfall));
         text.push('\n');
     }
     text.push_str(&summary(report));

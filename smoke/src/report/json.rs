@@ -14,6 +14,7 @@ struct Document<'a> {
     chatwoot: Option<&'a str>,
     reply_id: Option<&'a str>,
     checks: Vec<Check<'a>>,
+    warnings: &'a [String],
     counts: Tally,
     duration_ms: u64,
     exit_code: u8,
@@ -57,6 +58,7 @@ pub fn render(report: &Report) -> String {
                 detail: &c.detail,
             })
             .collect(),
+        warnings: &report.warnings,
         counts: tally(report.counts()),
         duration_ms: millis(report.duration),
         exit_code: report.exit().code(),

@@ -35,6 +35,7 @@ fn properties(report: &Report) -> String {
     ];
     pairs.extend(report.chatwoot.clone().map(|c| ("chatwoot", c)));
     pairs.extend(report.reply_id.clone().map(|r| ("reply_id", r)));
+    pairs.extend(report.warnings.iter().map(|w| ("warning", w.clone())));
     let mut xml = String::from("    <properties>\n");
     for (name, value) in pairs {
         let _ = writeln!(

@@ -1,5 +1,6 @@
 //! The outcome of a run, and its three renderings.
 
+pub mod github;
 pub mod human;
 pub mod json;
 pub mod junit;
@@ -49,6 +50,8 @@ pub struct Report {
     /// The smoke reply's id, when relay.delivery ran.
     pub reply_id: Option<String>,
     pub checks: Vec<CheckResult>,
+    /// Deploy pitfalls found after the checks, one line each; they never fail the run.
+    pub warnings: Vec<String>,
     pub duration: Duration,
     /// goldrelay never gave an HTTP answer.
     pub unreachable: bool,

@@ -2,6 +2,7 @@
 //! each test with its own database, ports and sandbox.
 
 mod helpers;
+mod pitfalls;
 mod reports;
 mod runs;
 mod secrets;

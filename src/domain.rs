@@ -8,7 +8,7 @@ mod gold_reply;
 mod reply_id;
 mod status;
 
-pub use event::{channel_status_may_change, ChatwootEvent, Effect, EventMessage};
+pub use event::{channel_status_may_change, ChatwootEvent, Effect, EventMessage, Kept, OwnUser};
 pub use gold_reply::{Action, FieldError, GoldReply, MAX_CONTENT_CHARS};
 pub use reply_id::ReplyId;
 pub use status::{Status, UnknownStatus};

@@ -1,6 +1,7 @@
 //! What the process reports about its own parts: the delivery worker sets its
 //! phase here and `/hc` reads it, so neither needs the other.
 
+use crate::domain::OwnUser;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
 /// Where the delivery worker is in its life.
@@ -76,15 +77,25 @@ impl PauseReason {
 pub struct WorkerState(AtomicU8, AtomicU8, AtomicI64);
 
 impl WorkerState {
-    /// Records goldrelay's own Chatwoot user id, once the worker has read it.
-    pub fn set_chatwoot_user(&self, id: i64) {
-        self.2.store(id, Ordering::Relaxed);
+    /// Records goldrelay's own Chatwoot user, once the worker has read it
+    /// (or found that its token cannot read it).
+    pub fn set_chatwoot_user(&self, user: OwnUser) {
+        let code = match user {
+            OwnUser::NotYetKnown => 0,
+            OwnUser::Unknowable => -1,
+            OwnUser::Is(id) => id.max(1),
+        };
+        self.2.store(code, Ordering::Relaxed);
     }
 
-    /// goldrelay's own Chatwoot user id, once known: the webhook handler
-    /// takes only that user's messages for goldrelay's.
-    pub fn chatwoot_user(&self) -> Option<i64> {
-        Some(self.2.load(Ordering::Relaxed)).filter(|id| *id != 0)
+    /// goldrelay's own Chatwoot user: the webhook handler takes only that
+    /// user's messages for goldrelay's.
+    pub fn chatwoot_user(&self) -> OwnUser {
+        match self.2.load(Ordering::Relaxed) {
+            0 => OwnUser::NotYetKnown,
+            id if id < 0 => OwnUser::Unknowable,
+            id => OwnUser::Is(id),
+        }
     }
 
     /// Records why deliveries are paused, or that they are not.

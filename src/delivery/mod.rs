@@ -16,7 +16,7 @@
 mod channel;
 
 use crate::chatwoot::{ChatwootClient, Lookup, SendError, Wanted};
-use crate::domain::ReplyId;
+use crate::domain::{OwnUser, ReplyId};
 use crate::health::{PauseReason, WorkerPhase, WorkerState};
 use crate::metrics::Metrics;
 use crate::store::{Job, Outcome, SendSlot, SharedStore};
@@ -284,10 +284,10 @@ impl Worker {
     async fn learn_who_we_are(self: Arc<Self>, stop: CancellationToken) {
         while !stop.is_cancelled() {
             match self.client.me().await {
-                Ok(id) => return self.link.state.set_chatwoot_user(id),
+                Ok(id) => return self.link.state.set_chatwoot_user(OwnUser::Is(id)),
                 Err(e @ SendError::Permanent { .. }) => {
                     tracing::warn!(error = %e.detail(), "could not read goldrelay's Chatwoot profile; webhook echoes are matched by their marker alone");
-                    return;
+                    return self.link.state.set_chatwoot_user(OwnUser::Unknowable);
                 }
                 Err(_) => {}
             }
@@ -309,9 +309,18 @@ impl Worker {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.policy.concurrency));
         let mut tasks = JoinSet::new();
+        // Who goldrelay is in Chatwoot is asked before the first create, so
+        // the echo of that create can already be told from an impostor's.
+        let learning = tokio::spawn(this.clone().learn_who_we_are(shutdown.clone()));
+        let _ = tokio::time::timeout(this.policy.deadline(), async {
+            while this.link.state.chatwoot_user() == OwnUser::NotYetKnown && !learning.is_finished()
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
         this.link.state.set(WorkerPhase::Running);
         tokio::spawn(this.clone().read_channel_statuses(shutdown.clone()));
-        tokio::spawn(this.clone().learn_who_we_are(shutdown.clone()));
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let wait = this.claim_and_spawn(&slots, &mut tasks).await;
@@ -779,41 +788,20 @@ impl Worker {
         }
     }
 
-    /// What a failed step makes of the job: a pause (429, refused token) gives
-    /// the job back unsent, anything else goes by [`retry_or_give_up`].
+    /// What a failed step makes of the job ([`after_failure`]), once any
+    /// pause it calls for is in force.
     fn failed(&self, job: &Job, error: SendError, step: Step) -> Outcome {
         self.note_refusal(&error);
-        let pausing = matches!(
+        let paused = self.pause.remaining();
+        after_failure(
+            job,
             error,
-            SendError::TokenRefused { .. }
-                | SendError::Transient {
-                    status: Some(429),
-                    ..
-                }
-        );
-        if pausing {
-            // Every request waits out the pause; this reply waits out the
-            // whole Retry-After, however long, as Chatwoot asked.
-            let paused = self.pause.remaining().unwrap_or_default();
-            let wait = match error {
-                SendError::Transient {
-                    retry_after: Some(asked),
-                    ..
-                } => asked.max(paused),
-                _ => paused,
-            };
-            let why = error.detail().to_owned();
-            let why = if wait > paused {
-                format!(
-                    "{why} (Chatwoot asked to wait {} with Retry-After)",
-                    humantime::format_duration(wait)
-                )
-            } else {
-                why
-            };
-            return unsent(job, self.now() + span(wait), why, &self.policy);
-        }
-        retry_or_give_up(job, error, step, &self.policy, self.now(), rand::random())
+            step,
+            paused,
+            &self.policy,
+            self.now(),
+            rand::random(),
+        )
     }
 
     /// One log line and the metrics for one attempt.
@@ -920,6 +908,57 @@ pub fn unsent(job: &Job, at: DateTime<Utc>, why: String, policy: &Policy) -> Out
         attempts: job.attempt.saturating_sub(1),
         why: Some(why),
     }
+}
+
+/// What a failed step makes of the job. A pause (429, refused token) gives
+/// it back unsent, due when the pause (or Chatwoot's own `Retry-After`, however
+/// long) ends, its attempt not counted; a lookup that was stopped so leaves the
+/// reply maybe sent, since what went before it may have landed (found by the
+/// simulation, seeds 171, 356, 708: a 429 on the lookup after a 422). Anything
+/// else goes by [`retry_or_give_up`]. `paused` is how long every request must
+/// still wait. Pure.
+pub fn after_failure(
+    job: &Job,
+    error: SendError,
+    step: Step,
+    paused: Option<Duration>,
+    p: &Policy,
+    now: DateTime<Utc>,
+    jitter: f64,
+) -> Outcome {
+    let pausing = matches!(
+        error,
+        SendError::TokenRefused { .. }
+            | SendError::Transient {
+                status: Some(429),
+                ..
+            }
+    );
+    if !pausing {
+        return retry_or_give_up(job, error, step, p, now, jitter);
+    }
+    let paused = paused.unwrap_or_default();
+    let wait = match error {
+        SendError::Transient {
+            retry_after: Some(asked),
+            ..
+        } => asked.max(paused),
+        _ => paused,
+    };
+    let why = error.detail().to_owned();
+    let why = if wait > paused {
+        format!(
+            "{why} (Chatwoot asked to wait {} with Retry-After)",
+            humantime::format_duration(wait)
+        )
+    } else {
+        why
+    };
+    let job = Job {
+        maybe_sent: job.maybe_sent || step == Step::Lookup,
+        ..job.clone()
+    };
+    unsent(&job, now + span(wait), why, p)
 }
 
 /// Retries a transient failure, or gives up on it: at the attempt limit,
@@ -1209,6 +1248,39 @@ mod tests {
             let got = decided(retry_or_give_up(&job, error, step, policy, now, 1.0), now);
             assert_eq!(got, expected, "{case}");
         }
+    }
+
+    #[test]
+    fn a_pause_during_a_lookup_leaves_the_reply_maybe_sent() {
+        let now = Utc::now();
+        let p = policy();
+        let throttled = SendError::Transient {
+            status: Some(429),
+            retry_after: None,
+            maybe_created: false,
+            detail: "Chatwoot answered 429: Retry later".into(),
+        };
+        let paused = Some(Duration::from_secs(20));
+        // After a 422 the lookup was throttled: the 422 may have followed a commit.
+        let first = job(1, false, 0, now);
+        let lookup = after_failure(
+            &first,
+            throttled.clone(),
+            Step::Lookup,
+            paused,
+            &p,
+            now,
+            1.0,
+        );
+        assert_eq!(decided(lookup, now), ("unsent", 20, true));
+        // A throttled create sent nothing: the job goes back as it was.
+        let create = after_failure(&first, throttled, Step::Create, paused, &p, now, 1.0);
+        assert_eq!(decided(create, now), ("unsent", 20, false));
+        let refused = SendError::TokenRefused {
+            detail: "Invalid Access Token".into(),
+        };
+        let token = after_failure(&first, refused, Step::Create, paused, &p, now, 1.0);
+        assert_eq!(decided(token, now), ("unsent", 20, false));
     }
 
     #[test]

@@ -42,6 +42,28 @@ pub struct ChatwootEvent {
     pub sender: Option<(String, i64)>,
 }
 
+/// goldrelay's own Chatwoot user, as far as the process knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnUser {
+    /// Not read yet (`GET /api/v1/profile`).
+    NotYetKnown,
+    /// The token cannot read its profile (an agent bot).
+    Unknowable,
+    /// This user id.
+    Is(i64),
+}
+
+/// What [`ChatwootEvent::keep_only_ours`] made of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Nothing dropped: not marked, or goldrelay's own message.
+    Ours,
+    /// Dropped: another sender's message carrying a marker.
+    Foreign,
+    /// Dropped: goldrelay's own user is not known yet, so it cannot be told.
+    Unverified,
+}
+
 /// The message an event is about, as far as the store must check it against a
 /// reply before the event may change that reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,15 +132,14 @@ impl ChatwootEvent {
     }
 
     /// Drops the effect of an event whose message carries a reply's marker
-    /// but was not sent by goldrelay's own Chatwoot user `me`: any user token
-    /// may set `content_attributes` (`messages_controller.rb`,
-    /// `message_builder.rb`), so the marker alone proves nothing. Without `me`
-    /// (not read yet, or an agent-bot token, which cannot read its profile)
-    /// nothing is dropped. Whether it dropped one.
-    pub fn keep_only_ours(&mut self, me: Option<i64>) -> bool {
-        let Some(me) = me else {
-            return false;
-        };
+    /// but cannot be shown to be goldrelay's own: any user token may set
+    /// `content_attributes` (`messages_controller.rb`, `message_builder.rb`),
+    /// so the marker alone proves nothing. With goldrelay's user known, a
+    /// message from anyone else is foreign; while it is not yet known (just
+    /// after a start, or while the profile read fails) nothing marked is taken
+    /// (the API answer and the lookup still decide); an agent-bot token, which
+    /// cannot read its profile, leaves the marker alone to decide.
+    pub fn keep_only_ours(&mut self, me: OwnUser) -> Kept {
         let marked = matches!(
             self.effect,
             Some(Effect::Confirm { .. })
@@ -127,15 +148,22 @@ impl ChatwootEvent {
                     ..
                 })
         );
-        let ours = self
-            .sender
-            .as_ref()
-            .is_some_and(|(kind, id)| kind == "user" && *id == me);
-        if marked && !ours {
+        let from = |id: i64| {
+            self.sender
+                .as_ref()
+                .is_some_and(|(kind, sender)| kind == "user" && *sender == id)
+        };
+        let kept = match me {
+            _ if !marked => Kept::Ours,
+            OwnUser::Unknowable => Kept::Ours,
+            OwnUser::Is(id) if from(id) => Kept::Ours,
+            OwnUser::Is(_) => Kept::Foreign,
+            OwnUser::NotYetKnown => Kept::Unverified,
+        };
+        if kept != Kept::Ours {
             self.effect = None;
-            return true;
         }
-        false
+        kept
     }
 }
 
@@ -218,15 +246,15 @@ mod tests {
         // goldrelay's own messages come from its user (the fixture's is a bot).
         body["sender"]["type"] = "user".into();
         let sender = body["sender"]["id"].as_i64().unwrap();
-        let mut ours = ChatwootEvent::parse(None, &body, "x");
-        assert!(!ours.keep_only_ours(Some(sender)));
-        assert!(ours.effect.is_some());
-        let mut theirs = ChatwootEvent::parse(None, &body, "x");
-        assert!(theirs.keep_only_ours(Some(sender + 1)));
-        assert_eq!(theirs.effect, None);
-        let mut unknown = ChatwootEvent::parse(None, &body, "x");
-        assert!(!unknown.keep_only_ours(None));
-        assert!(unknown.effect.is_some());
+        let judged = |me| {
+            let mut event = ChatwootEvent::parse(None, &body, "x");
+            let kept = event.keep_only_ours(me);
+            (kept, event.effect.is_some())
+        };
+        assert_eq!(judged(OwnUser::Is(sender)), (Kept::Ours, true));
+        assert_eq!(judged(OwnUser::Is(sender + 1)), (Kept::Foreign, false));
+        assert_eq!(judged(OwnUser::NotYetKnown), (Kept::Unverified, false));
+        assert_eq!(judged(OwnUser::Unknowable), (Kept::Ours, true));
     }
 
     fn example(name: &str) -> Value {

@@ -7,7 +7,7 @@
 use super::body::{parse_json, read_limited};
 use super::problem::ApiError;
 use super::AppState;
-use crate::domain::ChatwootEvent;
+use crate::domain::{ChatwootEvent, Kept};
 use crate::store::EventOutcome;
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -195,7 +195,8 @@ async fn accept(
         .filter(|v| !v.is_empty());
     let digest = hex::encode(Sha256::digest(body));
     let mut event = ChatwootEvent::parse(delivery_id, &value, &digest);
-    let foreign = event.keep_only_ours(state.worker.chatwoot_user());
+    let kept = event.keep_only_ours(state.worker.chatwoot_user());
+    let foreign = kept == Kept::Foreign;
     // The body parsed as JSON, so it is UTF-8.
     let raw = String::from_utf8_lossy(body);
     let outcome = state

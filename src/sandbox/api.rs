@@ -435,7 +435,13 @@ fn store(shared: &Shared, draft: Draft) -> Result<(Message, Option<Event>), Refu
     state.next_id += 1;
     let keep_key = shared.config.idempotency_keys;
     let disorder = shared.config.created_at_disorder_secs;
-    let mut message = build(id, message_type, draft, keep_key, shared.config.liquid_tokenizer);
+    let mut message = build(
+        id,
+        message_type,
+        draft,
+        keep_key,
+        shared.config.liquid_tokenizer,
+    );
     if disorder > 0 {
         let back = chrono::Duration::seconds(rand::random_range(0..=disorder as i64));
         message.created -= back;

@@ -6,8 +6,10 @@ use crate::chatwoot::{self, secs, Chatwoot, Msg, Sender};
 use crate::store::{reply_id, Slot, Store};
 use chrono::{DateTime, TimeZone, Utc};
 use goldrelay::chatwoot::{classify, Lookup, SendError};
-use goldrelay::delivery::{abandoned, retry_or_give_up, unsent, Policy, Step, TOKEN_RECHECK};
-use goldrelay::domain::{ChatwootEvent, Status};
+use goldrelay::delivery::{
+    abandoned, after_failure, retry_or_give_up, unsent, Policy, Step, TOKEN_RECHECK,
+};
+use goldrelay::domain::{ChatwootEvent, OwnUser, Status};
 use goldrelay::store::{Job, Outcome};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -726,16 +728,16 @@ impl World {
         });
         let digest = format!("{id}:{copy}");
         let mut event = ChatwootEvent::parse(Some(format!("d-{id}-{copy}")), &body, &digest);
-        let me = self.insts[inst].me.then_some(chatwoot::RELAY_USER);
+        let known = self.insts[inst].me;
+        let me = if known {
+            OwnUser::Is(chatwoot::RELAY_USER)
+        } else {
+            OwnUser::NotYetKnown
+        };
         if self.old != Some(OldRule::MarkerOnlyMatch) {
             event.keep_only_ours(me);
         }
-        self.note(|| {
-            format!(
-                "echo of {id} reaches instance {inst} (knows its user: {})",
-                me.is_some()
-            )
-        });
+        self.note(|| format!("echo of {id} reaches instance {inst} (knows its user: {known})"));
         self.store.record_event(&event, self.t);
         self.mark_dead();
     }
@@ -1269,33 +1271,17 @@ impl World {
         }
     }
 
-    /// `Worker::failed`: a pause (429, refused token) gives the job back
-    /// unsent; anything else goes by `retry_or_give_up`.
+    /// `Worker::failed`: the pause the error calls for, then goldrelay's own
+    /// `after_failure`.
     fn failed(&mut self, inst: usize, job: &Job, error: SendError, step: Step) -> Outcome {
         self.note_refusal(inst, &error);
-        let pausing = matches!(
-            error,
-            SendError::TokenRefused { .. }
-                | SendError::Transient {
-                    status: Some(429),
-                    ..
-                }
-        );
         let policy = self.p.policy(1);
         let now = self.now_of(inst);
-        if pausing {
-            let paused = self.pause_left(inst).unwrap_or(0);
-            let wait = match &error {
-                SendError::Transient {
-                    retry_after: Some(asked),
-                    ..
-                } => ms_of(*asked).max(paused),
-                _ => paused,
-            };
-            return unsent(job, at(now + wait), error.detail().to_owned(), &policy);
-        }
+        let paused = self
+            .pause_left(inst)
+            .map(|ms| std::time::Duration::from_millis(ms as u64));
         let jitter = self.rng.random::<f64>();
-        retry_or_give_up(job, error, step, &policy, at(now), jitter)
+        after_failure(job, error, step, paused, &policy, at(now), jitter)
     }
 
     /// `Worker::note_refusal`: a 429 or a refused token pauses every request.

@@ -69,6 +69,12 @@ impl Serve {
     /// Starts `name` on `port`, appending its output to its log (so a
     /// restarted process keeps one log), and waits until it is healthy.
     pub async fn start_on(&self, name: &str, port: u16) -> Relay {
+        self.start_with(name, port, &[]).await
+    }
+
+    /// [`Serve::start_on`] with `extra` environment variables for this
+    /// process alone (a skewed clock, say).
+    pub async fn start_with(&self, name: &str, port: u16, extra: &[(String, String)]) -> Relay {
         let log_path = self.log_of(name);
         let log = OpenOptions::new()
             .create(true)
@@ -79,6 +85,7 @@ impl Serve {
             .arg("serve")
             .env_clear()
             .envs(&self.vars)
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("GOLDRELAY_LISTEN", format!("127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file handle"))

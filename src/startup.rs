@@ -190,7 +190,8 @@ fn policy(settings: &Settings) -> Policy {
         lease: settings.lease(),
         drain: settings.shutdown_drain,
         idempotent_creates: settings.chatwoot_idempotent,
-        status_reconcile: (!settings.status_reconcile.is_zero()).then_some(settings.status_reconcile),
+        status_reconcile: (!settings.status_reconcile.is_zero())
+            .then_some(settings.status_reconcile),
     }
 }
 

@@ -894,7 +894,13 @@ async fn an_export_page_narrowed_to_an_account_or_a_conversation_holds_only_its_
     store: SharedStore,
 ) {
     let t0 = start();
-    let replies = [("e1", 1, 1), ("e2", 2, 1), ("e3", 1, 2), ("e4", 2, 2), ("e5", 1, 1)];
+    let replies = [
+        ("e1", 1, 1),
+        ("e2", 2, 1),
+        ("e3", 1, 2),
+        ("e4", 2, 2),
+        ("e5", 1, 1),
+    ];
     for (i, (reply_id, account, conversation)) in replies.into_iter().enumerate() {
         let reply = gold(reply_id, account, conversation, "approve");
         ingest(&store, &reply, t0 + secs(i as i64)).await;

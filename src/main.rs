@@ -42,6 +42,7 @@ enum Command {
     Replies(RepliesCommand),
     /// Check the environment, the database and Chatwoot (its /health and one
     /// authenticated read) before a deploy. Prints one line per check; exits 1 on any problem.
+    /// `WARN` lines name deploy pitfalls (docs/deploy.md) and do not fail it.
     CheckConfig {
         /// The Chatwoot account to read through the API token.
         #[arg(long, default_value_t = 1)]

@@ -27,6 +27,11 @@ Checks, in the order they run, and what each needs:
   chatwoot.message   the conversation holds exactly one message with the smoke
                      reply's gold_reply_id (--chatwoot-token)
 
+With --chatwoot-url, deploy pitfalls found after the checks are printed as
+'! warning:' lines (and listed under 'warnings' in the JSON report); they never
+change the exit code. With GITHUB_STEP_SUMMARY set, a Markdown summary is
+appended to that file.
+
 A check that lacks its inputs is skipped, unless it is named in --only: then
 smoke stops with exit code 2. An empty environment variable is an error, not
 'unset', so a CI secret that is missing fails loudly instead of skipping.";

@@ -17,6 +17,8 @@ const SIGNS_SINCE: Version = Version(4, 12, 0);
 /// Chatwoot's first release that refuses to deliver webhooks to private addresses
 /// (`lib/webhooks/private_network_policy.rb`).
 const REFUSES_PRIVATE_SINCE: Version = Version(4, 14, 0);
+/// How long resolving goldrelay's name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long smoke waits for goldrelay's `/hc` when reading its webhook setting.
 const HC_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -61,7 +63,7 @@ pub async fn find(run: &mut Run, relay_url: &Url) -> Vec<String> {
         found.extend(token(&hyphen, &underscore));
     }
     if let Some(v) = version {
-        found.extend(private_url(relay_url, v));
+        found.extend(private_url(relay_url, v).await);
         if v >= SIGNS_SINCE && goldrelay_refuses_events(run).await {
             found.push(format!(
                 "goldrelay refuses every webhook event (no CHATWOOT_WEBHOOK_SECRETS) but Chatwoot {v} \
@@ -102,11 +104,11 @@ fn token(hyphen: &Seen, underscore: &Seen) -> Vec<String> {
 }
 
 /// Pitfall 1: goldrelay's URL is one Chatwoot 4.14+ will not deliver webhooks to.
-fn private_url(relay_url: &Url, v: Version) -> Option<String> {
+async fn private_url(relay_url: &Url, v: Version) -> Option<String> {
     if v < REFUSES_PRIVATE_SINCE {
         return None;
     }
-    let why = private_host(relay_url)?;
+    let why = private_target(relay_url).await?;
     Some(format!(
         "goldrelay's URL {relay_url} is {why}, and Chatwoot {v} (4.14 and later) refuses to deliver \
          webhooks to private addresses unless SAFE_FETCH_ALLOW_PRIVATE_NETWORK, \
@@ -128,14 +130,44 @@ async fn goldrelay_refuses_events(run: &mut Run) -> bool {
     }
 }
 
+/// Why `url` is one Chatwoot 4.14+ will not deliver to: its host itself, or
+/// a private address its name resolves to (Chatwoot checks where a name leads).
+async fn private_target(url: &Url) -> Option<String> {
+    if let Some(why) = private_host(url) {
+        return Some(why.to_owned());
+    }
+    let host = url.host_str()?;
+    let (ip, why) = resolves_private(host, url.port_or_known_default()?).await?;
+    Some(format!("a name that resolves to {ip}, {why}"))
+}
+
+/// The first private address `host` resolves to; `None` when it resolves
+/// to none, or not at all within [`RESOLVE_TIMEOUT`].
+async fn resolves_private(host: &str, port: u16) -> Option<(IpAddr, &'static str)> {
+    let lookup = tokio::net::lookup_host((host, port));
+    let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+        .await
+        .ok()?
+        .ok()?;
+    addrs
+        .map(|addr| addr.ip())
+        .find_map(|ip| private_ip(ip).map(|why| (ip, why)))
+}
+
+fn private_ip(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => private_v4(v4),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(|| private_v6(v6), private_v4),
+    }
+}
+
 /// Why a host is one Chatwoot 4.14+ will not deliver to, or `None` for a public one.
 fn private_host(url: &Url) -> Option<&'static str> {
     let host = url.host_str()?;
     match host.trim_start_matches('[').trim_end_matches(']').parse() {
-        Ok(IpAddr::V4(ip)) => private_v4(ip),
-        Ok(IpAddr::V6(ip)) => ip
-            .to_ipv4_mapped()
-            .map_or_else(|| private_v6(ip), private_v4),
+        Ok(ip) => private_ip(ip),
         Err(_) => private_name(host),
     }
 }
@@ -219,6 +251,14 @@ mod tests {
         ] {
             assert_eq!(private_host(&Url::parse(raw).unwrap()), None, "{raw}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_judged_by_the_addresses_it_resolves_to() {
+        let (ip, why) = resolves_private("localhost", 80).await.expect("resolves");
+        assert!(ip.is_loopback(), "{ip}");
+        assert_eq!(why, "a loopback address");
+        assert_eq!(resolves_private("no-such-host.invalid", 80).await, None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 /// `GOLDRELAY_PUBLIC_URL`: the URL Chatwoot's webhook is given. Only
 /// `check-config` reads it; `serve` does not need it.
@@ -18,6 +19,9 @@ const SIGNS_SINCE: Version = Version(4, 12, 0);
 /// Chatwoot's first release that refuses to deliver webhooks to private addresses
 /// (`lib/webhooks/private_network_policy.rb`).
 const REFUSES_PRIVATE_SINCE: Version = Version(4, 14, 0);
+
+/// How long resolving goldrelay's public name may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A Chatwoot release, `major.minor.patch`, as `GET /api` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,6 +49,30 @@ pub fn private_host(url: &Url) -> Option<&'static str> {
         Ok(ip) => private_ip(ip),
         Err(_) => private_name(host),
     }
+}
+
+/// Why `url` is one Chatwoot 4.14+ will not deliver to: its host itself, or
+/// a private address its name resolves to (Chatwoot checks where a name leads).
+pub async fn private_target(url: &Url) -> Option<String> {
+    if let Some(why) = private_host(url) {
+        return Some(why.to_owned());
+    }
+    let host = url.host_str()?;
+    let (ip, why) = resolves_private(host, url.port_or_known_default()?).await?;
+    Some(format!("a name that resolves to {ip}, {why}"))
+}
+
+/// The first private address `host` resolves to; `None` when it resolves
+/// to none, or not at all within [`RESOLVE_TIMEOUT`].
+async fn resolves_private(host: &str, port: u16) -> Option<(IpAddr, &'static str)> {
+    let lookup = tokio::net::lookup_host((host, port));
+    let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, lookup)
+        .await
+        .ok()?
+        .ok()?;
+    addrs
+        .map(|addr| addr.ip())
+        .find_map(|ip| private_ip(ip).map(|why| (ip, why)))
 }
 
 fn private_name(name: &str) -> Option<&'static str> {
@@ -128,7 +156,7 @@ pub async fn check(settings: &Settings, public_url: Option<&Url>, reachable: boo
     };
     let mut checks = vec![
         webhook_secrets(settings, version),
-        private_webhook_url(public_url, version),
+        private_webhook_url(public_url, version).await,
     ];
     if let Some(probe) = probe {
         checks.extend(probe.headers().await);
@@ -156,7 +184,7 @@ fn webhook_secrets(settings: &Settings, version: Option<Version>) -> Option<Chec
 }
 
 /// Pitfall 1: Chatwoot 4.14+ will not deliver to a private address.
-fn private_webhook_url(public_url: Option<&Url>, version: Option<Version>) -> Option<Check> {
+async fn private_webhook_url(public_url: Option<&Url>, version: Option<Version>) -> Option<Check> {
     let v = version.filter(|v| *v >= REFUSES_PRIVATE_SINCE)?;
     let Some(url) = public_url else {
         return Some(Check::pass(format!(
@@ -165,8 +193,8 @@ fn private_webhook_url(public_url: Option<&Url>, version: Option<Version>) -> Op
             show(v)
         )));
     };
-    let why = private_host(url)?;
-    Some(Check::warn(private_url_line(url, why, v)))
+    let why = private_target(url).await?;
+    Some(Check::warn(private_url_line(url, &why, v)))
 }
 
 /// The one line both `check-config` and its tests name the pitfall by.
@@ -306,5 +334,13 @@ mod tests {
         ] {
             assert_eq!(private_host(&Url::parse(raw).unwrap()), None, "{raw}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_name_is_judged_by_the_addresses_it_resolves_to() {
+        let (ip, why) = resolves_private("localhost", 80).await.expect("resolves");
+        assert!(ip.is_loopback(), "{ip}");
+        assert_eq!(why, "a loopback address");
+        assert_eq!(resolves_private("no-such-host.invalid", 80).await, None);
     }
 }

@@ -10,6 +10,7 @@ use crate::progress::Progress;
 use crate::redact::Redactor;
 use crate::report::{github, human, json, junit, CheckResult, Report, Verdict};
 use chrono::Utc;
+use reqwest::Url;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -23,7 +24,6 @@ pub async fn run(cli: Cli) -> Exit {
     };
     let redactor = Redactor::new(cli.token.iter().chain(&cli.chatwoot_token).cloned());
     let delivery_runs = planned.contains(&(CheckName::RelayDelivery, Selection::Run));
-    let chatwoot_runs = planned.contains(&(CheckName::ChatwootHealth, Selection::Run));
     let mut report = Report {
         started_at: Utc::now(),
         target: redacted(&cli.url),
@@ -46,12 +46,9 @@ pub async fn run(cli: Cli) -> Exit {
         output.say(&human::line(&result));
         report.checks.push(result);
     }
-    if chatwoot_runs {
-        for pitfall in pitfalls::find(&mut run, &cli.url).await {
-            let pitfall = redactor.scrub(&pitfall);
-            output.say(&human::warning(&pitfall));
-            report.warnings.push(pitfall);
-        }
+    report.warnings = warnings(&mut run, &report, &cli.url, &redactor).await;
+    for warning in &report.warnings {
+        output.say(&human::warning(warning));
     }
     report.duration = clock.elapsed();
     report.unreachable = run.relay.never_answered();
@@ -59,6 +56,20 @@ pub async fn run(cli: Cli) -> Exit {
         Ok(()) => report.exit(),
         Err(e) => usage(&e),
     }
+}
+
+/// The deploy pitfalls, read from a Chatwoot that answered (an unreachable
+/// one is a failed check already).
+async fn warnings(run: &mut Run, report: &Report, url: &Url, redactor: &Redactor) -> Vec<String> {
+    let chatwoot_up = report
+        .checks
+        .iter()
+        .any(|c| c.name == CheckName::ChatwootHealth && c.verdict == Verdict::Pass);
+    if !chatwoot_up {
+        return Vec::new();
+    }
+    let found = pitfalls::find(run, url).await;
+    found.iter().map(|w| redactor.scrub(w)).collect()
 }
 
 /// Everything that can fail on configuration alone, in that order.

@@ -181,6 +181,14 @@ fn filter(query: ListQuery) -> Result<ReplyFilter, ApiError> {
                 .map_err(|e| invalid("status", &e.to_string()))
         })
         .transpose()?;
+    for (field, id) in [
+        ("account_id", query.account_id),
+        ("conversation_id", query.conversation_id),
+    ] {
+        if id.is_some_and(|id| id < 1) {
+            return Err(invalid(field, "must be an integer of at least 1"));
+        }
+    }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(invalid("limit", "must be between 1 and 500"));

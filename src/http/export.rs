@@ -29,7 +29,12 @@ pub async fn export(
     let query = web::Query::<ExportQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::MalformedQuery(e.to_string()))?;
     let after = match query.into_inner().since.filter(|s| !s.is_empty()) {
-        Some(raw) => Some(parse_cursor(&raw).ok_or(ApiError::InvalidCursor)?),
+        Some(raw) => Some(
+            cursor_shaped(&raw)
+                .then(|| parse_cursor(&raw))
+                .flatten()
+                .ok_or(ApiError::InvalidCursor)?,
+        ),
         None => None,
     };
     let mut lines = Box::pin(export_lines(
@@ -52,4 +57,13 @@ pub async fn export(
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .streaming(body))
+}
+
+/// Whether `raw` starts as the export's cursors do: 1 to 18 digits (years 1970
+/// to 33658, which every backend can compare; a negative or larger time would
+/// reach the database and fail there) before the first `.`.
+fn cursor_shaped(raw: &str) -> bool {
+    raw.split_once('.').is_some_and(|(micros, _)| {
+        (1..=18).contains(&micros.len()) && micros.bytes().all(|b| b.is_ascii_digit())
+    })
 }

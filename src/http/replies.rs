@@ -215,8 +215,13 @@ fn encode_cursor(record: &ReplyRecord) -> String {
     )
 }
 
+/// Only what [`encode_cursor`] could have written: 1 to 15 digits (years
+/// 1970 to 33658, which every backend can compare) before the first `.`.
 fn decode_cursor(raw: &str) -> Option<Cursor> {
     let (ms, reply_id) = raw.split_once('.')?;
+    if !(1..=15).contains(&ms.len()) || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let received_at = DateTime::from_timestamp_millis(ms.parse().ok()?)?;
     Some(Cursor {
         received_at,

@@ -191,6 +191,12 @@ async fn only_viewers_and_operators_may_export_and_a_bad_cursor_is_refused() {
     .await;
     let bad = assert_problem(export(app, "yesterday", VIEWER_TOKEN).await, 422).await;
     assert_eq!(bad["type"], "urn:goldrelay:problem:invalid-cursor");
+    let bc = assert_problem(
+        export(app, "-268648601880935000.a", VIEWER_TOKEN).await,
+        422,
+    )
+    .await;
+    assert_eq!(bc["type"], "urn:goldrelay:problem:invalid-cursor");
 }
 
 #[tokio::test(flavor = "multi_thread")]

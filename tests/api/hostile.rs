@@ -286,6 +286,8 @@ async fn query_strings_are_read_after_authentication_and_refused_as_problems() {
         ("status=lost", 422, "invalid-query"),
         ("limit=0", 422, "invalid-query"),
         ("cursor=not-a-cursor", 422, "invalid-cursor"),
+        ("cursor=-268648601880935.a", 422, "invalid-cursor"),
+        ("conversation_id=0", 422, "invalid-query"),
     ];
     for (query, status, slug) in cases {
         let path = format!("/api/gold-replies?{query}");

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the loop looks for statuses to read when it found none.
 const IDLE: Duration = Duration::from_secs(1);
+/// The longest between two looks for delivered replies never read.
+const SWEEP_AT_MOST: Duration = Duration::from_secs(30);
 /// How many it reads in one go.
 const BATCH: usize = 16;
 /// The wait after the store failed: statuses can wait.
@@ -34,8 +36,20 @@ const FINAL: &str = "read";
 impl Worker {
     /// Reads the due statuses until `stop`.
     pub(super) async fn read_channel_statuses(self: Arc<Self>, stop: CancellationToken) {
+        let mut last_sweep: Option<tokio::time::Instant> = None;
         while !stop.is_cancelled() {
-            let pause = match self.read_some().await {
+            // Replies an event or a read marked are found through an index
+            // every second; looking for delivered replies never read is a
+            // scan of the recent ones, so it runs a tenth as often as the
+            // reconcile interval (at most every 30 s).
+            let every = self.policy.status_reconcile;
+            let sweep_every = every.map(|e| (e / 10).min(SWEEP_AT_MOST));
+            let sweep =
+                sweep_every.is_some_and(|gap| last_sweep.is_none_or(|at| at.elapsed() >= gap));
+            if sweep {
+                last_sweep = Some(tokio::time::Instant::now());
+            }
+            let pause = match self.read_some(sweep).await {
                 Some(0) => IDLE,
                 Some(_) => continue,
                 None => AFTER_FAILURE,
@@ -47,13 +61,14 @@ impl Worker {
         }
     }
 
-    /// Reads one batch: how many reads it recorded, `None` if the store failed.
-    async fn read_some(&self) -> Option<usize> {
+    /// Reads one batch: how many reads it recorded, `None` if the store
+    /// failed. `sweep`: also delivered replies never read whose first check is due.
+    async fn read_some(&self, sweep: bool) -> Option<usize> {
         let now = self.now();
         let due = DueReads {
             now,
             limit: BATCH,
-            every: self.policy.status_reconcile,
+            every: self.policy.status_reconcile.filter(|_| sweep),
             horizon: now - chrono::Duration::from_std(self.policy.max_age).ok()?,
         };
         let stale = match self.store.stale_channel_statuses(&due).await {

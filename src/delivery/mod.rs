@@ -281,19 +281,35 @@ impl Worker {
     /// Reads goldrelay's own Chatwoot user once, so webhook echoes are taken
     /// for ours only when that user sent them. A token that cannot read its
     /// profile (an agent bot) leaves echoes judged by their marker alone.
-    async fn learn_who_we_are(self: Arc<Self>, stop: CancellationToken) {
+    /// `asked` hears once, after the first answer (or failure).
+    async fn learn_who_we_are(
+        self: Arc<Self>,
+        stop: CancellationToken,
+        asked: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut asked = Some(asked);
         while !stop.is_cancelled() {
-            match self.client.me().await {
-                Ok(id) => return self.link.state.set_chatwoot_user(OwnUser::Is(id)),
-                Err(e @ SendError::Permanent { .. }) => {
+            let answer = self.client.me().await;
+            match answer {
+                Ok(id) => self.link.state.set_chatwoot_user(OwnUser::Is(id)),
+                Err(ref e @ SendError::Permanent { .. }) => {
                     tracing::warn!(error = %e.detail(), "could not read goldrelay's Chatwoot profile; webhook echoes are matched by their marker alone");
-                    return self.link.state.set_chatwoot_user(OwnUser::Unknowable);
+                    self.link.state.set_chatwoot_user(OwnUser::Unknowable);
                 }
                 Err(_) => {}
             }
+            if let Some(asked) = asked.take() {
+                let _ = asked.send(());
+            }
+            if !matches!(
+                answer,
+                Err(SendError::Transient { .. } | SendError::TokenRefused { .. })
+            ) {
+                return;
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
@@ -309,16 +325,13 @@ impl Worker {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(this.policy.concurrency));
         let mut tasks = JoinSet::new();
-        // Who goldrelay is in Chatwoot is asked before the first create, so
-        // the echo of that create can already be told from an impostor's.
-        let learning = tokio::spawn(this.clone().learn_who_we_are(shutdown.clone()));
-        let _ = tokio::time::timeout(this.policy.deadline(), async {
-            while this.link.state.chatwoot_user() == OwnUser::NotYetKnown && !learning.is_finished()
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        // Who goldrelay is in Chatwoot is asked once before the first create,
+        // so the echo of that create can already be told from an impostor's;
+        // if Chatwoot does not answer, delivery starts anyway (an echo is then
+        // unverified, never taken on its marker alone).
+        let (asked, first_answer) = tokio::sync::oneshot::channel();
+        tokio::spawn(this.clone().learn_who_we_are(shutdown.clone(), asked));
+        let _ = tokio::time::timeout(this.policy.deadline(), first_answer).await;
         this.link.state.set(WorkerPhase::Running);
         tokio::spawn(this.clone().read_channel_statuses(shutdown.clone()));
         while !shutdown.is_cancelled() {

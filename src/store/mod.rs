@@ -388,16 +388,32 @@ pub(crate) fn stale_channel_statuses_sql(
     every: &str,
     limit: &str,
     first_check: &str,
+    first_checks: bool,
 ) -> String {
+    // Without first checks the query is the marked replies alone, which the
+    // partial index on `channel_status_stale_at` serves (the other binds are
+    // still named, so both backends take the same four).
+    let (first_checks, order) = if first_checks {
+        (
+            format!(
+                " OR ({every} > 0 AND channel_status_stale_at IS NULL \
+                 AND status IN ('delivered', 'confirmed') \
+                 AND (channel_status IS NULL OR channel_status <> 'read') \
+                 AND received_at > {horizon} AND {first_check} <= {due})"
+            ),
+            format!("COALESCE(channel_status_stale_at, {first_check})"),
+        )
+    } else {
+        (
+            format!(" AND {horizon} IS NOT NULL AND {every} IS NOT NULL"),
+            "channel_status_stale_at".to_owned(),
+        )
+    };
     format!(
         "SELECT reply_id, account_id, conversation_id, chatwoot_message_id, \
-         channel_status_stale_at, received_at, \
-         COALESCE(channel_status_stale_at, {first_check}) AS due_at FROM gold_replies \
-         WHERE chatwoot_message_id IS NOT NULL AND (channel_status_stale_at <= {due} \
-           OR ({every} > 0 AND channel_status_stale_at IS NULL \
-             AND status IN ('delivered', 'confirmed') \
-             AND (channel_status IS NULL OR channel_status <> 'read') \
-             AND received_at > {horizon} AND {first_check} <= {due})) \
+         channel_status_stale_at, received_at, {order} AS due_at FROM gold_replies \
+         WHERE chatwoot_message_id IS NOT NULL \
+         AND (channel_status_stale_at <= {due}{first_checks}) \
          ORDER BY due_at, reply_id LIMIT {limit}"
     )
 }

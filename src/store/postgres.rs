@@ -843,7 +843,14 @@ impl Store for PostgresStore {
     ) -> Result<Vec<StaleChannelStatus>, StoreError> {
         let every = due.every.map_or(0.0, |d| d.as_secs_f64());
         let first_check = "(delivered_at + make_interval(secs => $3::float8))";
-        let sql = super::stale_channel_statuses_sql("$1", "$2", "$3", "$4", first_check);
+        let sql = super::stale_channel_statuses_sql(
+            "$1",
+            "$2::timestamptz",
+            "$3::float8",
+            "$4",
+            first_check,
+            due.every.is_some(),
+        );
         let rows = sqlx::query(&sql)
             .bind(due.now)
             .bind(due.horizon)

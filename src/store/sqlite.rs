@@ -250,7 +250,9 @@ impl Store for SqliteStore {
         let every = due
             .every
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4));
-        let sql = super::stale_channel_statuses_sql("?1", "?2", "?3", "?4", "(delivered_at + ?3)");
+        let first = "(delivered_at + ?3)";
+        let sql =
+            super::stale_channel_statuses_sql("?1", "?2", "?3", "?4", first, due.every.is_some());
         let rows = sqlx::query(&sql)
             .bind(millis(due.now))
             .bind(millis(due.horizon))

@@ -4,6 +4,7 @@
 
 pub mod chatwoot;
 pub mod config;
+pub mod dataset;
 pub mod delivery;
 pub mod dev;
 pub mod domain;

@@ -32,8 +32,14 @@ pub struct Settings {
     /// `GOLDRELAY_REQUEST_TIMEOUT`: how long a request's head, and then its
     /// body, may take to arrive before it is answered 408 and closed.
     pub request_timeout: Duration,
-    /// `GOLDRELAY_TOKEN_RATE`: requests per second each bearer token may make; 0 lifts the cap.
+    /// `GOLDRELAY_TOKEN_RATE`: requests per second each bearer token may make
+    /// (each viewer token from each client address); 0 lifts the cap.
     pub token_rate: u32,
+    /// `GOLDRELAY_CLIENT_IP_HEADER`: the header a proxy in front of goldrelay
+    /// writes the client's address in (`Fly-Client-IP` on Fly), for viewer
+    /// tokens' rate. Unset: the TCP peer is the client, because a header
+    /// anyone can write must not be believed unless a proxy overwrites it.
+    pub client_ip_header: Option<String>,
     /// `DATABASE_URL`: where gold replies are stored.
     pub database_url: DatabaseUrl,
     /// `CHATWOOT_BASE_URL`: the Chatwoot installation, e.g. `https://chat.example.com`.
@@ -282,6 +288,7 @@ impl Settings {
             viewer_tokens: env.optional_tokens("GOLDRELAY_VIEWER_TOKENS", true),
             request_timeout: env.duration("GOLDRELAY_REQUEST_TIMEOUT", "10s"),
             token_rate: env.parsed("GOLDRELAY_TOKEN_RATE", 0),
+            client_ip_header: env.header_name("GOLDRELAY_CLIENT_IP_HEADER"),
             database_url: env.database_url(),
             chatwoot_base_url: env.url("CHATWOOT_BASE_URL"),
             chatwoot_api_token: env.secret("CHATWOOT_API_TOKEN"),
@@ -443,6 +450,20 @@ impl Env<'_> {
                 fallback()
             }
         }
+    }
+
+    /// An optional HTTP header name (RFC 9110 token characters only).
+    fn header_name(&mut self, name: &str) -> Option<String> {
+        let raw = self.optional(name)?;
+        let raw = raw.trim();
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if raw.chars().all(token) {
+            return Some(raw.to_owned());
+        }
+        self.problems.push(format!(
+            "{name}={raw:?} is not a header name such as Fly-Client-IP"
+        ));
+        None
     }
 
     /// Optional comma-separated secrets.
@@ -762,6 +783,20 @@ mod tests {
             "1:viewer-0123456789abcdef0123456789ab,1:viewer-0123456789abcdef0123456789ab",
         )]);
         assert!(twice.is_ok(), "the same binding twice means one thing");
+    }
+
+    #[test]
+    fn the_client_ip_header_is_unset_unless_named_and_must_be_a_header_name() {
+        assert_eq!(with_tokens(&[]).unwrap().client_ip_header, None);
+        let fly = with_tokens(&[("GOLDRELAY_CLIENT_IP_HEADER", "Fly-Client-IP")]).unwrap();
+        assert_eq!(fly.client_ip_header.as_deref(), Some("Fly-Client-IP"));
+        let err = with_tokens(&[("GOLDRELAY_CLIENT_IP_HEADER", "Fly Client IP:")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("GOLDRELAY_CLIENT_IP_HEADER=\"Fly Client IP:\" is not a header name"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -55,7 +55,8 @@ impl Application {
             tokens: BearerTokens::new(&settings.tokens)
                 .grant(Role::Operator, &settings.operator_tokens)
                 .grant(Role::Viewer, &settings.viewer_tokens)
-                .limit_rate(settings.token_rate),
+                .limit_rate(settings.token_rate)
+                .client_address_header(settings.client_ip_header.as_deref()),
             max_body_bytes: settings.max_body_bytes,
             request_timeout: settings.request_timeout,
             worker: link.state.clone(),

@@ -6,14 +6,16 @@ use super::problem::ApiError;
 use super::AppState;
 use crate::config::BearerToken;
 use actix_web::dev::Payload;
-use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::header::{HeaderName, AUTHORIZATION};
 use actix_web::{web, FromRequest, HttpRequest};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use std::future::{ready, Ready};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -234,9 +236,56 @@ fn reader(req: &HttpRequest) -> Result<Reader, ApiError> {
 #[derive(Clone, Default)]
 pub struct BearerTokens {
     known: Vec<([u8; 32], Role, i64)>,
-    /// Per-token request budget; keys are digests of accepted tokens only, so
-    /// unknown tokens cannot grow it.
-    rate: Option<Arc<DefaultKeyedRateLimiter<[u8; 32]>>>,
+    /// The request budgets (`GOLDRELAY_TOKEN_RATE`), when capped.
+    rate: Option<Arc<Budgets>>,
+    /// `GOLDRELAY_CLIENT_IP_HEADER`: the header a trusted proxy puts the
+    /// client's address in; `None`: the TCP peer is the client.
+    client_header: Option<HeaderName>,
+}
+
+/// Whose budget a request spends: the token's, and for a viewer token the
+/// client address's too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RateKey {
+    token: [u8; 32],
+    client: Option<IpAddr>,
+}
+
+/// One budget per [`RateKey`], pruned every [`PRUNE_EVERY`] checks.
+///
+/// The bound: only a request with an accepted token reaches the limiter, so
+/// a caller without one adds no key; a viewer token adds one key per client
+/// address (per IPv6 /64) it is really sent from. Pruning drops every key
+/// whose budget has refilled (idle for about a second at most), so the map
+/// holds the keys spent from within about the last second plus at most
+/// [`PRUNE_EVERY`] new ones.
+struct Budgets {
+    limiter: DefaultKeyedRateLimiter<RateKey>,
+    checks: AtomicU32,
+}
+
+/// How many checks pass between two prunings of [`Budgets`]: rare enough
+/// that pruning (one pass over the map) costs nothing per request.
+const PRUNE_EVERY: u32 = 1024;
+
+impl Budgets {
+    fn new(per_second: NonZeroU32) -> Self {
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second)),
+            checks: AtomicU32::new(0),
+        }
+    }
+
+    fn check(&self, key: &RateKey) -> Result<(), ApiError> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter.check_key(key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::TooManyRequests(wait.max(Duration::from_secs(1)))
+        })
+    }
 }
 
 impl BearerTokens {
@@ -255,10 +304,23 @@ impl BearerTokens {
         self
     }
 
-    /// Caps each token at `per_second` requests (`GOLDRELAY_TOKEN_RATE`); 0 lifts the cap.
+    /// Caps requests at `per_second` (`GOLDRELAY_TOKEN_RATE`); 0 lifts the
+    /// cap. A Support or operator token has one budget wherever it is sent
+    /// from; a viewer token has one per client address, because it is the
+    /// Dashboard App's, shared by every agent of a team, each in their own
+    /// browser.
     pub fn limit_rate(mut self, per_second: u32) -> Self {
-        self.rate =
-            NonZeroU32::new(per_second).map(|n| Arc::new(RateLimiter::keyed(Quota::per_second(n))));
+        self.rate = NonZeroU32::new(per_second).map(|n| Arc::new(Budgets::new(n)));
+        self
+    }
+
+    /// Takes a viewer's client address from the header `name`
+    /// (`GOLDRELAY_CLIENT_IP_HEADER`) instead of the TCP peer. Only for a
+    /// proxy that sets that header itself on every request, such as Fly's
+    /// `Fly-Client-IP`: anyone else can write any address there, and with it
+    /// a fresh budget per request. An invalid name is ignored.
+    pub fn client_address_header(mut self, name: Option<&str>) -> Self {
+        self.client_header = name.and_then(|name| HeaderName::from_bytes(name.as_bytes()).ok());
         self
     }
 
@@ -284,19 +346,55 @@ impl BearerTokens {
                     )
                 });
         let role = Role::from_code(matched).ok_or(ApiError::Unauthorized)?;
-        self.within_rate(&presented)?;
+        self.within_rate(req, presented, role)?;
         let scope = Scope((account != 0).then_some(account));
         Ok(Caller { role, scope })
     }
 
-    fn within_rate(&self, token: &[u8; 32]) -> Result<(), ApiError> {
-        let Some(limiter) = &self.rate else {
+    fn within_rate(&self, req: &HttpRequest, token: [u8; 32], role: Role) -> Result<(), ApiError> {
+        let Some(budgets) = &self.rate else {
             return Ok(());
         };
-        limiter.check_key(token).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::TooManyRequests(wait.max(Duration::from_secs(1)))
-        })
+        let client = match role {
+            Role::Viewer => self.client_address(req),
+            Role::Support | Role::Operator => None,
+        };
+        budgets.check(&RateKey { token, client })
+    }
+
+    /// The address the request came from: the trusted header's when it holds
+    /// one, else the TCP peer's.
+    fn client_address(&self, req: &HttpRequest) -> Option<IpAddr> {
+        let told = self
+            .client_header
+            .as_ref()
+            .and_then(|name| told_address(req, name));
+        told.or_else(|| req.peer_addr().map(|peer| peer.ip()))
+            .map(one_client)
+    }
+}
+
+/// The address in the last `name` header, which the nearest proxy wrote. In
+/// a list (`X-Forwarded-For`) only the last entry is the proxy's own word;
+/// the ones before it are whatever the client sent.
+fn told_address(req: &HttpRequest, name: &HeaderName) -> Option<IpAddr> {
+    let value = req.headers().get_all(name).last()?.to_str().ok()?;
+    let last = value.rsplit(',').next()?.trim();
+    last.parse::<IpAddr>()
+        .ok()
+        .or_else(|| last.parse::<SocketAddr>().ok().map(|at| at.ip()))
+}
+
+/// An address as one client: an IPv4 address, or an IPv6 /64, which one
+/// household or host usually holds whole (so it cannot mint budgets by
+/// changing the low bits).
+fn one_client(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, ..] = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -385,6 +483,111 @@ mod tests {
             matches!(refused, Err(ApiError::TooManyRequests(wait)) if wait >= Duration::from_secs(1)),
             "{refused:?}"
         );
+    }
+
+    const VIEWER: &str = "v1ewer";
+
+    /// A request with `token`, from the TCP peer `peer`, with a
+    /// `Fly-Client-IP` header when `told` is given.
+    fn from(token: &str, peer: &str, told: Option<&str>) -> HttpRequest {
+        let mut req = TestRequest::default()
+            .insert_header((AUTHORIZATION, format!("Bearer {token}")))
+            .peer_addr(peer.parse().unwrap());
+        if let Some(told) = told {
+            req = req.insert_header(("Fly-Client-IP", told));
+        }
+        req.to_http_request()
+    }
+
+    fn limited(header: Option<&str>) -> BearerTokens {
+        tokens()
+            .grant(Role::Viewer, &[VIEWER.into()])
+            .limit_rate(1)
+            .client_address_header(header)
+    }
+
+    fn admitted(tokens: &BearerTokens, req: &HttpRequest) -> bool {
+        match tokens.caller(req) {
+            Ok(_) => true,
+            Err(ApiError::TooManyRequests(_)) => false,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_viewer_token_has_a_budget_per_client_address_and_a_support_token_one_everywhere() {
+        let tokens = limited(None);
+        let (here, there) = ("192.0.2.1:4000", "198.51.100.7:4000");
+        assert!(admitted(&tokens, &from(VIEWER, here, None)));
+        assert!(!admitted(&tokens, &from(VIEWER, "192.0.2.1:4001", None)));
+        assert!(admitted(&tokens, &from(VIEWER, there, None)));
+        assert!(admitted(&tokens, &from("s3cret", here, None)));
+        assert!(!admitted(&tokens, &from("s3cret", there, None)));
+    }
+
+    #[test]
+    fn the_client_address_header_is_believed_only_when_configured_and_well_formed() {
+        let peer = "10.0.0.1:443";
+        let ignored = limited(None);
+        assert!(admitted(&ignored, &from(VIEWER, peer, Some("192.0.2.1"))));
+        assert!(!admitted(&ignored, &from(VIEWER, peer, Some("192.0.2.2"))));
+
+        let trusted = limited(Some("fly-client-ip"));
+        assert!(admitted(&trusted, &from(VIEWER, peer, Some("192.0.2.1"))));
+        assert!(!admitted(&trusted, &from(VIEWER, peer, Some("192.0.2.1"))));
+        assert!(admitted(&trusted, &from(VIEWER, peer, Some("192.0.2.2"))));
+        // A list's last entry is the proxy's; the rest is the client's to forge.
+        assert!(!admitted(
+            &trusted,
+            &from(VIEWER, peer, Some("203.0.113.9, 192.0.2.2"))
+        ));
+        // Garbled or missing: the peer it is, one budget for all of them.
+        assert!(admitted(
+            &trusted,
+            &from(VIEWER, peer, Some("not an address"))
+        ));
+        assert!(!admitted(&trusted, &from(VIEWER, peer, None)));
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_client_and_a_mapped_ipv4_address_is_that_address() {
+        let tokens = limited(None);
+        assert!(admitted(
+            &tokens,
+            &from(VIEWER, "[2001:db8:1:2::1]:4000", None)
+        ));
+        assert!(!admitted(
+            &tokens,
+            &from(VIEWER, "[2001:db8:1:2:ffff::9]:4000", None)
+        ));
+        assert!(admitted(
+            &tokens,
+            &from(VIEWER, "[2001:db8:1:3::1]:4000", None)
+        ));
+        assert!(admitted(&tokens, &from(VIEWER, "192.0.2.1:4000", None)));
+        assert!(!admitted(
+            &tokens,
+            &from(VIEWER, "[::ffff:192.0.2.1]:4000", None)
+        ));
+    }
+
+    #[test]
+    fn budgets_of_idle_client_addresses_are_pruned() {
+        // At 1000 a second, a budget spent once has refilled within 2 ms.
+        let tokens = tokens()
+            .grant(Role::Viewer, &[VIEWER.into()])
+            .limit_rate(1000);
+        let keys = || tokens.rate.as_ref().unwrap().limiter.len();
+        let from_address = |n: u32| {
+            let peer = SocketAddr::from((std::net::Ipv4Addr::from(n), 4000));
+            assert!(admitted(&tokens, &from(VIEWER, &peer.to_string(), None)));
+        };
+        let first = 1 << 24;
+        (first..first + PRUNE_EVERY - 1).for_each(from_address);
+        assert_eq!(keys(), PRUNE_EVERY as usize - 1, "one budget per address");
+        std::thread::sleep(Duration::from_millis(20));
+        from_address(2 << 24);
+        assert_eq!(keys(), 1, "the idle budgets were kept");
     }
 
     #[test]

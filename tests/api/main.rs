@@ -35,5 +35,6 @@ mod roles;
 mod sandbox;
 mod send_pace;
 mod store_faults;
+mod token_rate;
 mod validation;
 mod webhooks;

@@ -4,7 +4,7 @@
 //! and runs them with `GOLDRELAY_BROWSER_TESTS=1 … -- --include-ignored`, and
 //! there a missing Chromium fails loudly, never silently.
 
-mod cdp;
+pub(crate) mod cdp;
 
 use crate::export::VIEWER_TOKEN;
 use crate::helpers::{creates_of, reply, spawn_app_with, TestApp, OPERATOR_TOKEN, PATIENCE};

@@ -48,14 +48,47 @@ class ApiError extends Error {
   }
 }
 
+// After a 429 no request leaves before `until`: goldrelay's Retry-After, and
+// at least 1, 2, 4 … 60 s for each 429 in a row.
+const pace = { until: 0, strikes: 0, timer: null };
+
 async function api(path, options = {}) {
+  if (Date.now() < pace.until) throw new ApiError(429, 'slowing down');
   const response = await fetch(path, {
     ...options,
     headers: { Authorization: 'Bearer ' + state.token, Accept: 'application/json' },
   });
+  if (response.status === 429) {
+    slowDown(response.headers.get('Retry-After'));
+    throw new ApiError(429, 'slowing down');
+  }
+  pace.strikes = 0;
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new ApiError(response.status, body.detail || response.statusText);
   return body;
+}
+
+// Up to a quarter more than the wait, so a team's consoles throttled together
+// do not all come back in the same second.
+function slowDown(retryAfter) {
+  const now = Date.now();
+  const asked = retryAfterMs(retryAfter);
+  if (now < pace.until) {
+    // Answers to requests sent together are one 429, not several in a row.
+    pace.until = Math.max(pace.until, now + asked);
+    return;
+  }
+  const wait = Math.max(asked, Math.min(60, 2 ** pace.strikes) * 1000);
+  pace.strikes += 1;
+  pace.until = now + wait + Math.random() * wait / 4;
+}
+
+// Retry-After is seconds or an HTTP date; goldrelay sends seconds.
+function retryAfterMs(value) {
+  const seconds = Number(value);
+  if (value && Number.isFinite(seconds) && seconds >= 0) return seconds * 1000;
+  const date = Date.parse(value || '');
+  return Number.isFinite(date) ? Math.max(0, date - Date.now()) : 1000;
 }
 
 function failed(error) {
@@ -65,7 +98,20 @@ function failed(error) {
     askToken();
     return;
   }
+  if (error.status === 429) return refreshLater();
   say(error.message);
+}
+
+// Shows the view again once the wait is over: a read, never a retry a person
+// asked for (they ask again).
+function refreshLater() {
+  const left = Math.max(0, pace.until - Date.now());
+  say('goldrelay asked the console to slow down; trying again in ' + Math.max(1, Math.ceil(left / 1000)) + ' s');
+  if (pace.timer) return;
+  pace.timer = setTimeout(() => {
+    pace.timer = null;
+    show(state.view);
+  }, left);
 }
 
 // ---- header: /hc's verdict ----
@@ -245,6 +291,11 @@ async function retryConfirmed() {
 // not announce a switch of conversation by itself in every version, so the
 // console asks again now and then and whenever its tab is shown.
 
+// The Chatwoot conversation last followed ("account/id"). Chatwoot is asked
+// every 3 s; only a different conversation costs a request, so an empty
+// conversation, an error or a 429 is not fetched again every 3 s.
+let followed = null;
+
 function onParentMessage(event) {
   if (event.source !== window.parent) return;
   let message = event.data;
@@ -255,8 +306,8 @@ function onParentMessage(event) {
   if (!conversation || !conversation.id || !conversation.account_id) return;
   const account = Number(conversation.account_id);
   const id = Number(conversation.id);
-  const same = account === state.account && id === state.conversation && state.view === 'conversation';
-  if (same && $('replies').children.length > 0) return;
+  if (account + '/' + id === followed) return;
+  followed = account + '/' + id;
   state.account = account;
   state.conversation = id;
   show('conversation');
@@ -272,7 +323,11 @@ function joinChatwoot() {
   window.addEventListener('message', onParentMessage);
   askChatwoot();
   setInterval(askChatwoot, 3000);
-  document.addEventListener('visibilitychange', () => { if (!document.hidden) askChatwoot(); });
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden) return;
+    followed = null;
+    askChatwoot();
+  });
   window.addEventListener('focus', askChatwoot);
 }
 

@@ -9,6 +9,7 @@ mod health;
 pub mod problem;
 mod replies;
 mod routes;
+mod summary;
 mod webhook;
 
 pub use auth::{Admits, BearerTokens, Caller, Operator, Poster, Reader, Role, Scope};

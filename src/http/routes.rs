@@ -9,7 +9,7 @@
 
 use super::auth::{Admits, Caller, Operator, Poster, Reader, Role};
 use super::problem::ApiError;
-use super::{console, export, health, replies, webhook};
+use super::{console, export, health, replies, summary, webhook};
 use actix_web::dev::ResourceDef;
 use actix_web::http::StatusCode;
 use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
@@ -73,7 +73,7 @@ pub struct Route {
     handler: fn(actix_web::Route) -> actix_web::Route,
 }
 
-/// Every route, in matching order (`/api/gold-replies/export` before
+/// Every route, in matching order (`/api/gold-replies/export` and `…/summary` before
 /// `/api/gold-replies/{reply_id}`). A route is served only through a row here.
 pub const ROUTES: &[Route] = &[
     Route {
@@ -110,6 +110,13 @@ pub const ROUTES: &[Route] = &[
         access: Access::Bearer(Reader::ROLES),
         documented: true,
         handler: |r| r.to(export::export),
+    },
+    Route {
+        path: "/api/gold-replies/summary",
+        method: Method::Get,
+        access: Access::Bearer(Reader::ROLES),
+        documented: true,
+        handler: |r| r.to(summary::summary),
     },
     Route {
         path: "/api/accounts/{account_id}/conversations/{conversation_id}/gold-replies",

@@ -8,6 +8,7 @@ mod export;
 mod lifecycle;
 mod postgres;
 mod sqlite;
+pub mod summary;
 
 use export::EXPORT_COLUMNS;
 pub use export::{

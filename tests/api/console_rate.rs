@@ -16,6 +16,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use goldrelay::config::Settings;
 use goldrelay::sandbox::SandboxConfig;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,6 +41,9 @@ struct Upstream {
     /// When set, every 429 reaches the browser with this Retry-After instead
     /// of goldrelay's (which is 1 s at a rate of 1 a second).
     retry_after: Option<u64>,
+    /// How many API requests are still to be refused 429 by the proxy
+    /// itself, with `Retry-After: 1`, before any reaches goldrelay.
+    refuse: AtomicUsize,
     log: Log,
 }
 
@@ -51,6 +55,10 @@ struct Proxy {
 
 impl Proxy {
     fn start(app: &TestApp, retry_after: Option<u64>) -> Proxy {
+        Self::refusing(app, retry_after, 0)
+    }
+
+    fn refusing(app: &TestApp, retry_after: Option<u64>, refuse: usize) -> Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let log = Log::default();
@@ -58,6 +66,7 @@ impl Proxy {
             address: app.api.address.clone(),
             client: reqwest::Client::new(),
             retry_after,
+            refuse: refuse.into(),
             log: log.clone(),
         });
         let server = HttpServer::new(move || {
@@ -80,7 +89,16 @@ impl Proxy {
 
     /// Waits until an API request answered `status` arrived after `after`.
     async fn wait_for_answer(&self, status: u16, after: Instant) -> Seen {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_longer_for_answer(status, after, PATIENCE).await
+    }
+
+    async fn wait_longer_for_answer(
+        &self,
+        status: u16,
+        after: Instant,
+        patience: Duration,
+    ) -> Seen {
+        let deadline = Instant::now() + patience;
         loop {
             let found = self
                 .seen()
@@ -101,6 +119,25 @@ impl Proxy {
 
 async fn forward(req: HttpRequest, body: web::Bytes, to: web::Data<Upstream>) -> HttpResponse {
     let arrived = Instant::now();
+    let api = req.path().starts_with("/api/");
+    let take = |left: usize| left.checked_sub(1);
+    if api
+        && to
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, take)
+            .is_ok()
+    {
+        to.log.lock().unwrap().push(Seen {
+            path: req.uri().to_string(),
+            arrived,
+            answered: Instant::now(),
+            status: 429,
+            retry_after: Some(1),
+        });
+        return HttpResponse::TooManyRequests()
+            .insert_header(("retry-after", "1"))
+            .finish();
+    }
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
     let mut request = to
         .client
@@ -134,7 +171,7 @@ async fn forward(req: HttpRequest, body: web::Bytes, to: web::Data<Upstream>) ->
         reply.insert_header(("retry-after", seconds.to_string()));
     }
     let body = answer.bytes().await.expect("goldrelay's body");
-    if req.path().starts_with("/api/") {
+    if api {
         to.log.lock().unwrap().push(Seen {
             path: req.uri().to_string(),
             arrived,
@@ -363,4 +400,36 @@ async fn as_a_dashboard_app_the_console_does_not_refetch_every_3_s_shown_or_thro
         1,
         "one request once the wait was over: {after:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "drives headless Chromium (apt-get install chromium); CI runs it with --include-ignored"]
+async fn after_each_429_in_a_row_the_console_waits_twice_as_long_at_least() {
+    let app = spawn_rated(|_| {}).await;
+    rejected(&app, "rate-3", 7).await;
+    // Three refusals, each asking for 1 s: the console waits 1, 2, then 4 s.
+    let proxy = Proxy::refusing(&app, None, 3);
+    let browser = Browser::launch().await;
+    let url = format!(
+        "{}/console/#token={VIEWER_TOKEN}&account=1&conversation=7",
+        proxy.address
+    );
+    let opened = Instant::now();
+    let tab = browser.open(&url, 800, 600).await;
+    let patience = Duration::from_secs(30);
+    proxy.wait_longer_for_answer(200, opened, patience).await;
+    tab.wait_for(&format!("{CARDS} === 1 && {MESSAGE} === ''"))
+        .await;
+    let seen = proxy.seen();
+    assert_quiet_after_every_429(&seen);
+    let statuses: Vec<u16> = seen.iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [429, 429, 429, 200], "{seen:?}");
+    for (i, least) in [1, 2, 4].into_iter().enumerate() {
+        let gap = seen[i + 1].arrived - seen[i].answered;
+        assert!(
+            gap >= Duration::from_secs(least),
+            "after 429 number {}: {gap:?}, not at least {least} s",
+            i + 1
+        );
+    }
 }

@@ -94,11 +94,7 @@ pub async fn conversation(
         account: None,
         limit: CONVERSATION_LIMIT + 1,
     };
-    let mut items = state
-        .store
-        .export(&page)
-        .await
-        .map_err(ApiError::StoreUnavailable)?;
+    let mut items = state.store.export(&page).await?;
     let truncated = items.len() > CONVERSATION_LIMIT;
     items.truncate(CONVERSATION_LIMIT);
     Ok(HttpResponse::Ok().json(json!({ "items": items, "truncated": truncated })))

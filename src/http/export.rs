@@ -43,11 +43,7 @@ pub async fn export(
         scope.account(),
         Utc::now(),
     ));
-    let first = lines
-        .next()
-        .await
-        .transpose()
-        .map_err(ApiError::StoreUnavailable)?;
+    let first = lines.next().await.transpose()?;
     let body = stream::iter(first.map(Ok)).chain(lines).map(|chunk| {
         chunk.map(Bytes::from).map_err(|e| {
             tracing::warn!(error = %e, "export cut short by the store; the client resumes from its last line");

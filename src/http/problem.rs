@@ -33,7 +33,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     #[error("{}", store_detail(.0))]
-    StoreUnavailable(#[source] StoreError),
+    StoreUnavailable(#[from] StoreError),
     #[error("this endpoint is turned off: {0}")]
     Disabled(&'static str),
     #[error("only a dead reply can be retried; this one is {0}")]

@@ -52,7 +52,7 @@ async fn ingest(
         Err(StoreError::Overloaded(_)) => {}
         outcome => state.writes.post_written(outcome.is_ok()),
     }
-    let ingested = ingested.map_err(ApiError::StoreUnavailable)?;
+    let ingested = ingested?;
     let (outcome, mut response) = match ingested {
         Ingested::Created(record) => ("accepted", located(HttpResponse::Accepted(), &record)),
         Ingested::Existing(record) => ("duplicate", located(HttpResponse::Ok(), &record)),
@@ -89,8 +89,7 @@ pub async fn get_reply(
     let record = state
         .store
         .reply(&id)
-        .await
-        .map_err(ApiError::StoreUnavailable)?
+        .await?
         .filter(|record| caller.scope.sees(record.account_id))
         .ok_or_else(|| not_found(&path))?;
     Ok(HttpResponse::Ok().json(record))
@@ -107,11 +106,7 @@ pub async fn retry_reply(
         .map_err(|e| ApiError::MalformedQuery(e.to_string()))?;
     let force = query.force.unwrap_or(false);
     let id = reply_id(&path)?;
-    let requeued = state
-        .store
-        .requeue(&id, force, Utc::now())
-        .await
-        .map_err(ApiError::StoreUnavailable)?;
+    let requeued = state.store.requeue(&id, force, Utc::now()).await?;
     match requeued {
         Requeued::Queued {
             record,
@@ -160,11 +155,7 @@ pub async fn list_replies(
     let mut filter = filter(query.into_inner())?;
     filter.account_id = scope.narrow(filter.account_id)?;
     let limit = filter.limit;
-    let items = state
-        .store
-        .list(&filter)
-        .await
-        .map_err(ApiError::StoreUnavailable)?;
+    let items = state.store.list(&filter).await?;
     let next_cursor = (items.len() == limit)
         .then(|| items.last().map(encode_cursor))
         .flatten();

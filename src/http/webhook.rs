@@ -199,11 +199,7 @@ async fn accept(
     let foreign = kept == Kept::Foreign;
     // The body parsed as JSON, so it is UTF-8.
     let raw = String::from_utf8_lossy(body);
-    let outcome = state
-        .store
-        .record_event(&event, &raw, Utc::now())
-        .await
-        .map_err(ApiError::StoreUnavailable)?;
+    let outcome = state.store.record_event(&event, &raw, Utc::now()).await?;
     let status = match outcome {
         EventOutcome::Processed if foreign => "mismatch",
         EventOutcome::Processed => "processed",

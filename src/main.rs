@@ -159,6 +159,8 @@ enum RepliesCommand {
         /// Write here instead of standard output (appended to, so a resumed export continues it).
         #[arg(long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        dataset: ops::DatasetArgs,
     },
 }
 
@@ -272,7 +274,11 @@ async fn replies(command: RepliesCommand) -> anyhow::Result<()> {
             print!("{}", ops::list(&store, filter).await?);
         }
         RepliesCommand::Show { reply_id } => print!("{}", ops::show(&store, &reply_id).await?),
-        RepliesCommand::Export { since, output } => export(store, since, output).await?,
+        RepliesCommand::Export {
+            since,
+            output,
+            dataset,
+        } => export(store, since, output, dataset.options()?).await?,
         RepliesCommand::Retry { reply_id, force } => {
             let (record, lookup_first) = ops::retry(&store, &reply_id, force).await?;
             let how = if lookup_first {
@@ -296,6 +302,7 @@ async fn export(
     store: goldrelay::store::SharedStore,
     since: Option<String>,
     output: Option<PathBuf>,
+    options: goldrelay::dataset::Options,
 ) -> anyhow::Result<()> {
     let mut out: Box<dyn std::io::Write> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(
@@ -307,6 +314,13 @@ async fn export(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    ops::export(store, since.as_deref(), &mut out, ops::progress_wanted()).await?;
+    ops::export(
+        store,
+        since.as_deref(),
+        options,
+        &mut out,
+        ops::progress_wanted(),
+    )
+    .await?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use crate::chatwoot::{ChatwootClient, SendError};
 use crate::config::Settings;
+use crate::dataset;
 use crate::domain::{ReplyId, Status, UnknownStatus};
 use crate::store::{
     self, export_lines, parse_cursor, ReplyFilter, ReplyRecord, Requeued, SharedStore,
@@ -80,13 +81,55 @@ pub async fn retry(
     }
 }
 
+/// `goldrelay replies export`'s choice of training format, the same as
+/// `GET /api/gold-replies/export`'s query string (see the README).
+#[derive(Debug, Default, clap::Args)]
+pub struct DatasetArgs {
+    /// records (default), openai-chat, openai-preference, trl-preference or trl-kto.
+    #[arg(long)]
+    format: Option<String>,
+    /// Only this side of the split: train or eval.
+    #[arg(long)]
+    split: Option<String>,
+    /// The share of conversations held out for eval, 0 to 1 (default 0.1).
+    #[arg(long)]
+    eval_share: Option<String>,
+    /// false: keep personal data in the training formats (redacted by default).
+    #[arg(long)]
+    redact: Option<String>,
+    /// Where a draft object holds its text, as a dot path (default text).
+    #[arg(long)]
+    draft_field: Option<String>,
+}
+
+impl DatasetArgs {
+    /// The options these flags ask for; every bad one named at once.
+    pub fn options(&self) -> anyhow::Result<dataset::Options> {
+        dataset::Options::parse(&dataset::Asked {
+            format: self.format.as_deref(),
+            split: self.split.as_deref(),
+            eval_share: self.eval_share.as_deref(),
+            redact: self.redact.as_deref(),
+            draft_field: self.draft_field.as_deref(),
+        })
+        .map_err(|errors| {
+            let each: Vec<String> = errors
+                .iter()
+                .map(|e| format!("--{} {}", e.field.replace('_', "-"), e.message))
+                .collect();
+            anyhow::anyhow!("{}", each.join("; "))
+        })
+    }
+}
+
 /// `goldrelay replies export`: the gold dataset after `since` as JSON Lines,
 /// the same lines `GET /api/gold-replies/export` streams, written to `out`
-/// page by page. With `progress`, a running count on standard error.
-/// Returns how many lines were written.
+/// page by page, in the format `options` asks for. With `progress`, a
+/// running count on standard error. Returns how many lines were written.
 pub async fn export(
     store: SharedStore,
     since: Option<&str>,
+    options: dataset::Options,
     out: &mut dyn Write,
     progress: bool,
 ) -> anyhow::Result<u64> {
@@ -94,19 +137,21 @@ pub async fn export(
         .filter(|s| !s.is_empty())
         .map(|raw| parse_cursor(raw).with_context(|| format!("{raw:?} is not an export cursor")))
         .transpose()?;
-    let mut lines = Box::pin(export_lines(store, after, None, Utc::now()));
+    let records =
+        export_lines(store, after, None, Utc::now()).map(|page| page.map_err(anyhow::Error::from));
+    let mut lines = Box::pin(dataset::converted(records, options, anyhow::Error::from));
     let mut written = 0u64;
     while let Some(chunk) = lines.next().await {
         let chunk = chunk.context("the export stopped; resume it from the last line's cursor")?;
         out.write_all(chunk.as_bytes())?;
         written += chunk.bytes().filter(|b| *b == b'\n').count() as u64;
         if progress {
-            eprint!("\rexported {written} replies");
+            eprint!("\rexported {written} lines");
         }
     }
     out.flush()?;
     if progress {
-        eprintln!("\rexported {written} replies, done");
+        eprintln!("\rexported {written} lines, done");
     }
     Ok(written)
 }

@@ -15,6 +15,7 @@ pub use split::{split_of, EvalShare, Split};
 pub use verdict::{draft_text, edit_distance, judge, DraftField, Judgement, Verdict};
 
 use crate::domain::FieldError;
+use futures_util::{Stream, StreamExt};
 
 /// How the dataset is asked for, as the query string or the CLI spells it;
 /// `None` is the default.
@@ -138,6 +139,17 @@ pub fn convert(page: String, options: &Options) -> Result<String, serde_json::Er
         }
     }
     Ok(out)
+}
+
+/// The records export's pages, each passed through [`convert`]. `unreadable`
+/// turns a records line this module cannot read (a bug, never data) into
+/// the stream's error, so the export stops rather than leave a gap.
+pub fn converted<E>(
+    pages: impl Stream<Item = Result<String, E>>,
+    options: Options,
+    unreadable: fn(serde_json::Error) -> E,
+) -> impl Stream<Item = Result<String, E>> {
+    pages.map(move |page| page.and_then(|page| convert(page, &options).map_err(unreadable)))
 }
 
 #[cfg(test)]

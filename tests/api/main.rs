@@ -15,6 +15,7 @@ mod conformance;
 mod console;
 mod console_rate;
 mod dashboard;
+mod dataset;
 mod delivery;
 mod exactly_once;
 mod export;

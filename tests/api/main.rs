@@ -13,6 +13,7 @@ mod backup;
 mod chaos;
 mod conformance;
 mod console;
+mod console_judgement;
 mod console_rate;
 mod dashboard;
 mod dataset;

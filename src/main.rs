@@ -167,8 +167,11 @@ enum RepliesCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    match run(cli.command).await {
+    let traces = telemetry::init(cli.log_format);
+    let ran = run(cli.command).await;
+    // After the worker drained, so the last attempts' spans are sent too.
+    traces.shutdown().await;
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("goldrelay: {e:#}");

@@ -26,6 +26,7 @@ use crate::domain::{OwnUser, ReplyId};
 use crate::health::{WorkerPhase, WorkerState};
 use crate::metrics::Metrics;
 use crate::store::{Job, Outcome, SendSlot, SharedStore};
+use crate::telemetry::{self, TARGET};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -39,6 +40,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 /// The longest the worker sleeps without looking at the queue, so jobs whose
 /// lease ran out on another instance are picked up.
@@ -304,9 +307,16 @@ impl Worker {
         self.flights().get(&job.reply_id).and_then(|f| f.sent_at)
     }
 
+    /// One attempt, in a span of the reply's trace, through the commit of its outcome.
     async fn deliver(&self, job: Job) {
+        let span = attempt_span(&job);
+        self.attempt_and_record(job).instrument(span).await;
+    }
+
+    async fn attempt_and_record(&self, job: Job) {
         let (outcome, chatwoot_status) = self.outcome_of(&job).await;
         self.observe(&job, &outcome, chatwoot_status);
+        traced_outcome(&outcome, chatwoot_status);
         let now = self.now();
         // A few quiet tries, then one log line: an outcome that cannot be
         // recorded must not hold a delivery slot or fill the log. Losing it is
@@ -387,11 +397,22 @@ impl Worker {
         }
         // A create starts only while a third of the deadline is left for it.
         let latest = Instant::now() + self.policy.deadline() * 2 / 3;
-        if let Err(slot) = self.pace_until(Some(latest)).await {
+        let waited = self
+            .pace_until(Some(latest))
+            .instrument(tracing::info_span!(target: TARGET, "send_slot.wait"))
+            .await;
+        if let Err(slot) = waited {
             let why = "no send slot was free in time; nothing was sent".to_owned();
             return (unsent(job, slot, why, &self.policy), None);
         }
         self.create_leaves(job);
+        let create = tracing::info_span!(
+            target: TARGET,
+            "chatwoot.create_message",
+            otel.kind = "client",
+            http.request.method = "POST",
+            http.response.status_code = Empty,
+        );
         let sent = self
             .client
             .create_message(
@@ -401,7 +422,14 @@ impl Worker {
                 &crate::chatwoot::as_sent(&job.content, job.liquid),
                 job.private,
             )
+            .instrument(create.clone())
             .await;
+        create.record(
+            "http.response.status_code",
+            sent.as_ref()
+                .map_or_else(SendError::status, |_| Some(200))
+                .map(i64::from),
+        );
         match sent {
             Ok(message_id) => {
                 self.went_through();
@@ -501,6 +529,24 @@ impl Worker {
     /// there before the reply was accepted; counts and logs any message that
     /// carries the reply's marker without being goldrelay's.
     async fn look_up(&self, job: &Job) -> Result<Lookup, SendError> {
+        let span = tracing::info_span!(
+            target: TARGET,
+            "chatwoot.lookup",
+            otel.kind = "client",
+            goldrelay.lookup = Empty,
+        );
+        let found = self.search(job).instrument(span.clone()).await;
+        let said = match &found {
+            Ok(Lookup::Found(_)) => "found",
+            Ok(Lookup::Absent) => "absent",
+            Ok(Lookup::Uncertain(_)) => "uncertain",
+            Err(_) => "failed",
+        };
+        span.record("goldrelay.lookup", said);
+        found
+    }
+
+    async fn search(&self, job: &Job) -> Result<Lookup, SendError> {
         let floor = self
             .store
             .message_floor(job.account_id, job.conversation_id, job.accepted_at)
@@ -698,6 +744,46 @@ impl Worker {
                 )
             }
         }
+    }
+}
+
+/// An attempt's span, in the trace stored with its reply: ids and counts only.
+fn attempt_span(job: &Job) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: TARGET,
+        "delivery.attempt",
+        goldrelay.reply_id = job.reply_id.as_str(),
+        goldrelay.account_id = job.account_id,
+        goldrelay.conversation_id = job.conversation_id,
+        goldrelay.attempt = job.attempt,
+        goldrelay.maybe_sent = job.maybe_sent,
+        goldrelay.outcome = Empty,
+        goldrelay.chatwoot_message_id = Empty,
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+    );
+    telemetry::join(&span, job.trace_context.as_deref());
+    span
+}
+
+/// Marks the current attempt span with how it ended (never the error's text,
+/// which may quote Chatwoot's answer).
+fn traced_outcome(outcome: &Outcome, chatwoot_status: Option<u16>) {
+    let span = tracing::Span::current();
+    let (name, failed) = match outcome {
+        Outcome::Delivered { message_id } => {
+            span.record("goldrelay.chatwoot_message_id", message_id);
+            ("delivered", false)
+        }
+        Outcome::Retry { .. } => ("retry", true),
+        Outcome::Unsent { .. } => ("unsent", false),
+        Outcome::Dead { .. } => ("dead", true),
+    };
+    span.record("goldrelay.outcome", name);
+    // As i64: OpenTelemetry has no unsigned integers, and a u64 is sent as text.
+    span.record("http.response.status_code", chatwoot_status.map(i64::from));
+    if failed {
+        span.record("otel.status_code", "ERROR");
     }
 }
 

@@ -310,6 +310,7 @@ mod tests {
             received_at: now - chrono::Duration::seconds(age_secs),
             accepted_at: now - chrono::Duration::seconds(age_secs),
             maybe_sent,
+            trace_context: None,
         }
     }
 

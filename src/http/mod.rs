@@ -60,6 +60,10 @@ pub fn console_csp(chatwoot_base_url: &reqwest::Url) -> String {
 #[derive(Clone)]
 pub struct LoggedReplyId(pub String);
 
+/// The id the request log line carries, for handlers whose trace spans name it too.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId(pub uuid::Uuid);
+
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
@@ -111,6 +115,7 @@ pub fn app(
             let started = Instant::now();
             let method = req.method().clone();
             let request_id = uuid::Uuid::new_v4();
+            actix_web::HttpMessage::extensions_mut(&req).insert(RequestId(request_id));
             let call = srv.call(req);
             async move {
                 let response = call.await?;

@@ -3,15 +3,18 @@
 use super::auth::{Caller, Operator, Poster, Reader};
 use super::body::{parse_json, read_limited, require_json};
 use super::problem::ApiError;
-use super::{AppState, LoggedReplyId};
+use super::{AppState, LoggedReplyId, RequestId};
 use crate::domain::{FieldError, GoldReply, ReplyId, Status};
 use crate::store::{Cursor, Ingested, ReplyFilter, ReplyRecord, Requeued, StoreError};
+use crate::telemetry::{self, TARGET};
 use actix_web::http::header::LOCATION;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Instant;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
@@ -27,13 +30,46 @@ pub async fn post_reply(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let started = Instant::now();
+    let span = ingest_span(&req);
     let ingested = match caller {
-        Ok(caller) => ingest(caller, &req, payload, &state).await,
+        Ok(caller) => {
+            ingest(caller, &req, payload, &state)
+                .instrument(span.clone())
+                .await
+        }
         Err(refused) => Err(refused),
     };
     let (outcome, response) = ingested.unwrap_or_else(|e| (e.slug(), e.error_response()));
     state.metrics.ingest(outcome, started.elapsed());
+    span.record("goldrelay.outcome", outcome);
+    // As i64: OpenTelemetry has no unsigned integers, and a u64 is sent as text.
+    span.record(
+        "http.response.status_code",
+        i64::from(response.status().as_u16()),
+    );
     response
+}
+
+/// The span a reply's trace starts with (or continues, under Support's
+/// `traceparent`); its context is stored with the reply. Nothing of the
+/// body is an attribute but the ids.
+fn ingest_span(req: &HttpRequest) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: TARGET,
+        "ingest",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/api/webhooks/gold-replies",
+        goldrelay.request_id = req.extensions().get::<RequestId>().map(|id| id.0.to_string()),
+        goldrelay.reply_id = Empty,
+        goldrelay.account_id = Empty,
+        goldrelay.conversation_id = Empty,
+        goldrelay.outcome = Empty,
+        http.response.status_code = Empty,
+    );
+    let incoming = req.headers().get("traceparent");
+    telemetry::join(&span, incoming.and_then(|v| v.to_str().ok()));
+    span
 }
 
 async fn ingest(
@@ -45,6 +81,10 @@ async fn ingest(
     require_json(req)?;
     let body = read_limited(req, payload, state.max_body_bytes, state.request_timeout).await?;
     let reply = GoldReply::parse(&parse_json(&body)?).map_err(ApiError::Invalid)?;
+    let span = tracing::Span::current();
+    span.record("goldrelay.reply_id", reply.reply_id().as_str());
+    span.record("goldrelay.account_id", reply.account_id());
+    span.record("goldrelay.conversation_id", reply.conversation_id());
     scope.require(reply.account_id())?;
     let ingested = state.store.ingest(&reply, Utc::now()).await;
     match &ingested {

@@ -6,11 +6,12 @@
 
 use super::body::{parse_json, read_limited};
 use super::problem::ApiError;
-use super::AppState;
-use crate::domain::{ChatwootEvent, Kept};
+use super::{AppState, RequestId};
+use crate::domain::{ChatwootEvent, Kept, ReplyId};
 use crate::store::EventOutcome;
+use crate::telemetry::{self, TARGET};
 use actix_web::http::header::HeaderMap;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -18,6 +19,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 const SIGNATURE: &str = "x-chatwoot-signature";
 const TIMESTAMP: &str = "x-chatwoot-timestamp";
@@ -199,18 +202,51 @@ async fn accept(
     let foreign = kept == Kept::Foreign;
     // The body parsed as JSON, so it is UTF-8.
     let raw = String::from_utf8_lossy(body);
-    let outcome = state.store.record_event(&event, &raw, Utc::now()).await?;
+    let span = confirmation_span(req, &event, state).await;
+    let outcome = state
+        .store
+        .record_event(&event, &raw, Utc::now())
+        .instrument(span.clone())
+        .await?;
     let status = match outcome {
         EventOutcome::Processed if foreign => "mismatch",
         EventOutcome::Processed => "processed",
         EventOutcome::Duplicate => "duplicate",
         EventOutcome::Mismatch => "mismatch",
     };
+    span.record("goldrelay.outcome", status);
     tracing::info!(event = %event.kind, delivery_id = event.delivery_id.as_deref(), reply_id = event.reply_id.as_deref(), outcome = status, "chatwoot event");
     Ok((
         status,
         HttpResponse::Ok().json(json!({ "status": status, "event": event.kind })),
     ))
+}
+
+/// While traces are exported, an event naming a reply is stored in a span
+/// of that reply's trace (read back from the store), so the trace ends with
+/// the webhook that confirms the message. Ids only: never the event's body.
+async fn confirmation_span(
+    req: &HttpRequest,
+    event: &ChatwootEvent,
+    state: &AppState,
+) -> tracing::Span {
+    let reply_id = event.reply_id.as_deref().map(ReplyId::parse);
+    let Some(Ok(reply_id)) = reply_id.filter(|_| telemetry::exporting()) else {
+        return tracing::Span::none();
+    };
+    let context = state.store.trace_context(&reply_id).await.ok().flatten();
+    let span = tracing::info_span!(
+        target: TARGET,
+        "webhook.confirm",
+        otel.kind = "server",
+        goldrelay.request_id = req.extensions().get::<RequestId>().map(|id| id.0.to_string()),
+        goldrelay.reply_id = reply_id.as_str(),
+        goldrelay.event = event.kind.as_str(),
+        goldrelay.chatwoot_message_id = event.message_id,
+        goldrelay.outcome = Empty,
+    );
+    telemetry::join(&span, context.as_deref());
+    span
 }
 
 #[cfg(test)]

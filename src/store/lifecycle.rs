@@ -150,6 +150,8 @@ pub(crate) struct NewReply {
     pub draft: Option<String>,
     pub tags: String,
     pub metadata: Option<String>,
+    /// The ingest span's W3C traceparent, when traces are exported.
+    pub trace_context: Option<String>,
 }
 
 impl NewReply {
@@ -159,6 +161,8 @@ impl NewReply {
             draft: reply.draft().as_ref().map(|v| v.to_string()),
             tags: serde_json::Value::from(reply.tags().to_vec()).to_string(),
             metadata: reply.metadata().as_ref().map(|v| v.to_string()),
+            // Read from the calling request's span, so no signature changes.
+            trace_context: crate::telemetry::traceparent(),
             reply: reply.clone(),
         }
     }

@@ -97,6 +97,9 @@ pub struct Job {
     pub accepted_at: DateTime<Utc>,
     /// An earlier attempt may have created the message: look before sending.
     pub maybe_sent: bool,
+    /// The W3C traceparent stored at ingest, which every attempt's span
+    /// joins; `None` when traces were off then.
+    pub trace_context: Option<String>,
 }
 
 /// How one delivery attempt ended, as the store records it.
@@ -244,6 +247,12 @@ pub trait Store: Send + Sync {
 
     /// One reply's record.
     async fn reply(&self, reply_id: &ReplyId) -> Result<Option<ReplyRecord>, StoreError>;
+
+    /// The W3C traceparent stored with a reply at ingest, if traces were on.
+    /// Asked only while traces are exported.
+    async fn trace_context(&self, _reply_id: &ReplyId) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 
     /// Leases up to `limit` due jobs, at most one per conversation and always that
     /// conversation's oldest, so replies reach each conversation in order.

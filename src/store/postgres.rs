@@ -151,6 +151,7 @@ async fn run_ingest_writer(
             .map(|p| ((p.new, lifecycle::stored_time(p.now)), p.answer))
             .unzip();
         let results = ingest_batch(&pool, &items).await;
+        keep_trace_contexts(&pool, &items, &results).await;
         // Told after the commit, in a transaction of the announcer's own
         // (migration 10 says why not inside the batch's).
         let queued = items.iter().zip(&results).any(|((new, _), result)| {
@@ -162,6 +163,41 @@ async fn run_ingest_writer(
         for (answer, result) in answers.into_iter().zip(results) {
             let _ = answer.send(result);
         }
+    }
+}
+
+/// Stores the trace context of the replies a batch created, when traces are
+/// exported: a second round trip only then, so the batch's own statement
+/// stays as it is. Best effort: a reply whose context is lost is traced from
+/// its attempts on, in traces of their own.
+async fn keep_trace_contexts(
+    pool: &PgPool,
+    items: &[(NewReply, DateTime<Utc>)],
+    results: &[Result<Ingested, StoreError>],
+) {
+    let (ids, contexts): (Vec<&str>, Vec<&str>) = items
+        .iter()
+        .zip(results)
+        .filter(|(_, result)| matches!(result, Ok(Ingested::Created(_))))
+        .filter_map(|((new, _), _)| {
+            let context = new.trace_context.as_deref()?;
+            Some((new.reply.reply_id().as_str(), context))
+        })
+        .unzip();
+    if ids.is_empty() {
+        return;
+    }
+    let kept = sqlx::query(
+        "UPDATE gold_replies r SET trace_context = t.context \
+         FROM unnest($1::text[], $2::text[]) AS t(reply_id, context) \
+         WHERE r.reply_id = t.reply_id AND r.trace_context IS NULL",
+    )
+    .bind(&ids)
+    .bind(&contexts)
+    .execute(pool)
+    .await;
+    if let Err(e) = kept {
+        tracing::debug!(error = %e, "could not keep the trace context of posted replies");
     }
 }
 
@@ -503,8 +539,8 @@ impl Tx for PgTx<'_> {
         let inserted = sqlx::query(
             "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, \
              private, approved_by, draft, tags, metadata, fingerprint, status, received_at, \
-             next_attempt_at, liquid) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, \
-             $10::jsonb, $11, $12, $13, $14, $15) ON CONFLICT (reply_id) DO NOTHING",
+             next_attempt_at, liquid, trace_context) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, \
+             $9::jsonb, $10::jsonb, $11, $12, $13, $14, $15, $16) ON CONFLICT (reply_id) DO NOTHING",
         )
         .bind(reply.reply_id().as_str())
         .bind(reply.account_id())
@@ -521,6 +557,7 @@ impl Tx for PgTx<'_> {
         .bind(now)
         .bind(reply.action().sends().then_some(now))
         .bind(reply.liquid())
+        .bind(&new.trace_context)
         .execute(&mut *self.0)
         .await?;
         Ok(inserted.rows_affected() == 1)
@@ -669,6 +706,14 @@ impl Store for PostgresStore {
         answered.await.map_err(|_| StoreError::Unavailable)?
     }
 
+    async fn trace_context(&self, reply_id: &ReplyId) -> Result<Option<String>, StoreError> {
+        let context = sqlx::query_scalar("SELECT trace_context FROM gold_replies WHERE reply_id = $1")
+            .bind(reply_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(context.flatten())
+    }
+
     async fn reply(&self, reply_id: &ReplyId) -> Result<Option<ReplyRecord>, StoreError> {
         let reply_id = reply_id.as_str();
         let mut conn = self.pool.acquire().await?;
@@ -704,11 +749,12 @@ impl Store for PostgresStore {
              counted AS ( \
                UPDATE gold_replies r SET attempts = r.attempts + 1 FROM leased \
                WHERE r.reply_id = leased.reply_id \
-               RETURNING r.reply_id, r.content, r.private, r.liquid, r.attempts, \
+               RETURNING r.reply_id, r.content, r.private, r.liquid, r.attempts, r.trace_context, \
                  COALESCE(r.requeued_at, r.received_at) AS age_from, \
                  r.received_at AS accepted_at) \
              SELECT l.reply_id, l.account_id, l.conversation_id, l.was_maybe_sent, \
-               c.content, c.private, c.liquid, c.attempts, c.age_from, c.accepted_at \
+               c.content, c.private, c.liquid, c.attempts, c.age_from, c.accepted_at, \
+               c.trace_context \
              FROM leased l JOIN counted c USING (reply_id) ORDER BY l.due_at, l.seq";
         let leased = sqlx::query(sql)
             .bind(now)
@@ -730,6 +776,7 @@ impl Store for PostgresStore {
                 received_at: row.try_get("age_from")?,
                 accepted_at: row.try_get("accepted_at")?,
                 maybe_sent: row.try_get("was_maybe_sent")?,
+                trace_context: row.try_get("trace_context")?,
             })
         };
         Ok(leased.iter().map(job).collect::<Result<_, _>>()?)

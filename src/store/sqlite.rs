@@ -321,6 +321,14 @@ impl Store for SqliteStore {
         Ok(ingested)
     }
 
+    async fn trace_context(&self, reply_id: &ReplyId) -> Result<Option<String>, StoreError> {
+        let context = sqlx::query_scalar("SELECT trace_context FROM gold_replies WHERE reply_id = ?")
+            .bind(reply_id.as_str())
+            .fetch_optional(&self.reads)
+            .await?;
+        Ok(context.flatten())
+    }
+
     async fn reply(&self, reply_id: &ReplyId) -> Result<Option<ReplyRecord>, StoreError> {
         let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = ?");
         let row = sqlx::query(&sql)

@@ -39,5 +39,6 @@ mod sandbox;
 mod send_pace;
 mod store_faults;
 mod token_rate;
+mod traces;
 mod validation;
 mod webhooks;

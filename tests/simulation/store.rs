@@ -145,6 +145,7 @@ impl Store {
                     received_at: accepted,
                     accepted_at: accepted,
                     maybe_sent: was_maybe_sent,
+                    trace_context: None,
                 },
             ));
         }

@@ -241,8 +241,8 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached(
                 "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, \
                  content, private, approved_by, draft, tags, metadata, fingerprint, status, \
-                 received_at, next_attempt_at, liquid) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+                 received_at, next_attempt_at, liquid, trace_context) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
                  ON CONFLICT (reply_id) DO NOTHING",
             )?
             .execute(params![
@@ -261,6 +261,7 @@ impl Tx for SqliteTx<'_> {
                 now_ms,
                 reply.action().sends().then_some(now_ms),
                 reply.liquid(),
+                new.trace_context,
             ])?;
         Ok(inserted == 1)
     }
@@ -408,7 +409,7 @@ pub(super) fn claim(
     let due: Vec<(i64, Job)> = conn
         .prepare_cached(
             "SELECT j.seq, j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
-             r.content, r.private, r.liquid, r.attempts, \
+             r.content, r.private, r.liquid, r.attempts, r.trace_context, \
              COALESCE(r.requeued_at, r.received_at) AS age_from, r.received_at AS accepted_at \
              FROM delivery_jobs j JOIN gold_replies r ON r.reply_id = j.reply_id \
              WHERE j.is_head = 1 AND j.due_at <= ?1 \
@@ -427,6 +428,7 @@ pub(super) fn claim(
                 received_at: time(row.get("age_from")?).unwrap_or(now),
                 accepted_at: time(row.get("accepted_at")?).unwrap_or(now),
                 maybe_sent: row.get("maybe_sent")?,
+                trace_context: row.get("trace_context")?,
             };
             Ok((row.get("seq")?, job))
         })?

@@ -58,6 +58,18 @@ impl Relay {
         self.send(request.json(body)).await
     }
 
+    /// `POST /api/webhooks/gold-replies` under a W3C `traceparent`.
+    pub async fn post_traced(
+        &mut self,
+        body: &Value,
+        traceparent: &str,
+    ) -> Result<Answer, TransportError> {
+        let url = http::endpoint(&self.base, "api/webhooks/gold-replies");
+        let request = self.authorized(self.http.post(url), Credential::Real);
+        self.send(request.header("traceparent", traceparent).json(body))
+            .await
+    }
+
     /// `GET /api/gold-replies/{reply_id}`
     pub async fn reply(
         &mut self,

@@ -24,15 +24,13 @@ pub async fn run(cli: Cli) -> Exit {
     };
     let redactor = Redactor::new(cli.token.iter().chain(&cli.chatwoot_token).cloned());
     let delivery_runs = planned.contains(&(CheckName::RelayDelivery, Selection::Run));
+    let delivered = run.smoke.as_ref().filter(|_| delivery_runs);
     let mut report = Report {
         started_at: Utc::now(),
         target: redacted(&cli.url),
         chatwoot: cli.chatwoot_url.as_ref().map(redacted),
-        reply_id: run
-            .smoke
-            .as_ref()
-            .filter(|_| delivery_runs)
-            .map(|s| s.id.clone()),
+        reply_id: delivered.map(|s| s.id.clone()),
+        trace_id: delivered.map(|s| s.trace_id.clone()),
         checks: Vec::new(),
         warnings: Vec::new(),
         duration: Default::default(),

@@ -23,6 +23,10 @@ pub struct SmokeReply {
     pub conversation_id: i64,
     pub private: bool,
     pub body: Value,
+    /// The W3C trace id the reply is posted under (`traceparent`): a
+    /// goldrelay that exports traces continues it, so the report's id finds
+    /// the reply's whole way in the tracing backend.
+    pub trace_id: String,
 }
 
 impl SmokeReply {
@@ -48,7 +52,15 @@ impl SmokeReply {
             conversation_id,
             private,
             body,
+            // Never all zeros: W3C calls that id invalid.
+            trace_id: format!("{:032x}", rand::rng().random::<u128>() | 1),
         }
+    }
+
+    /// The `traceparent` header: this trace, a fresh parent span, sampled.
+    pub fn traceparent(&self) -> String {
+        let span = rand::rng().random::<u64>() | 1;
+        format!("00-{}-{span:016x}-01", self.trace_id)
     }
 }
 

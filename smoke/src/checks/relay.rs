@@ -96,7 +96,7 @@ pub async fn delivery(run: &mut Run, progress: &Progress) -> Outcome {
     };
     let answer = run
         .relay
-        .post_reply(&smoke.body, Credential::Real)
+        .post_traced(&smoke.body, &smoke.traceparent())
         .await
         .map_err(|e| format!("the smoke reply got no answer: {e}"))?;
     match answer.status {

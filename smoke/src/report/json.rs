@@ -13,6 +13,8 @@ struct Document<'a> {
     target: &'a str,
     chatwoot: Option<&'a str>,
     reply_id: Option<&'a str>,
+    /// The W3C trace id the smoke reply was posted under.
+    trace_id: Option<&'a str>,
     checks: Vec<Check<'a>>,
     warnings: &'a [String],
     counts: Tally,
@@ -48,6 +50,7 @@ pub fn render(report: &Report) -> String {
         target: &report.target,
         chatwoot: report.chatwoot.as_deref(),
         reply_id: report.reply_id.as_deref(),
+        trace_id: report.trace_id.as_deref(),
         checks: report
             .checks
             .iter()

@@ -49,6 +49,8 @@ pub struct Report {
     pub chatwoot: Option<String>,
     /// The smoke reply's id, when relay.delivery ran.
     pub reply_id: Option<String>,
+    /// The trace id the smoke reply was posted under, when relay.delivery ran.
+    pub trace_id: Option<String>,
     pub checks: Vec<CheckResult>,
     /// Deploy pitfalls found after the checks, one line each; they never fail the run.
     pub warnings: Vec<String>,

@@ -52,6 +52,11 @@ async fn the_json_report_matches_a_passing_run() {
         report["reply_id"],
         messages[0].content_attributes["gold_reply_id"]
     );
+    let trace_id = report["trace_id"].as_str().unwrap_or_default();
+    assert!(
+        trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "a W3C trace id: {trace_id:?}"
+    );
     let delivery = check(&report, "relay.delivery")["detail"].as_str().unwrap();
     assert!(
         delivery.starts_with(&format!("delivered as Chatwoot message {}", messages[0].id)),

@@ -10,7 +10,7 @@
 //! `python3`. Where CI or that variable asks for it, a missing package fails
 //! the test; elsewhere the test says it was skipped and how to run it.
 
-use crate::helpers::relay::{free_port, Serve};
+use crate::helpers::relay::{free_port, read_log, Serve};
 use crate::helpers::{database_url, reply, OPERATOR_TOKEN, PATIENCE, TOKEN, WEBHOOK_SECRET};
 use goldrelay::sandbox::{self, Faults, SandboxConfig};
 use serde_json::{json, Value};
@@ -268,6 +268,14 @@ async fn each_reply_is_one_trace_from_its_post_through_its_attempts_to_its_webho
     }
     // A graceful exit sends what is still buffered.
     assert!(relay.terminate().await.success());
+
+    // The log reads as without traces: no span shows in its lines.
+    let log = read_log(&serve.log_of("goldrelay"));
+    assert!(log.contains("delivery attempt"), "{log}");
+    assert!(
+        !log.contains("\"span") && !log.contains("delivery.attempt"),
+        "spans in the log:\n{log}"
+    );
 
     let spans = receiver.spans();
     let (first, first_spans) = trace_of(&spans, "gr-traced");

@@ -4,6 +4,7 @@
 use super::auth::Reader;
 use super::problem::ApiError;
 use super::AppState;
+use crate::dataset::DraftField;
 use crate::domain::FieldError;
 use crate::store::summary::{summarise, SummaryPeriod, MAX_SUMMARY_DAYS};
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -19,10 +20,12 @@ struct SummaryQuery {
     account_id: Option<i64>,
     from: Option<String>,
     to: Option<String>,
+    draft_field: Option<String>,
 }
 
 /// Tallies the decisions accepted from `from` to `to` (UTC days, both
-/// included; by default the 30 days up to today). A longer period keeps its
+/// included; by default the 30 days up to today), each draft's text read at
+/// `draft_field` (`text` by default), as the export reads it. A longer period keeps its
 /// last 366 days; one whose `from` is after its `to` is empty. The answer
 /// names the period it covers. A bound token summarises its own account,
 /// and is refused another.
@@ -36,9 +39,7 @@ pub async fn summary(
         .into_inner();
     let mut period = period(query, Utc::now().date_naive())?;
     period.account = scope.narrow(period.account)?;
-    let summary = summarise(state.store.as_ref(), &period, Utc::now())
-        .await
-        .map_err(ApiError::StoreUnavailable)?;
+    let summary = summarise(state.store.as_ref(), &period, Utc::now()).await?;
     Ok(HttpResponse::Ok().json(summary))
 }
 
@@ -63,6 +64,14 @@ fn period(query: SummaryQuery, today: NaiveDate) -> Result<SummaryPeriod, ApiErr
             .checked_sub_days(Days::new(DEFAULT_DAYS - 1))
             .map_or(earliest, |d| d.max(earliest)),
     };
+    let draft_field = match query.draft_field.as_deref().map(DraftField::parse) {
+        None => DraftField::default(),
+        Some(Ok(field)) => field,
+        Some(Err(rule)) => {
+            errors.push(FieldError::new("draft_field", rule));
+            DraftField::default()
+        }
+    };
     if !errors.is_empty() {
         return Err(ApiError::InvalidQuery(errors));
     }
@@ -70,6 +79,7 @@ fn period(query: SummaryQuery, today: NaiveDate) -> Result<SummaryPeriod, ApiErr
         account: query.account_id,
         from,
         to,
+        draft_field,
     })
 }
 
@@ -102,6 +112,7 @@ mod tests {
             account_id: None,
             from: from.map(str::to_owned),
             to: to.map(str::to_owned),
+            draft_field: None,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct SummaryPeriod {
     pub account: Option<i64>,
     pub from: NaiveDate,
     pub to: NaiveDate,
+    /// Where each draft's text is read, as the training formats read it.
+    pub draft_field: DraftField,
 }
 
 /// Decisions of one kind, by verdict.
@@ -178,7 +180,7 @@ impl Tally {
         let Some(action) = Action::parse(&record.action) else {
             return;
         };
-        let draft = draft_text(record.draft.as_ref(), &DraftField::default());
+        let draft = draft_text(record.draft.as_ref(), &self.period.draft_field);
         let judgement = judge(action, draft, &record.content);
         let day = (record.received_at.date_naive() - self.period.from).num_days();
         if let Some(counts) = usize::try_from(day).ok().and_then(|d| self.days.get_mut(d)) {

@@ -425,6 +425,53 @@ async fn a_bound_viewer_summarises_its_own_account_only_and_a_bad_day_is_refused
     assert_eq!(reversed["shares"]["edited"], Value::Null);
 }
 
+/// A reply whose draft keeps its text at `output.text`, approved unchanged.
+fn nested_draft() -> Value {
+    let mut body = decision("nested-1", "approve", None, "Hi there.");
+    body["draft"] = json!({ "output": { "text": "Hi there." }, "model": "m-2" });
+    body
+}
+
+#[tokio::test]
+async fn the_summary_reads_each_drafts_text_where_draft_field_says() {
+    let app = spawn_console(None, None).await;
+    app.api.accept(&nested_draft()).await;
+    let totals = |body: Value| body["totals"].clone();
+    let by_default = summary(&app, "", VIEWER_TOKEN).await.json().await.unwrap();
+    assert_eq!(
+        totals(by_default),
+        json!({"as_drafted": 0, "edited": 1, "rejected": 0})
+    );
+    let named = summary(&app, "draft_field=output.text", VIEWER_TOKEN).await;
+    let named: Value = named.json().await.unwrap();
+    assert_eq!(
+        totals(named),
+        json!({"as_drafted": 1, "edited": 0, "rejected": 0})
+    );
+    let refused = summary(&app, "draft_field=output..text", VIEWER_TOKEN).await;
+    let problem = assert_problem(refused, 422).await;
+    assert_eq!(error_fields(&problem), ["draft_field"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "drives headless Chromium (apt-get install chromium); CI runs it with --include-ignored"]
+async fn the_console_reads_each_drafts_text_where_the_fragments_draft_field_says() {
+    let app = spawn_console(None, None).await;
+    app.api.accept(&nested_draft()).await;
+    let browser = Browser::launch().await;
+    let verdict = "document.querySelector('[data-reply-id=\"nested-1\"] .verdict')?.textContent";
+    let fragment = format!("token={VIEWER_TOKEN}&account=1&conversation=21");
+    let tab = browser.open(&console_url(&app, &fragment), 800, 600).await;
+    assert_eq!(tab.wait_for(verdict).await, "edited");
+    let named = format!("{fragment}&draft_field=output.text");
+    let tab = browser.open(&console_url(&app, &named), 800, 600).await;
+    assert_eq!(tab.wait_for(verdict).await, "approved as drafted");
+    assert_eq!(
+        tab.eval(&texts_in("nested-1", ".side-label")).await,
+        json!(["AI draft", "Approved text"])
+    );
+}
+
 /// `[day, verdict, count]` of every bar of the per-day chart.
 const BARS: &str = "[...document.querySelectorAll('#chart-days rect[data-verdict]')]\
      .map(r => [r.dataset.day, r.dataset.verdict, Number(r.dataset.count)])";

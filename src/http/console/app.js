@@ -8,6 +8,7 @@ const state = {
   account: null,
   conversation: null,
   cursor: null,
+  draftField: 'text', // where a draft's text is read (#draft_field=output.text)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -29,7 +30,7 @@ function say(text) {
 }
 
 // The fragment carries the token and where to look
-// (#token=…&view=operator|summary&account=…&conversation=…).
+// (#token=…&view=operator|summary&account=…&conversation=…&draft_field=…).
 // The token is taken out of the address bar at once, so it is in no history
 // entry, bookmark or screenshot.
 function readFragment() {
@@ -38,6 +39,7 @@ function readFragment() {
   if (['operator', 'summary'].includes(params.get('view'))) state.view = params.get('view');
   state.account = Number(params.get('account')) || state.account;
   state.conversation = Number(params.get('conversation')) || state.conversation;
+  if (params.get('draft_field')) state.draftField = params.get('draft_field');
   params.delete('token');
   history.replaceState(null, '', location.pathname + location.search + (params.toString() ? '#' + params : ''));
 }
@@ -197,10 +199,15 @@ function timeline(reply) {
 
 // ---- the judgement: the AI draft beside the text a person approved ----
 
-// The draft's text: `draft.text`, as the training formats read it by default.
+// The draft's text at the fragment's draft_field (a dot-separated path of
+// keys, `text` by default), as the export and the summary read it.
 function draftText(reply) {
-  const draft = reply.draft;
-  return draft && typeof draft.text === 'string' ? draft.text : null;
+  let value = reply.draft;
+  for (const key of state.draftField.split('.')) {
+    if (value === null || typeof value !== 'object' || Array.isArray(value) || !Object.hasOwn(value, key)) return null;
+    value = value[key];
+  }
+  return typeof value === 'string' ? value : null;
 }
 
 // As goldrelay judges it (src/dataset/verdict.rs): a rejected draft is
@@ -556,6 +563,7 @@ async function loadSummary() {
   if (!$('summary-to').value) $('summary-to').value = isoDay(new Date());
   if (!$('summary-from').value) $('summary-from').value = isoDay(new Date(Date.now() - 29 * 86400000));
   const query = new URLSearchParams({ from: $('summary-from').value, to: $('summary-to').value });
+  if (state.draftField !== 'text') query.set('draft_field', state.draftField);
   const account = $('summary-account').value || state.account;
   if (account) {
     query.set('account_id', account);

@@ -30,6 +30,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let tuning = store::StoreOptions {
             max_waiting_writes: settings.write_queue,
+            ..store::StoreOptions::default()
         };
         let store = store::open_with(&settings.database_url, &tuning)
             .await

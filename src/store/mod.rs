@@ -475,12 +475,20 @@ pub struct StoreOptions {
     /// write is refused at once ([`StoreError::Overloaded`]: a post gets 503
     /// with Retry-After) rather than queued behind seconds of backlog.
     pub max_waiting_writes: usize,
+    /// PostgreSQL's server-side fast paths: a batch of posted replies as one
+    /// call of `goldrelay_ingest`, delivered outcomes grouped into one call of
+    /// `goldrelay_delivered_many`. Off, each write goes through the rules of
+    /// `lifecycle.rs` instead, as the fast paths' own fallbacks do; the
+    /// conformance suite runs every case both ways and compares the rows.
+    /// SQLite has none.
+    pub fast_paths: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             max_waiting_writes: 2048,
+            fast_paths: true,
         }
     }
 }

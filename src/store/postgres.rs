@@ -114,11 +114,12 @@ impl PostgresStore {
                 pool.clone(),
                 waiting.clone(),
                 announce.clone(),
+                tuning.fast_paths,
             ));
         }
         // Bounded by the delivery slots in practice: each waits for its answer.
         let (delivereds, recorded) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(record_delivereds(pool.clone(), recorded));
+        tokio::spawn(record_delivereds(pool.clone(), recorded, tuning.fast_paths));
         let clock_offset = Arc::new(AtomicI64::new(0));
         read_clock(&pool, &clock_offset).await?;
         tokio::spawn(follow_clock(pool.clone(), clock_offset.clone()));
@@ -140,6 +141,7 @@ async fn run_ingest_writer(
     pool: PgPool,
     waiting: Arc<Mutex<mpsc::Receiver<PendingIngest>>>,
     announce: Arc<Notify>,
+    fast: bool,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -150,7 +152,11 @@ async fn run_ingest_writer(
             .drain(..)
             .map(|p| ((p.new, lifecycle::stored_time(p.now)), p.answer))
             .unzip();
-        let results = ingest_batch(&pool, &items).await;
+        let results = if fast {
+            ingest_batch(&pool, &items).await
+        } else {
+            ingest_each(&pool, &items).await
+        };
         keep_trace_contexts(&pool, &items, &results).await;
         // Told after the commit, in a transaction of the announcer's own
         // (migration 10 says why not inside the batch's).
@@ -1052,11 +1058,22 @@ impl Store for PostgresStore {
 /// `goldrelay_delivered_many` (migration `20261129000009_delivered_together.sql`)
 /// and one commit, and answers each. If that call fails, nothing of it was
 /// stored, and each is recorded alone, so one bad outcome fails only itself.
-async fn record_delivereds(pool: PgPool, mut waiting: mpsc::Receiver<PendingDelivered>) {
+async fn record_delivereds(
+    pool: PgPool,
+    mut waiting: mpsc::Receiver<PendingDelivered>,
+    fast: bool,
+) {
     let mut group = Vec::with_capacity(MAX_BATCH);
     loop {
         if waiting.recv_many(&mut group, MAX_BATCH).await == 0 {
             return;
+        }
+        if !fast {
+            for p in group.drain(..) {
+                let alone = delivered(&pool, &p.reply_id, p.message_id, p.now).await;
+                let _ = p.answer.send(alone);
+            }
+            continue;
         }
         let together = sqlx::query("SELECT goldrelay_delivered_many($1, $2, $3)")
             .bind(

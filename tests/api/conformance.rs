@@ -78,6 +78,17 @@ macro_rules! conformance {
                 }
             )*
         }
+        /// Each case on PostgreSQL twice, with its server-side fast paths
+        /// and with every write through `lifecycle.rs`: the rows must agree.
+        mod postgres_fast_paths_agree {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
+                async fn $store_test() {
+                    super::fast_paths_agree(|store| Box::pin(super::$store_test(store))).await;
+                }
+            )*
+        }
     };
 }
 
@@ -140,12 +151,109 @@ impl TestDb {
         Self::open(DatabaseUrl::parse(&url).expect("a test database URL"), dir).await
     }
 
+    /// [`TestDb::postgres`], with or without PostgreSQL's fast paths.
+    async fn postgres_with(fast_paths: bool) -> Self {
+        let url = helpers::postgres::fresh_database();
+        let url = DatabaseUrl::parse(&url).expect("a test database URL");
+        let options = store::StoreOptions {
+            fast_paths,
+            ..store::StoreOptions::default()
+        };
+        let store = store::open_with(&url, &options)
+            .await
+            .expect("the store opens");
+        Self {
+            store,
+            url,
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     async fn open(url: DatabaseUrl, dir: TempDir) -> Self {
         let store = store::open(&url).await.expect("the store opens");
         Self {
             store,
             url,
             _dir: dir,
+        }
+    }
+}
+
+// ------------------------------------------------- fast paths vs the rules
+
+/// Runs `case` on a PostgreSQL store with its fast paths (`goldrelay_ingest`,
+/// `goldrelay_delivered_many`) and on one whose every write goes through
+/// `lifecycle.rs`, and fails unless both leave the same rows.
+async fn fast_paths_agree(
+    case: impl Fn(SharedStore) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+) {
+    let fast = TestDb::postgres_with(true).await;
+    case(fast.store.clone()).await;
+    let rules = TestDb::postgres_with(false).await;
+    case(rules.store.clone()).await;
+    let (fast_rows, rules_rows) = (rows(&fast.url).await, rows(&rules.url).await);
+    for ((table, fast), (_, rules)) in fast_rows.iter().zip(&rules_rows) {
+        assert_eq!(
+            fast, rules,
+            "{table}: the fast path (left) and lifecycle.rs (right) left different rows"
+        );
+    }
+}
+
+/// The tables a case writes, as JSON rows in a stable order. Ids the server
+/// draws (`seq`, event ids), lease owners (fresh per worker) and events'
+/// dedupe keys (a counter the cases share across the process) are left out;
+/// times are made relative to the earliest one, since each run starts at its
+/// own `now`.
+async fn rows(url: &DatabaseUrl) -> Vec<(&'static str, Value)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url.expose()).await.unwrap();
+    let queries = [
+        ("gold_replies", "SELECT COALESCE(jsonb_agg(to_jsonb(t) ORDER BY reply_id), '[]') FROM gold_replies t"),
+        ("delivery_jobs", "SELECT COALESCE(jsonb_agg(to_jsonb(t) - 'seq' - 'lease_owner' ORDER BY seq), '[]') FROM delivery_jobs t"),
+        ("chatwoot_events", "SELECT COALESCE(jsonb_agg(to_jsonb(t) - 'id' - 'dedupe_key' \
+             ORDER BY received_at, message_id, event, reply_id, payload::text), '[]') FROM chatwoot_events t"),
+    ];
+    let mut tables = Vec::new();
+    for (table, query) in queries {
+        let (rows,): (Value,) = sqlx::query_as(query).fetch_one(&mut conn).await.unwrap();
+        tables.push((table, rows));
+    }
+    let earliest = tables
+        .iter()
+        .filter_map(|(_, rows)| earliest_time(rows))
+        .min();
+    for (_, rows) in &mut tables {
+        relative_times(rows, earliest);
+    }
+    tables
+}
+
+fn as_time(value: &Value) -> Option<DateTime<Utc>> {
+    value
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn earliest_time(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::Array(items) => items.iter().filter_map(earliest_time).min(),
+        Value::Object(fields) => fields.values().filter_map(earliest_time).min(),
+        other => as_time(other),
+    }
+}
+
+fn relative_times(value: &mut Value, earliest: Option<DateTime<Utc>>) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(|v| relative_times(v, earliest)),
+        Value::Object(fields) => fields
+            .values_mut()
+            .for_each(|v| relative_times(v, earliest)),
+        other => {
+            if let (Some(t), Some(base)) = (as_time(other), earliest) {
+                *other = json!(format!("+{}ms", (t - base).num_milliseconds()));
+            }
         }
     }
 }

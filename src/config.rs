@@ -65,6 +65,10 @@ pub struct Settings {
     /// reply is older than `GOLDRELAY_MAX_AGE`; events only hint. `0` turns
     /// it off (statuses are then read only when an event asks). Default 5m.
     pub status_reconcile: Duration,
+    /// `GOLDRELAY_CAPTURE_CONTEXT`: how many conversation turns before a
+    /// reply are captured from Chatwoot's message list and kept with it, when
+    /// Support posted no `context`; `0` turns capture off. Default 20.
+    pub capture_context: usize,
     /// `GOLDRELAY_MAX_ATTEMPTS`: attempts before a reply is given up on.
     pub max_attempts: u32,
     /// `GOLDRELAY_MAX_AGE`: age after which a reply is given up on.
@@ -298,6 +302,7 @@ impl Settings {
             lookup_delay: env.duration("GOLDRELAY_LOOKUP_DELAY", "60s"),
             chatwoot_idempotent: env.parsed("GOLDRELAY_CHATWOOT_IDEMPOTENT", false),
             status_reconcile: env.duration("GOLDRELAY_STATUS_RECONCILE", "5m"),
+            capture_context: env.parsed("GOLDRELAY_CAPTURE_CONTEXT", 20),
             max_attempts: env.parsed("GOLDRELAY_MAX_ATTEMPTS", 50),
             max_age: env.duration("GOLDRELAY_MAX_AGE", "24h"),
             max_body_bytes: env.parsed("GOLDRELAY_MAX_BODY", 256 * 1024),

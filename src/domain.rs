@@ -11,6 +11,8 @@ mod status;
 
 pub use context::{Turn, TurnRole};
 pub use event::{channel_status_may_change, ChatwootEvent, Effect, EventMessage, Kept, OwnUser};
-pub use gold_reply::{Action, FieldError, GoldReply, MAX_CONTENT_CHARS};
+pub use gold_reply::{
+    Action, FieldError, GoldReply, MAX_CONTENT_CHARS, MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS,
+};
 pub use reply_id::ReplyId;
 pub use status::{Status, UnknownStatus};

@@ -22,6 +22,7 @@ pub struct Metrics {
     attempts: IntCounterVec,
     delivery_seconds: Histogram,
     events: IntCounterVec,
+    captures: IntCounterVec,
     mismatches: IntCounter,
     replies: IntGaugeVec,
     oldest_queued: Gauge,
@@ -120,6 +121,12 @@ impl Metrics {
                 "Chatwoot webhook requests, by outcome.",
                 "outcome",
             ),
+            captures: counter(
+                "context_captures_total",
+                "Captures of a reply's conversation context from Chatwoot, by outcome: \
+                 captured, retry (failed, tried again later) or failed (given up).",
+                "outcome",
+            ),
             mismatches,
             paused,
             replies,
@@ -148,6 +155,11 @@ impl Metrics {
         if outcome == "mismatch" {
             self.mismatches.inc();
         }
+    }
+
+    /// One capture of a reply's context ended: `captured`, `retry` or `failed`.
+    pub fn capture(&self, outcome: &str) {
+        self.captures.with_label_values(&[outcome]).inc();
     }
 
     /// A message carried a reply's marker without being that reply's message.

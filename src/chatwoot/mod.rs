@@ -5,6 +5,8 @@ mod liquid;
 
 pub use liquid::as_sent;
 
+use crate::domain::{Turn, TurnRole};
+
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode, Url};
@@ -26,6 +28,9 @@ pub const MAX_LOOKUP_PAGES: usize = 500;
 /// `after=<id>` alone answers at most this many messages (`messages_after`,
 /// `app/finders/message_finder.rb`); fewer means every id above was read.
 const AFTER_PAGE: usize = 100;
+/// No `after` answers at most this many: the latest, or the latest before
+/// `before` (`app/finders/message_finder.rb`).
+pub const LATEST_PAGE: usize = 20;
 /// `after` and `before` together answer at most this many (`messages_between`).
 const RANGE_PAGE: usize = 1000;
 /// The longest `Retry-After` taken as given. Anything longer (up to
@@ -141,6 +146,21 @@ struct ListedMessage {
     status: Option<String>,
     #[serde(default)]
     sender: Value,
+    #[serde(default)]
+    private: Option<bool>,
+    /// Unix seconds in the REST API (`_message.json.jbuilder`).
+    #[serde(default)]
+    created_at: Option<i64>,
+}
+
+/// One message of a conversation as a context capture reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    pub id: i64,
+    /// `created_at`, Unix seconds; Chatwoot orders a conversation by it.
+    pub created_at: i64,
+    /// The turn it makes, or `None` when it is left out (see [`turn_of`]).
+    pub turn: Option<Turn>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +342,32 @@ impl ChatwootClient {
         )))
     }
 
+    /// One page of a conversation for a context capture: the latest
+    /// [`LATEST_PAGE`] messages, or the latest before `before`, oldest first.
+    /// Private notes and activity messages are filtered by Chatwoot
+    /// (`filter_internal_messages`, `app/finders/message_finder.rb`) and
+    /// again here, for versions that do not know the parameter.
+    pub async fn turns_page(
+        &self,
+        account_id: i64,
+        conversation_id: i64,
+        before: Option<i64>,
+    ) -> Result<Vec<Listed>, SendError> {
+        let mut url = self.messages_url(account_id, conversation_id);
+        url.query_pairs_mut()
+            .append_pair("filter_internal_messages", "true");
+        let before: Vec<(&str, i64)> = before.map(|id| ("before", id)).into_iter().collect();
+        let page = self.list_page(url, &before).await?;
+        Ok(page
+            .iter()
+            .map(|m| Listed {
+                id: m.id,
+                created_at: m.created_at.unwrap_or_default(),
+                turn: turn_of(m),
+            })
+            .collect())
+    }
+
     /// The channel status Chatwoot holds for `message_id`, read from the
     /// message list with `after=<message_id - 1>`, which starts at that message
     /// (`app/finders/message_finder.rb`). `None`: no such message (deleted).
@@ -477,6 +523,30 @@ impl Search {
         self.lookup = Lookup::Uncertain(why);
         self
     }
+}
+
+/// The turn a listed message makes in a conversation's context: incoming
+/// (`message_type` 0) is the customer's; outgoing (1, an agent's or a bot's)
+/// and template (3, what Chatwoot itself showed the customer: a CSAT survey,
+/// an e-mail prompt, a WhatsApp template) are the assistant's. Left out:
+/// private notes and activity messages (2), which the customer never saw; a
+/// deleted message (`content_attributes.deleted`, its text replaced,
+/// `messages_controller.rb#destroy`); and one without text (attachments alone).
+fn turn_of(message: &ListedMessage) -> Option<Turn> {
+    let role = match message.message_type? {
+        0 => TurnRole::User,
+        1 | 3 => TurnRole::Assistant,
+        _ => return None,
+    };
+    let deleted = message.content_attributes["deleted"] == Value::Bool(true);
+    if message.private == Some(true) || deleted {
+        return None;
+    }
+    let content = message.content.as_deref().filter(|c| !c.trim().is_empty())?;
+    Some(Turn {
+        role,
+        content: content.to_owned(),
+    })
 }
 
 /// Outgoing (`message_type` 1), from goldrelay's own user, with the content

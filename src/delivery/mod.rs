@@ -14,6 +14,7 @@
 //! lookup that cannot conclude never leads to a send. See `docs/delivery.md`.
 
 mod channel;
+mod context;
 mod pause;
 mod rules;
 
@@ -94,6 +95,8 @@ pub struct Worker {
     /// Every attempt in progress, so a drain that abandons one knows whether
     /// its create left, and when.
     flights: Mutex<HashMap<ReplyId, Flight>>,
+    /// Turns captured per reply posted without context; 0 is off (`context`).
+    capture_turns: usize,
 }
 
 impl Worker {
@@ -117,6 +120,7 @@ impl Worker {
             pause: Pause::default(),
             metrics,
             flights: Mutex::default(),
+            capture_turns: 0,
         }
     }
 
@@ -176,6 +180,7 @@ impl Worker {
         let _ = tokio::time::timeout(this.policy.deadline(), first_answer).await;
         this.link.state.set(WorkerPhase::Running);
         tokio::spawn(this.clone().read_channel_statuses(shutdown.clone()));
+        tokio::spawn(this.clone().capture_contexts(shutdown.clone()));
         while !shutdown.is_cancelled() {
             while tasks.try_join_next().is_some() {}
             let wait = this.claim_and_spawn(&slots, &mut tasks).await;
@@ -808,8 +813,6 @@ fn abandoned_outcome(flight: &Flight, policy: &Policy, now: DateTime<Utc>) -> Ou
 mod tests {
     use super::*;
 
-    #[test]
-    #[test]
     #[tokio::test]
     async fn a_panic_is_caught_with_its_message() {
         let ok = caught(async { 7 }).await;
@@ -817,8 +820,4 @@ mod tests {
         let boom = caught(async { panic!("boom {}", 1) }).await;
         assert_eq!(boom, Err::<(), _>("boom 1".to_owned()));
     }
-
-    #[test]
-    #[test]
-    #[test]
 }

@@ -1,6 +1,6 @@
 //! A gold reply as Support posts it, and the rules it must pass.
 
-use super::ReplyId;
+use super::{ReplyId, Turn, TurnRole};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::Digest;
@@ -10,12 +10,18 @@ pub const MAX_CONTENT_CHARS: usize = 150_000;
 const MAX_APPROVED_BY_CHARS: usize = 256;
 const MAX_TAGS: usize = 32;
 const MAX_TAG_CHARS: usize = 64;
+/// The most turns a posted `context` may hold: more than any draft answers.
+pub const MAX_CONTEXT_TURNS: usize = 200;
+/// The most characters all of a posted context's turns hold together, so
+/// one reply's row stays a reasonable size (a turn alone may reach Chatwoot's
+/// own limit, [`MAX_CONTENT_CHARS`]).
+pub const MAX_CONTEXT_CHARS: usize = 1_000_000;
 /// PostgreSQL's `text` and `jsonb` cannot hold U+0000, so no field may carry it.
 const NUL_MESSAGE: &str = "must not contain NUL characters (\\u0000)";
 /// The largest integer a JSON number written with a fraction (`2372.0`) is
 /// exact for; past it, `f64` has already rounded what the client wrote.
 const MAX_EXACT_FLOAT_INT: f64 = 9_007_199_254_740_992.0;
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "reply_id",
     "account_id",
     "conversation_id",
@@ -27,6 +33,7 @@ const FIELDS: [&str; 11] = [
     "draft",
     "tags",
     "metadata",
+    "context",
 ];
 
 /// What the person decided about the AI draft.
@@ -84,6 +91,11 @@ pub struct GoldReply {
     draft: Option<Value>,
     tags: Vec<String>,
     metadata: Option<Value>,
+    /// The turns the draft answered, as Support posted them; `None`: to be
+    /// captured from Chatwoot. Left out of the fingerprint when absent, so
+    /// replies stored before this field existed keep theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<Vec<Turn>>,
 }
 
 /// One broken rule, named by the field it concerns.
@@ -133,6 +145,7 @@ impl GoldReply {
         let draft = check.optional_object("draft");
         let tags = check.tags();
         let metadata = check.optional_object("metadata");
+        let context = check.context();
         match (reply_id, account_id, conversation_id, action, content) {
             (
                 Some(reply_id),
@@ -152,6 +165,7 @@ impl GoldReply {
                 draft,
                 tags,
                 metadata,
+                context,
             }),
             _ => Err(errors),
         }
@@ -211,6 +225,12 @@ impl GoldReply {
     /// Anything else Support keeps with the reply.
     pub fn metadata(&self) -> Option<&Value> {
         self.metadata.as_ref()
+    }
+
+    /// The conversation turns the draft answered, when Support posted them
+    /// (`Some(&[])`: there were none); `None`: goldrelay captures them.
+    pub fn context(&self) -> Option<&[Turn]> {
+        self.context.as_deref()
     }
 
     /// The SHA-256 (hex) of a canonical JSON form: equal for requests that
@@ -367,6 +387,92 @@ impl<'a> Checker<'a> {
         }
         tags
     }
+
+    /// `context`: a list of `{role, content}` turns, oldest first. Chatwoot
+    /// message ids are not taken: goldrelay captures the turns itself when
+    /// `context` is absent.
+    fn context(&mut self) -> Option<Vec<Turn>> {
+        let value = self.present("context")?;
+        let Some(items) = value.as_array() else {
+            self.fail(
+                "context",
+                "must be an array of {\"role\", \"content\"} objects",
+            );
+            return None;
+        };
+        if items.len() > MAX_CONTEXT_TURNS {
+            self.fail(
+                "context",
+                format!("may hold at most {MAX_CONTEXT_TURNS} turns"),
+            );
+            return None;
+        }
+        let before = self.errors.len();
+        let turns: Vec<Turn> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| self.turn(i, item))
+            .collect();
+        let chars: usize = turns.iter().map(|t| t.content.chars().count()).sum();
+        if chars > MAX_CONTEXT_CHARS {
+            self.fail(
+                "context",
+                format!("may hold at most {MAX_CONTEXT_CHARS} characters in all"),
+            );
+        }
+        (self.errors.len() == before).then_some(turns)
+    }
+
+    /// One turn of `context`, every problem named by its index.
+    fn turn(&mut self, i: usize, item: &Value) -> Option<Turn> {
+        let field = format!("context[{i}]");
+        let Some(turn) = item.as_object() else {
+            self.fail(&field, "must be an object with \"role\" and \"content\"");
+            return None;
+        };
+        for key in turn
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "role" | "content"))
+        {
+            let key = key.replace('\0', "\\u0000");
+            self.fail(&format!("{field}.{key}"), "is not a known field");
+        }
+        let role = match turn.get("role").and_then(Value::as_str) {
+            Some("user") => Some(TurnRole::User),
+            Some("assistant") => Some(TurnRole::Assistant),
+            _ => {
+                self.fail(
+                    &format!("{field}.role"),
+                    "must be \"user\" or \"assistant\"",
+                );
+                None
+            }
+        };
+        let content = match turn.get("content") {
+            Some(Value::String(s)) if s.contains('\0') => {
+                self.fail(&format!("{field}.content"), NUL_MESSAGE);
+                None
+            }
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                self.fail(&format!("{field}.content"), "must not be blank");
+                None
+            }
+            Some(Value::String(s)) if s.chars().count() > MAX_CONTENT_CHARS => {
+                let message = format!("must be at most {MAX_CONTENT_CHARS} characters");
+                self.fail(&format!("{field}.content"), message);
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => {
+                self.fail(&format!("{field}.content"), "must be a string");
+                None
+            }
+        };
+        Some(Turn {
+            role: role?,
+            content: content?,
+        })
+    }
 }
 
 /// A JSON integer, or a number written with a zero fraction (`2372.0`): JSON
@@ -496,6 +602,72 @@ mod tests {
     }
 
     #[test]
+    fn a_posted_context_is_kept_in_order_and_an_empty_one_means_no_turns() {
+        let mut body = valid();
+        body["context"] = json!([
+            {"role": "user", "content": "Where is my parcel?"},
+            {"role": "assistant", "content": "Let me check."}
+        ]);
+        let reply = GoldReply::parse(&body).unwrap();
+        let turns = reply.context().unwrap();
+        assert_eq!(turns.len(), 2);
+        assert_eq!(turns[0].role, TurnRole::User);
+        assert_eq!(turns[1].content, "Let me check.");
+        assert_ne!(
+            reply.fingerprint(),
+            GoldReply::parse(&valid()).unwrap().fingerprint()
+        );
+        body["context"] = json!([]);
+        assert_eq!(GoldReply::parse(&body).unwrap().context(), Some(&[][..]));
+        body["context"] = Value::Null;
+        assert_eq!(GoldReply::parse(&body).unwrap().context(), None);
+    }
+
+    #[test]
+    fn every_broken_turn_is_named_by_its_index() {
+        let mut body = valid();
+        body["context"] = json!([
+            {"role": "system", "content": "You are helpful"},
+            {"role": "user", "content": "  "},
+            {"role": "user", "content": 7, "name": "x"},
+            42,
+            {"role": "assistant", "content": "n\u{0}l"}
+        ]);
+        let errors = GoldReply::parse(&body).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "context[0].role",
+                "context[1].content",
+                "context[2].name",
+                "context[2].content",
+                "context[3]",
+                "context[4].content"
+            ]
+        );
+        body["context"] = json!([1234, 5678]);
+        assert_eq!(GoldReply::parse(&body).unwrap_err()[0].field, "context[0]");
+        body["context"] = json!({"role": "user"});
+        assert_eq!(GoldReply::parse(&body).unwrap_err()[0].field, "context");
+    }
+
+    #[test]
+    fn a_context_past_its_caps_is_refused_as_a_whole() {
+        let mut body = valid();
+        let turn = json!({"role": "user", "content": "hi"});
+        body["context"] = Value::from(vec![turn; MAX_CONTEXT_TURNS + 1]);
+        assert_eq!(GoldReply::parse(&body).unwrap_err()[0].field, "context");
+        let long = "x".repeat(MAX_CONTENT_CHARS);
+        let turn = json!({"role": "user", "content": long});
+        let turns = MAX_CONTEXT_CHARS / MAX_CONTENT_CHARS + 1;
+        body["context"] = Value::from(vec![turn; turns]);
+        let errors = GoldReply::parse(&body).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("in all"), "{errors:?}");
+    }
+
+    #[test]
     fn reject_needs_no_approver_but_approve_does() {
         let mut body = valid();
         body.as_object_mut().unwrap().remove("approved_by");
@@ -560,7 +732,9 @@ mod properties {
             .strip_prefix("tags[")
             .and_then(|rest| rest.strip_suffix(']'))
             .and_then(|i| i.parse::<usize>().ok());
+        let turn = field.starts_with("context[") && body.contains_key("context");
         FIELDS.contains(&field)
+            || turn
             || body.contains_key(&field.replace("\\u0000", "\0"))
             || tag.is_some_and(|i| body["tags"].as_array().is_some_and(|t| i < t.len()))
     }

@@ -556,7 +556,13 @@ async fn list(
         }
         Err(refusal) => return refusal.into_response(),
     }
-    shared.lock().lists += 1;
+    let (failure, delay) = list_fault(&shared, &req, conversation_id);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if let Some(response) = failure {
+        return response;
+    }
     if let Some(response) = injected(&shared).await {
         return response;
     }
@@ -579,6 +585,34 @@ async fn list(
         },
         "payload": page,
     }))
+}
+
+/// Counts and logs a list request; returns a list-only failure to answer
+/// instead, if any, and how long to wait first.
+fn list_fault(
+    shared: &Shared,
+    req: &HttpRequest,
+    conversation_id: i64,
+) -> (Option<HttpResponse>, u64) {
+    let mut state = shared.lock();
+    state.lists += 1;
+    state.list_log.push(super::ListSeen {
+        at_ms: Utc::now().timestamp_millis(),
+        conversation_id,
+        query: req.query_string().to_owned(),
+    });
+    let f = &mut state.faults;
+    let delay = f.list_delay_ms;
+    if f.fail_lists_next == 0 {
+        return (None, delay);
+    }
+    f.fail_lists_next -= 1;
+    let status = f.fail_status.and_then(|s| StatusCode::from_u16(s).ok());
+    let status = status.unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let page = HttpResponse::build(status)
+        .content_type("text/html")
+        .body("<html><body>Service Unavailable</body></html>");
+    (Some(page), delay)
 }
 
 /// `app/finders/message_finder.rb`: filters by id, orders by `created_at`

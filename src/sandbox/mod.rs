@@ -163,6 +163,11 @@ pub struct Faults {
     /// Hold each event this long before sending it (two Sidekiq hops:
     /// `event_dispatcher_job.rb`, `webhook_job.rb`), so events overtake each other.
     pub echo_delay_ms: u64,
+    /// Fail this many of the next message-list requests (creates unaffected)
+    /// with `fail_status`, e.g. a read replica or a proxy route failing alone.
+    pub fail_lists_next: u32,
+    /// Delay every message-list request (creates unaffected) by this many milliseconds.
+    pub list_delay_ms: u64,
 }
 
 /// What `error_after_commit_next` answers unless told otherwise.
@@ -215,6 +220,21 @@ pub struct CreateSeen {
     pub at_ms: i64,
 }
 
+/// One message-list request as it arrived, for tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListSeen {
+    /// Milliseconds since the Unix epoch when the request arrived.
+    pub at_ms: i64,
+    /// The conversation listed.
+    pub conversation_id: i64,
+    /// The raw query string (`before=…&filter_internal_messages=true`).
+    pub query: String,
+}
+
+/// The text a deleted message is left with (`messages_controller.rb#destroy`,
+/// `conversations.messages.deleted` in `config/locales/en.yml`).
+pub const DELETED_TEXT: &str = "This message was deleted";
+
 /// Who a token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Caller {
@@ -246,6 +266,8 @@ struct State {
     creates: Vec<CreateSeen>,
     /// List requests received (message lists, the profile excluded).
     lists: usize,
+    /// Every message-list request: when it arrived and its query string.
+    list_log: Vec<ListSeen>,
     recent: HashMap<(i64, i64), Vec<Instant>>,
     /// rack-attack's fixed windows: client IP → (minute, requests in it).
     throttle: HashMap<IpAddr, (i64, u32)>,
@@ -332,6 +354,39 @@ impl SandboxHandle {
         self.shared.lock().lists
     }
 
+    /// Every message-list request so far, in arrival order.
+    pub fn list_requests(&self) -> Vec<ListSeen> {
+        self.shared.lock().list_log.clone()
+    }
+
+    /// The customer writes in the conversation (an incoming message, as the
+    /// channel delivers it; no webhook is sent). Returns its id.
+    pub fn customer_says(&self, account_id: i64, conversation_id: i64, content: &str) -> i64 {
+        self.shared.seed(account_id, conversation_id, 0, content, contact())
+    }
+
+    /// Chatwoot records an activity message (`Conversation was resolved by …`),
+    /// as its own callbacks do; no webhook is sent. Returns its id.
+    pub fn activity(&self, account_id: i64, conversation_id: i64, content: &str) -> i64 {
+        self.shared
+            .seed(account_id, conversation_id, 2, content, Value::Null)
+    }
+
+    /// An agent deletes a message (`MessagesController#destroy`): the row
+    /// stays, its content becomes [`DELETED_TEXT`] and `content_attributes`
+    /// `{"deleted": true}`. `false` when there is no such message.
+    pub fn delete_message(&self, message_id: i64) -> bool {
+        let mut state = self.shared.lock();
+        let Some(message) = state.messages.iter_mut().find(|m| m.id == message_id) else {
+            return false;
+        };
+        message.content = Value::from(DELETED_TEXT);
+        message.content_type = "text".into();
+        message.content_attributes = json!({"deleted": true});
+        message.updated = Utc::now();
+        true
+    }
+
     /// Changes a message's channel status without any webhook: the event
     /// was lost, or the channel's report came in another way.
     pub fn set_status_silently(&self, message_id: i64, status: &str, error: Option<&str>) -> bool {
@@ -401,6 +456,34 @@ impl Shared {
         message.updated = Utc::now();
         let message = message.clone();
         Some(Self::event(&state, &message, "message_updated"))
+    }
+
+    /// Stores a message Chatwoot made without a create request of goldrelay's.
+    fn seed(&self, account: i64, conversation: i64, kind: i64, text: &str, sender: Value) -> i64 {
+        let mut state = self.lock();
+        let id = state.next_id;
+        state.next_id += 1;
+        let now = Utc::now();
+        state.messages.push(Message {
+            id,
+            account_id: account,
+            content: Value::from(text),
+            inbox_id: 1,
+            conversation_id: conversation,
+            message_type: kind,
+            content_type: "text".into(),
+            status: "sent".into(),
+            content_attributes: json!({}),
+            created_at: now.timestamp(),
+            private: false,
+            source_id: Value::Null,
+            sender,
+            created: now,
+            client_message_id: None,
+            updated: now,
+            sent_by: Caller::Agent,
+        });
+        id
     }
 
     fn retry(&self, id: i64) -> Option<Option<Event>> {

@@ -2,7 +2,7 @@
 //! carrying the cursor that resumes the export right after it.
 
 use super::{Cursor, SharedStore, StoreError};
-use crate::domain::{ReplyId, Status};
+use crate::domain::{ReplyId, Status, Turn};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
@@ -57,6 +57,13 @@ pub struct ExportRecord {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// An attempt may have created the message; a retry looks for it first.
     pub uncertain: bool,
+    /// The conversation turns the reply answered, oldest first: posted with
+    /// it or captured from Chatwoot; `None` while neither happened.
+    pub context: Option<Vec<Turn>>,
+    /// `posted` or `captured`; `None` while there is no context.
+    pub context_source: Option<String>,
+    /// When a captured context was read from Chatwoot.
+    pub context_captured_at: Option<DateTime<Utc>>,
 }
 
 /// The columns an export selects, in both backends.
@@ -64,7 +71,7 @@ pub(super) const EXPORT_COLUMNS: &str =
     "reply_id, account_id, conversation_id, action, content, private, \
      draft, approved_by, tags, metadata, received_at, delivered_at, confirmed_at, status, \
      attempts, last_error, chatwoot_message_id, channel_status, channel_error, next_attempt_at, \
-     uncertain";
+     uncertain, context, context_source, context_captured_at";
 
 /// One line of the export: the record, and where to resume after it.
 #[derive(Serialize)]

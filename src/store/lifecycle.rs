@@ -152,6 +152,8 @@ pub(crate) struct NewReply {
     pub metadata: Option<String>,
     /// The ingest span's W3C traceparent, when traces are exported.
     pub trace_context: Option<String>,
+    /// The posted context as JSON; `None`: a capture is due.
+    pub context: Option<String>,
 }
 
 impl NewReply {
@@ -163,6 +165,7 @@ impl NewReply {
             metadata: reply.metadata().as_ref().map(|v| v.to_string()),
             // Read from the calling request's span, so no signature changes.
             trace_context: crate::telemetry::traceparent(),
+            context: reply.context().and_then(|t| serde_json::to_string(t).ok()),
             reply: reply.clone(),
         }
     }
@@ -254,6 +257,11 @@ pub(crate) fn created_record(new: &NewReply, now: DateTime<Utc>) -> ReplyRecord 
         confirmed_at: None,
         channel_status: None,
         channel_error: None,
+        context: super::ContextState {
+            source: new.context.as_ref().map(|_| "posted".to_owned()),
+            next_capture_at: new.context.is_none().then_some(at),
+            ..Default::default()
+        },
     }
 }
 

@@ -7,6 +7,7 @@
 //! instead of paying for one each. Reads use a small pool of their own
 //! connections.
 
+mod capture;
 mod writer;
 
 use super::lifecycle::{self, NewReply};
@@ -159,6 +160,13 @@ fn record(row: &SqliteRow) -> Result<ReplyRecord, sqlx::Error> {
         confirmed_at: time(row.try_get("confirmed_at")?),
         channel_status: row.try_get("channel_status")?,
         channel_error: row.try_get("channel_error")?,
+        context: super::ContextState {
+            source: row.try_get("context_source")?,
+            captured_at: time(row.try_get("context_captured_at")?),
+            capture_attempts: row.try_get("context_attempts")?,
+            capture_error: row.try_get("context_error")?,
+            next_capture_at: time(row.try_get("context_due_at")?),
+        },
     })
 }
 
@@ -432,6 +440,23 @@ impl Store for SqliteStore {
     fn wake_on_new_jobs(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
         let _ = self.wake.set(wake);
     }
+
+    async fn claim_captures(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<super::DueCapture>, StoreError> {
+        self.captures_due(now, lease, limit).await
+    }
+
+    async fn record_capture(
+        &self,
+        reply_id: &ReplyId,
+        capture: &super::Capture<'_>,
+    ) -> Result<(), StoreError> {
+        self.capture_recorded(reply_id.as_str(), capture).await
+    }
 }
 
 impl SqliteStore {
@@ -494,6 +519,15 @@ fn export_record(row: &SqliteRow) -> Result<ExportRecord, sqlx::Error> {
         channel_error: row.try_get("channel_error")?,
         next_attempt_at: time(row.try_get("next_attempt_at")?),
         uncertain: row.try_get("uncertain")?,
+        context: json_column(row, "context")?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| sqlx::Error::ColumnDecode {
+                index: "context".into(),
+                source: Box::new(e),
+            })?,
+        context_source: row.try_get("context_source")?,
+        context_captured_at: time(row.try_get("context_captured_at")?),
     })
 }
 

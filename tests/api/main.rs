@@ -12,6 +12,7 @@ mod auth;
 mod backup;
 mod chaos;
 mod conformance;
+mod context;
 mod console;
 mod console_judgement;
 mod console_rate;

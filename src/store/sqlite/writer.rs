@@ -178,6 +178,13 @@ fn stored(row: &Row) -> rusqlite::Result<Stored> {
             confirmed_at: time(row.get("confirmed_at")?),
             channel_status: row.get("channel_status")?,
             channel_error: row.get("channel_error")?,
+            context: crate::store::ContextState {
+                source: row.get("context_source")?,
+                captured_at: time(row.get("context_captured_at")?),
+                capture_attempts: row.get("context_attempts")?,
+                capture_error: row.get("context_error")?,
+                next_capture_at: time(row.get("context_due_at")?),
+            },
         },
         fingerprint: row.get("fingerprint")?,
         uncertain: row.get("uncertain")?,
@@ -241,9 +248,9 @@ impl Tx for SqliteTx<'_> {
             .prepare_cached(
                 "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, \
                  content, private, approved_by, draft, tags, metadata, fingerprint, status, \
-                 received_at, next_attempt_at, liquid, trace_context) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
-                 ON CONFLICT (reply_id) DO NOTHING",
+                 received_at, next_attempt_at, liquid, trace_context, context, context_source, \
+                 context_due_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+                 ?14, ?15, ?16, ?17, ?18, ?19) ON CONFLICT (reply_id) DO NOTHING",
             )?
             .execute(params![
                 reply.reply_id().as_str(),
@@ -262,6 +269,9 @@ impl Tx for SqliteTx<'_> {
                 reply.action().sends().then_some(now_ms),
                 reply.liquid(),
                 new.trace_context,
+                new.context,
+                new.context.as_ref().map(|_| "posted"),
+                new.context.is_none().then_some(now_ms),
             ])?;
         Ok(inserted == 1)
     }

@@ -55,6 +55,8 @@ pub fn test_settings(chatwoot: &SandboxHandle, dir: &TempDir) -> Settings {
         ("GOLDRELAY_DELIVERY_CONCURRENCY", "8".into()),
         ("GOLDRELAY_SHUTDOWN_DRAIN", "2s".into()),
         ("CHATWOOT_WEBHOOK_SECRETS", WEBHOOK_SECRET.into()),
+        // Off, so other suites' counts of Chatwoot requests hold; tests/api/context.rs turns it on.
+        ("GOLDRELAY_CAPTURE_CONTEXT", "0".into()),
     ]
     .into_iter()
     .collect();

@@ -50,7 +50,8 @@ impl Application {
             policy(&settings),
             link.clone(),
             metrics.clone(),
-        );
+        )
+        .capturing_context(settings.capture_context);
         let state = web::Data::new(AppState {
             store: store.clone(),
             tokens: BearerTokens::new(&settings.tokens)

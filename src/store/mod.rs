@@ -18,7 +18,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub use crate::config::{Backend, DatabaseUrl};
-use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
+use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status, Turn};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -64,9 +64,25 @@ pub struct ReplyRecord {
     pub confirmed_at: Option<DateTime<Utc>>,
     pub channel_status: Option<String>,
     pub channel_error: Option<String>,
+    /// Where the reply's conversation context stands (issue 21).
+    pub context: ContextState,
 }
 
-/// What storing a posted reply did.
+/// Where a reply's conversation context stands: posted, captured, or still
+/// to capture, and the last failed capture. The turns themselves are in the export.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ContextState {
+    /// `posted` or `captured`; `None` while neither.
+    pub source: Option<String>,
+    /// When a captured context was read from Chatwoot.
+    pub captured_at: Option<DateTime<Utc>>,
+    /// Captures tried so far.
+    pub capture_attempts: i64,
+    /// The last failed capture's error, until one succeeds.
+    pub capture_error: Option<String>,
+    /// When the next capture is due (or its lease ends); `None`: none pending.
+    pub next_capture_at: Option<DateTime<Utc>>,
+}
 #[derive(Debug)]
 pub enum Ingested {
     /// A new reply, committed with its delivery job.
@@ -379,12 +395,73 @@ pub trait Store: Send + Sync {
     /// Wakes `wake` whenever a new job is committed (by any instance, where
     /// several share the store), so the worker need not poll for it.
     fn wake_on_new_jobs(&self, wake: Arc<tokio::sync::Notify>);
+
+    /// Leases up to `limit` replies whose context capture is due (see
+    /// [`DueCapture`]), each not handed out again for `lease` unless its
+    /// capture is recorded. A store without capture hands out none.
+    async fn claim_captures(
+        &self,
+        _now: DateTime<Utc>,
+        _lease: Duration,
+        _limit: usize,
+    ) -> Result<Vec<DueCapture>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Records how a capture of a reply's context ended. A posted or
+    /// captured context is never replaced.
+    async fn record_capture(
+        &self,
+        _reply_id: &ReplyId,
+        _capture: &Capture<'_>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
+
+/// A reply whose conversation context is due for capture: it has none
+/// posted, and for `approve_send` its delivery has ended (delivered or dead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueCapture {
+    pub reply_id: ReplyId,
+    pub account_id: i64,
+    pub conversation_id: i64,
+    /// The reply's own Chatwoot message, once delivered: the turns before it
+    /// are read. `None`: the turns Chatwoot held when the reply was accepted.
+    pub message_id: Option<i64>,
+    /// When the reply was first accepted.
+    pub accepted_at: DateTime<Utc>,
+    /// Captures tried before this one.
+    pub attempts: i64,
+}
+
+/// How one capture of a reply's context ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Capture<'a> {
+    /// Read: these turns, oldest first, kept as `captured` at `at`.
+    Turns { turns: &'a [Turn], at: DateTime<Utc> },
+    /// Failed (counted, `error` shown on the reply): tried again at `retry_at`,
+    /// or never again when `None`.
+    Failed {
+        error: &'a str,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    /// Not tried (deliveries needed the send rate): due again at `at`, uncounted.
+    Later { at: DateTime<Utc> },
+}
+
+/// Which replies' context capture is due, in both backends (`{now}` is each
+/// backend's bind): none posted or captured yet, due by now, and for
+/// `approve_send` only once its delivery ended (the turns before its message
+/// are read then, or, if it never went out, those before its acceptance).
+pub(crate) const CAPTURE_DUE: &str = "context_due_at <= {now} \
+     AND (action <> 'approve_send' OR status IN ('delivered', 'confirmed', 'dead'))";
 
 /// The columns every read of a reply selects, in both backends.
 const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, status, attempts, \
      last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
-     channel_status, channel_error, fingerprint, uncertain, channel_status_stale_at";
+     channel_status, channel_error, fingerprint, uncertain, channel_status_stale_at, \
+     context_source, context_captured_at, context_attempts, context_error, context_due_at";
 
 /// Replies whose channel status needs reading, longest waiting first; the
 /// same SQL on both backends (one bind: the limit).

@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
+mod capture;
+
 const CHANNEL: &str = "goldrelay_jobs";
 /// The most replies committed together: bounds one transaction's latency.
 const MAX_BATCH: usize = 256;
@@ -382,7 +384,7 @@ fn batch_insert<'q>(
     let sends: Vec<bool> = items.iter().map(|i| reply(i).action().sends()).collect();
     sqlx::query_scalar(
         "SELECT goldrelay_ingest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-         $15, $16)",
+         $15, $16, $17)",
     )
     .bind(column(|(n, _)| n.reply.reply_id().to_string()))
     .bind(
@@ -434,6 +436,12 @@ fn batch_insert<'q>(
     .bind(items.iter().map(|(_, now)| *now).collect::<Vec<_>>())
     .bind(sends)
     .bind(items.iter().map(|i| reply(i).liquid()).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|(n, _)| n.context.as_deref())
+            .collect::<Vec<_>>(),
+    )
     // No channel: the function does not NOTIFY; the writer announces instead.
     .bind(None::<&str>)
 }
@@ -480,6 +488,13 @@ fn record(row: &PgRow) -> Result<ReplyRecord, sqlx::Error> {
         confirmed_at: row.try_get("confirmed_at")?,
         channel_status: row.try_get("channel_status")?,
         channel_error: row.try_get("channel_error")?,
+        context: super::ContextState {
+            source: row.try_get("context_source")?,
+            captured_at: row.try_get("context_captured_at")?,
+            capture_attempts: row.try_get::<i32, _>("context_attempts")?.into(),
+            capture_error: row.try_get("context_error")?,
+            next_capture_at: row.try_get("context_due_at")?,
+        },
     })
 }
 
@@ -545,8 +560,9 @@ impl Tx for PgTx<'_> {
         let inserted = sqlx::query(
             "INSERT INTO gold_replies (reply_id, account_id, conversation_id, action, content, \
              private, approved_by, draft, tags, metadata, fingerprint, status, received_at, \
-             next_attempt_at, liquid, trace_context) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, \
-             $9::jsonb, $10::jsonb, $11, $12, $13, $14, $15, $16) ON CONFLICT (reply_id) DO NOTHING",
+             next_attempt_at, liquid, trace_context, context, context_source, context_due_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10::jsonb, $11, $12, $13, \
+             $14, $15, $16, $17::jsonb, $18, $19) ON CONFLICT (reply_id) DO NOTHING",
         )
         .bind(reply.reply_id().as_str())
         .bind(reply.account_id())
@@ -564,6 +580,9 @@ impl Tx for PgTx<'_> {
         .bind(reply.action().sends().then_some(now))
         .bind(reply.liquid())
         .bind(&new.trace_context)
+        .bind(&new.context)
+        .bind(new.context.as_ref().map(|_| "posted"))
+        .bind(new.context.is_none().then_some(now))
         .execute(&mut *self.0)
         .await?;
         Ok(inserted.rows_affected() == 1)
@@ -1052,6 +1071,23 @@ impl Store for PostgresStore {
             }
         });
     }
+
+    async fn claim_captures(
+        &self,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<super::DueCapture>, StoreError> {
+        self.captures_due(now, lease, limit).await
+    }
+
+    async fn record_capture(
+        &self,
+        reply_id: &ReplyId,
+        capture: &super::Capture<'_>,
+    ) -> Result<(), StoreError> {
+        self.capture_recorded(reply_id.as_str(), capture).await
+    }
 }
 
 /// Records every delivery Chatwoot answered that is waiting, in one call of
@@ -1201,5 +1237,10 @@ fn export_record(row: &PgRow) -> Result<ExportRecord, sqlx::Error> {
         channel_error: row.try_get("channel_error")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
         uncertain: row.try_get("uncertain")?,
+        context: row
+            .try_get::<Option<sqlx::types::Json<Vec<crate::domain::Turn>>>, _>("context")?
+            .map(|turns| turns.0),
+        context_source: row.try_get("context_source")?,
+        context_captured_at: row.try_get("context_captured_at")?,
     })
 }

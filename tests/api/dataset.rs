@@ -41,7 +41,7 @@ fn judged() -> Vec<Value> {
         }
         body
     };
-    vec![
+    let mut replies = vec![
         reply(
             "sent-as-drafted",
             "approve_send",
@@ -105,7 +105,30 @@ fn judged() -> Vec<Value> {
             "The nested edit.",
             Some(json!({"output": {"text": "The nested draft."}})),
         ),
-    ]
+    ];
+    // Posted with the turns they answered, personal data in them too.
+    replies[5]["context"] = context();
+    replies[6]["context"] = context();
+    replies
+}
+
+/// The turns two drafts answered, as Support posted them.
+fn context() -> Value {
+    json!([
+        {"role": "user", "content": "Hola, soy Marta: marta.gil@ejemplo.es, móvil +34 612 345 678."},
+        {"role": "assistant", "content": "Gracias Marta, lo miro."},
+        {"role": "user", "content": "Meine IBAN: DE89 3704 0044 0532 0130 00"},
+    ])
+}
+
+/// The context turns as every training format must carry them: in order,
+/// personal data replaced.
+fn redacted_context() -> Value {
+    json!([
+        {"role": "user", "content": "Hola, soy Marta: [EMAIL], móvil [PHONE]."},
+        {"role": "assistant", "content": "Gracias Marta, lo miro."},
+        {"role": "user", "content": "Meine IBAN: [IBAN]"},
+    ])
 }
 
 /// Which replies each format holds, by the rules in the README: chat takes
@@ -308,6 +331,56 @@ async fn every_training_line_says_its_verdict_and_edit_distance() {
     assert_eq!(rejected["verdict"], "rejected");
     assert_eq!(rejected["edit_distance"], Value::Null);
     assert_eq!(rejected["label"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_context_turns_lead_every_training_line_in_order_and_redacted() {
+    let judged = judged_app().await;
+    let app = &judged.app;
+    let line = |lines: Vec<Value>, id: &str| {
+        lines
+            .into_iter()
+            .find(|l| l["reply_id"] == id)
+            .unwrap_or_else(|| panic!("no {id}"))
+    };
+    let chat = line(
+        lines(app, &[("format", "openai-chat")], VIEWER_TOKEN).await,
+        "kept-edited",
+    );
+    let mut messages = redacted_context().as_array().unwrap().clone();
+    messages.push(json!({"role": "assistant", "content": "Your card [CARD] was refunded."}));
+    assert_eq!(chat["messages"], Value::Array(messages));
+    let dpo = line(
+        lines(app, &[("format", "openai-preference")], VIEWER_TOKEN).await,
+        "kept-edited",
+    );
+    assert_eq!(dpo["input"]["messages"], redacted_context());
+    let trl = line(
+        lines(app, &[("format", "trl-preference")], VIEWER_TOKEN).await,
+        "kept-edited",
+    );
+    assert_eq!(trl["prompt"], redacted_context());
+    let kto = line(
+        lines(app, &[("format", "trl-kto")], VIEWER_TOKEN).await,
+        "rejected",
+    );
+    assert_eq!(kto["prompt"], redacted_context());
+    // A reply posted without context has an empty prompt until one is captured.
+    let bare = line(
+        lines(app, &[("format", "trl-kto")], VIEWER_TOKEN).await,
+        "kept-as-drafted",
+    );
+    assert_eq!(bare["prompt"], json!([]));
+    let raw = line(
+        lines(
+            app,
+            &[("format", "trl-kto"), ("redact", "false")],
+            OPERATOR_TOKEN,
+        )
+        .await,
+        "rejected",
+    );
+    assert_eq!(raw["prompt"], context());
 }
 
 /// The OpenAI formats, line by line, against the fields their documentation lists:

@@ -231,8 +231,9 @@ pub struct ListSeen {
     pub query: String,
 }
 
-/// The text a deleted message is left with (`messages_controller.rb#destroy`,
-/// `conversations.messages.deleted` in `config/locales/en.yml`).
+/// The text a deleted message is left with: `messages_controller.rb#destroy`
+/// replaces the content with Chatwoot's own deleted-message text (this is
+/// the sandbox's English wording of it).
 pub const DELETED_TEXT: &str = "This message was deleted";
 
 /// Who a token belongs to.

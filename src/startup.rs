@@ -79,9 +79,11 @@ impl Application {
             .metrics_listen
             .map(|at| metrics_server(state.clone(), at))
             .transpose()?;
+        let stall = settings.request_timeout;
         let server = HttpServer::new(move || http::app(state.clone()))
             // A head must arrive within the deadline too; actix answers 408.
             .client_request_timeout(settings.request_timeout)
+            .on_connect(move |connection, _| cut_off_when_stalled(connection, stall))
             .disable_signals()
             .shutdown_timeout(settings.shutdown_drain.as_secs().max(1))
             .listen(listener)?
@@ -179,6 +181,19 @@ fn metrics_server(
     .listen(listener)?
     .run();
     Ok((addr, server))
+}
+
+/// A client that stops reading an answer is cut off once what goldrelay
+/// sent has waited `timeout` unacknowledged or behind a full window: the
+/// kernel ends the connection (`TCP_USER_TIMEOUT`), which drops the answer
+/// and the page it holds. actix itself waits for a slow reader forever.
+fn cut_off_when_stalled(connection: &dyn std::any::Any, timeout: std::time::Duration) {
+    #[cfg(target_os = "linux")]
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(timeout)) {
+            tracing::warn!(error = %e, "could not bound how long a client may stall an answer");
+        }
+    }
 }
 
 fn policy(settings: &Settings) -> Policy {

@@ -3,16 +3,18 @@
 //! Chatwoot Dashboard App too, so Chatwoot's origin may frame it.
 
 use super::auth::Reader;
+use super::export::streamed;
 use super::problem::ApiError;
 use super::AppState;
-use crate::store::ExportPage;
+use crate::store::{export_pages, ExportPage, ExportRecord, StoreError};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpResponse, ResponseError};
 use chrono::Utc;
-use serde_json::json;
+use futures_util::{stream, Stream, StreamExt, TryStreamExt};
 
 /// The most replies the conversation view shows: far more than one
-/// conversation gets, and a bound on one answer.
+/// conversation gets, and a bound on one answer's rows (its bytes are
+/// bounded by streaming it a page at a time).
 const CONVERSATION_LIMIT: usize = 500;
 
 const INDEX: &str = include_str!("console/index.html");
@@ -94,8 +96,56 @@ pub async fn conversation(
         account: None,
         limit: CONVERSATION_LIMIT + 1,
     };
-    let mut items = state.store.export(&page).await?;
-    let truncated = items.len() > CONVERSATION_LIMIT;
-    items.truncate(CONVERSATION_LIMIT);
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "truncated": truncated })))
+    let mut pages = Box::pin(export_pages(state.store.clone(), page));
+    // The first page before the answer starts: a store that is down is a 503.
+    let first = pages.try_next().await?;
+    let pages = stream::iter(first.map(Ok)).chain(pages);
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(streamed(
+            view_chunks(pages),
+            "conversation view",
+            state.request_timeout,
+        )))
+}
+
+/// `{"items":[…],"truncated":…}` written a page at a time: the first
+/// [`CONVERSATION_LIMIT`] replies, and whether more were left out.
+fn view_chunks(
+    pages: impl Stream<Item = Result<Vec<ExportRecord>, StoreError>> + Unpin + 'static,
+) -> impl Stream<Item = Result<String, StoreError>> {
+    let opening = stream::once(async { Ok(String::from("{\"items\":[")) });
+    let items = stream::try_unfold(Some((pages, 0)), |state| async move {
+        let Some((mut pages, shown)) = state else {
+            return Ok(None);
+        };
+        let Some(records) = pages.try_next().await? else {
+            return Ok(Some((closing(false), None)));
+        };
+        let room = CONVERSATION_LIMIT - shown;
+        let mut chunk = items_json(&records[..records.len().min(room)], shown);
+        if records.len() > room {
+            chunk += &closing(true);
+            return Ok(Some((chunk, None)));
+        }
+        Ok(Some((chunk, Some((pages, shown + records.len())))))
+    });
+    opening.chain(items)
+}
+
+/// Records as items of the view's array, after `shown` items already written.
+fn items_json(records: &[ExportRecord], shown: usize) -> String {
+    let mut chunk = String::new();
+    for (i, record) in records.iter().enumerate() {
+        if shown + i > 0 {
+            chunk.push(',');
+        }
+        // A record of strings, numbers and parsed JSON always serializes.
+        chunk.push_str(&serde_json::to_string(record).unwrap_or_default());
+    }
+    chunk
+}
+
+fn closing(truncated: bool) -> String {
+    format!("],\"truncated\":{truncated}}}")
 }

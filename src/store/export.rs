@@ -4,12 +4,18 @@
 use super::{Cursor, SharedStore, StoreError};
 use crate::domain::{ReplyId, Status, Turn};
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, Stream};
+use futures_util::stream::{self, Stream, TryStreamExt};
 use serde::Serialize;
 use std::time::Duration;
 
-/// Rows read per query: memory stays flat however large the dataset.
+/// Rows read per query at most.
 const EXPORT_PAGE_ROWS: usize = 500;
+
+/// Bytes of content, drafts, metadata and context read per query at most (past the
+/// first reply, which is read whatever its size): rows alone bound nothing
+/// when each is a quarter of a megabyte. A request holds about one page,
+/// read and serialized, so this is what a reader of the dataset costs.
+pub const EXPORT_PAGE_BYTES: usize = 512 * 1024;
 
 /// How far behind the present an export stops. A reply's `received_at` is
 /// taken before its transaction commits, so a reply stamped a moment ago may
@@ -67,8 +73,7 @@ pub struct ExportRecord {
 }
 
 /// The columns an export selects, in both backends.
-pub(super) const EXPORT_COLUMNS: &str =
-    "reply_id, account_id, conversation_id, action, content, private, \
+const EXPORT_COLUMNS: &str = "reply_id, account_id, conversation_id, action, content, private, \
      draft, approved_by, tags, metadata, received_at, delivered_at, confirmed_at, status, \
      attempts, last_error, chatwoot_message_id, channel_status, channel_error, next_attempt_at, \
      uncertain, context, context_source, context_captured_at";
@@ -98,6 +103,21 @@ pub fn parse_cursor(raw: &str) -> Option<Cursor> {
         received_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
         reply_id: ReplyId::parse(reply_id).ok()?,
     })
+}
+
+/// A page cut by bytes: `sized` selects `reply_id, received_at, size` of
+/// the page's rows (at most its limit, in order), and the page keeps each
+/// row while the bytes before it stay under the bind `budget`, so the first
+/// row always. Only sizes are read past the cut; the kept rows are read whole.
+pub(super) fn capped_page_sql(sized: &str, budget: &str) -> String {
+    format!(
+        "WITH sized AS ({sized}), \
+         kept AS (SELECT reply_id FROM (SELECT reply_id, SUM(size) OVER \
+         (ORDER BY received_at, reply_id ROWS UNBOUNDED PRECEDING) - size AS before \
+         FROM sized) AS running WHERE before < {budget}) \
+         SELECT {EXPORT_COLUMNS} FROM gold_replies \
+         WHERE reply_id IN (SELECT reply_id FROM kept) ORDER BY received_at, reply_id"
+    )
 }
 
 impl ExportPage {
@@ -141,23 +161,40 @@ pub fn export_lines(
         account,
         limit: EXPORT_PAGE_ROWS,
     };
+    export_pages(store, first).map_ok(|records| render(&records))
+}
+
+/// `first` and the pages after it, each at most `first.limit` rows and
+/// about [`EXPORT_PAGE_BYTES`], until one comes back empty: a page cut by its
+/// bytes is short without being the last. Each page is read only when the
+/// previous one has been taken, so a reader holds one page at a time.
+pub fn export_pages(
+    store: SharedStore,
+    first: ExportPage,
+) -> impl Stream<Item = Result<Vec<ExportRecord>, StoreError>> {
     stream::try_unfold(Some(first), move |page| {
         let store = store.clone();
         async move {
             let Some(page) = page else {
                 return Ok(None);
             };
-            let records = store.export(&page).await?;
-            Ok(render(records, page))
+            let records = store.export_capped(&page, EXPORT_PAGE_BYTES).await?;
+            let Some(last) = records.last().map(ExportRecord::cursor) else {
+                return Ok(None);
+            };
+            let next = ExportPage {
+                after: Some(last),
+                ..page
+            };
+            Ok(Some((records, Some(next))))
         }
     })
 }
 
-/// A page's lines, and the page after it unless this one was the last.
-fn render(records: Vec<ExportRecord>, page: ExportPage) -> Option<(String, Option<ExportPage>)> {
-    let last = records.last()?.cursor();
+/// A page's lines.
+fn render(records: &[ExportRecord]) -> String {
     let mut chunk = String::new();
-    for record in &records {
+    for record in records {
         let line = ExportLine {
             cursor: format_cursor(&record.cursor()),
             record,
@@ -166,12 +203,7 @@ fn render(records: Vec<ExportRecord>, page: ExportPage) -> Option<(String, Optio
         chunk.push_str(&serde_json::to_string(&line).unwrap_or_default());
         chunk.push('\n');
     }
-    let more = records.len() == page.limit;
-    let next = more.then_some(ExportPage {
-        after: Some(last),
-        ..page
-    });
-    Some((chunk, next))
+    chunk
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@ mod postgres;
 mod sqlite;
 pub mod summary;
 
-use export::EXPORT_COLUMNS;
 pub use export::{
-    export_lines, format_cursor, parse_cursor, ExportPage, ExportRecord, EXPORT_SETTLE,
+    export_lines, export_pages, format_cursor, parse_cursor, ExportPage, ExportRecord,
+    EXPORT_PAGE_BYTES, EXPORT_SETTLE,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -390,7 +390,18 @@ pub trait Store: Send + Sync {
 
     /// One page of the gold dataset, oldest first by `(received_at, reply_id)`:
     /// the replies after `page.after`, received no later than `page.until`.
-    async fn export(&self, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError>;
+    async fn export(&self, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError> {
+        self.export_capped(page, usize::MAX).await
+    }
+
+    /// [`Store::export`]'s page, ended once its content, drafts, metadata and context
+    /// pass `max_bytes` (the first reply is read whatever its size): a short
+    /// page is not necessarily the last.
+    async fn export_capped(
+        &self,
+        page: &ExportPage,
+        max_bytes: usize,
+    ) -> Result<Vec<ExportRecord>, StoreError>;
 
     /// Wakes `wake` whenever a new job is committed (by any instance, where
     /// several share the store), so the worker need not poll for it.

@@ -17,7 +17,8 @@ use super::{
     Ingested, Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, SendSlot,
     StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
 };
-use super::{ExportPage, ExportRecord, StoreOptions, EXPORT_COLUMNS};
+use super::export::capped_page_sql;
+use super::{ExportPage, ExportRecord, StoreOptions};
 use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -1056,8 +1057,12 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn export(&self, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError> {
-        export_page(&self.pool, page).await
+    async fn export_capped(
+        &self,
+        page: &ExportPage,
+        max_bytes: usize,
+    ) -> Result<Vec<ExportRecord>, StoreError> {
+        export_page(&self.pool, page, max_bytes).await
     }
 
     fn wake_on_new_jobs(&self, wake: Arc<Notify>) {
@@ -1189,25 +1194,39 @@ async fn listen(pool: &PgPool, wake: &Notify) -> Result<(), sqlx::Error> {
     }
 }
 
-/// The gold dataset, one page at a time, in `(received_at, reply_id)` order.
-async fn export_page(pool: &PgPool, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError> {
+/// The gold dataset, one page at a time, in `(received_at, reply_id)` order,
+/// cut after `max_bytes`. `octet_length` of a text reads its stored length,
+/// not the value; JSON is measured as the text it is sent as.
+async fn export_page(
+    pool: &PgPool,
+    page: &ExportPage,
+    max_bytes: usize,
+) -> Result<Vec<ExportRecord>, StoreError> {
     let after_at = page.after.as_ref().map(|cursor| cursor.received_at);
     let after_id = page
         .after
         .as_ref()
         .map(|cursor| cursor.reply_id.to_string());
     let narrowing = page.narrowing();
-    let sql = format!(
-        "SELECT {EXPORT_COLUMNS} FROM gold_replies \
-         WHERE ($1::timestamptz IS NULL OR (received_at, reply_id) > ($1, $2)) \
-         AND received_at <= $3 {narrowing} \
-         ORDER BY received_at, reply_id LIMIT $4"
+    let sql = capped_page_sql(
+        &format!(
+            "SELECT reply_id, received_at, octet_length(content) \
+             + COALESCE(octet_length(draft::text), 0) \
+             + COALESCE(octet_length(metadata::text), 0) \
+             + COALESCE(octet_length(context::text), 0) AS size \
+             FROM gold_replies \
+             WHERE ($1::timestamptz IS NULL OR (received_at, reply_id) > ($1, $2)) \
+             AND received_at <= $3 {narrowing} \
+             ORDER BY received_at, reply_id LIMIT $4"
+        ),
+        "$5",
     );
     let rows = sqlx::query(&sql)
         .bind(after_at)
         .bind(after_id)
         .bind(page.until)
         .bind(page.limit as i64)
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(pool)
         .await?;
     Ok(rows.iter().map(export_record).collect::<Result<_, _>>()?)

@@ -16,7 +16,8 @@ use super::{
     Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store,
     StoreError, REPLY_COLUMNS,
 };
-use super::{ExportPage, ExportRecord, StoreOptions, EXPORT_COLUMNS};
+use super::export::capped_page_sql;
+use super::{ExportPage, ExportRecord, StoreOptions};
 use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
@@ -433,8 +434,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn export(&self, page: &ExportPage) -> Result<Vec<ExportRecord>, StoreError> {
-        export_page(&self.reads, page).await
+    async fn export_capped(
+        &self,
+        page: &ExportPage,
+        max_bytes: usize,
+    ) -> Result<Vec<ExportRecord>, StoreError> {
+        export_page(&self.reads, page, max_bytes).await
     }
 
     fn wake_on_new_jobs(&self, wake: std::sync::Arc<tokio::sync::Notify>) {
@@ -468,21 +473,30 @@ impl SqliteStore {
     }
 }
 
-/// The gold dataset, one page at a time; the cursor's bound is written out
-/// rather than as a row value so SQLite uses the `received_at` index.
+/// The gold dataset, one page at a time, cut after `max_bytes`; the
+/// cursor's bound is written out rather than as a row value so SQLite uses
+/// the `received_at` index. `octet_length` reads a value's size from its
+/// row's header, not the value.
 async fn export_page(
     reads: &SqlitePool,
     page: &ExportPage,
+    max_bytes: usize,
 ) -> Result<Vec<ExportRecord>, StoreError> {
     let (after_ms, after_id) = match &page.after {
         Some(cursor) => (millis(cursor.received_at), cursor.reply_id.to_string()),
         None => (i64::MIN, String::new()),
     };
     let narrowing = page.narrowing();
-    let sql = format!(
-        "SELECT {EXPORT_COLUMNS} FROM gold_replies \
-         WHERE received_at >= ? AND (received_at > ? OR reply_id > ?) AND received_at <= ? \
-         {narrowing} ORDER BY received_at, reply_id LIMIT ?"
+    let sql = capped_page_sql(
+        &format!(
+            "SELECT reply_id, received_at, octet_length(content) \
+             + COALESCE(octet_length(draft), 0) + COALESCE(octet_length(metadata), 0) \
+             + COALESCE(octet_length(context), 0) AS size \
+             FROM gold_replies \
+             WHERE received_at >= ? AND (received_at > ? OR reply_id > ?) AND received_at <= ? \
+             {narrowing} ORDER BY received_at, reply_id LIMIT ?"
+        ),
+        "?",
     );
     let rows = sqlx::query(&sql)
         .bind(after_ms)
@@ -490,6 +504,7 @@ async fn export_page(
         .bind(after_id)
         .bind(millis(page.until))
         .bind(page.limit as i64)
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(reads)
         .await?;
     Ok(rows.iter().map(export_record).collect::<Result<_, _>>()?)

@@ -27,6 +27,7 @@ mod hostile;
 mod idempotency;
 mod ingest;
 mod liquid;
+mod memory;
 mod migrations;
 mod operations;
 mod ordering;

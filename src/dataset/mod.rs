@@ -67,7 +67,10 @@ impl Options {
                 Some(format) => options.format = format,
                 None => fail(
                     "format",
-                    format!("must be one of {}", names(&Format::ALL.map(Format::as_str))),
+                    format!(
+                        "must be one of {}",
+                        Format::ALL.map(Format::as_str).join(", ")
+                    ),
                 ),
             }
         }
@@ -111,10 +114,6 @@ impl Options {
     fn passthrough(&self) -> bool {
         self.format == Format::Records && self.split.is_none()
     }
-}
-
-fn names(all: &[&str]) -> String {
-    all.join(", ")
 }
 
 /// One page of the records export (whole lines) as `options` asks for it.

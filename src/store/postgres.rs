@@ -290,11 +290,6 @@ async fn ingest_alone(
     }
 }
 
-/// The advisory-lock key of a conversation, as [`lock_conversation`] spells it.
-fn conversation_key(account_id: i64, conversation_id: i64) -> String {
-    format!("goldrelay:{account_id}:{conversation_id}")
-}
-
 /// Takes the advisory lock of every conversation a batch adds jobs to, in
 /// ascending key order, so two batches (of this or another instance) that
 /// share conversations cannot deadlock.
@@ -302,22 +297,24 @@ async fn lock_conversations(
     conn: &mut PgConnection,
     items: &[(NewReply, DateTime<Utc>)],
 ) -> Result<(), StoreError> {
-    let keys: Vec<String> = items
+    let (accounts, conversations): (Vec<i64>, Vec<i64>) = items
         .iter()
         .filter(|(new, _)| new.reply.action().sends())
-        .map(|(new, _)| conversation_key(new.reply.account_id(), new.reply.conversation_id()))
-        .collect();
-    if keys.is_empty() {
+        .map(|(new, _)| (new.reply.account_id(), new.reply.conversation_id()))
+        .unzip();
+    if accounts.is_empty() {
         return Ok(());
     }
     // Since PostgreSQL 9.6 a volatile output expression is evaluated after
     // the ORDER BY sort, so the locks are taken in key order.
     sqlx::query(
         "SELECT pg_advisory_xact_lock(k) FROM \
-           (SELECT DISTINCT hashtextextended(c, 0) AS k FROM unnest($1::text[]) AS c) AS keys \
+           (SELECT DISTINCT goldrelay_line_lock(a, c) AS k \
+            FROM unnest($1::int8[], $2::int8[]) AS t(a, c)) AS keys \
          ORDER BY k",
     )
-    .bind(keys)
+    .bind(accounts)
+    .bind(conversations)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -513,14 +510,17 @@ async fn fetch_stored(
     Ok(row.as_ref().map(stored).transpose()?)
 }
 
-/// Serialises every change to one conversation's line of jobs, across instances.
+/// Serialises every change to one conversation's line of jobs, across
+/// instances: the key is `goldrelay_line_lock`'s (migration 14), the one
+/// spelling every statement and function shares.
 async fn lock_conversation(
     conn: &mut PgConnection,
     account_id: i64,
     conversation_id: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(conversation_key(account_id, conversation_id))
+    sqlx::query("SELECT pg_advisory_xact_lock(goldrelay_line_lock($1, $2))")
+        .bind(account_id)
+        .bind(conversation_id)
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -639,12 +639,11 @@ impl Tx for PgTx<'_> {
         reply_id: &str,
         owner: Option<&str>,
     ) -> Result<bool, StoreError> {
-        // Finding the job's conversation and taking its lock is one round
-        // trip; the key is spelled as `conversation_key` spells it.
+        // Finding the job's conversation and taking its lock is one round trip.
         let line: Option<(i64, i64)> = sqlx::query_as(
             "SELECT account_id, conversation_id FROM ( \
-               SELECT account_id, conversation_id, pg_advisory_xact_lock(hashtextextended( \
-                 'goldrelay:' || account_id || ':' || conversation_id, 0)) \
+               SELECT account_id, conversation_id, \
+                 pg_advisory_xact_lock(goldrelay_line_lock(account_id, conversation_id)) \
                FROM delivery_jobs WHERE reply_id = $1) AS locked",
         )
         .bind(reply_id)

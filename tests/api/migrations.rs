@@ -135,3 +135,57 @@ fn a_deleted_migration_is_named() {
         problems[0]
     );
 }
+
+/// Migrations that spelled a conversation's lock key before
+/// `goldrelay_line_lock` (migration 14) existed; committed, so they stay.
+/// (Counted per line: the one line of `goldrelay_line_lock` spells it.)
+const SPELLED_THE_KEY_BEFORE: [&str; 4] = [
+    "migrations/postgres/20261129000008_one_round_trip.sql",
+    "migrations/postgres/20261129000009_delivered_together.sql",
+    "migrations/postgres/20261129000010_notify_after_commit.sql",
+    "migrations/postgres/20261206000013_context.sql",
+];
+
+/// Every file under `dir`, with its text.
+fn texts(dir: &Path, found: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()) {
+        let path = entry.path();
+        if path.is_dir() {
+            texts(&path, found);
+        } else if let Ok(text) = std::fs::read_to_string(&path) {
+            let relative = path
+                .strip_prefix(root())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            found.push((relative, text));
+        }
+    }
+}
+
+#[test]
+fn a_conversations_lock_key_is_spelled_once() {
+    let mut files = Vec::new();
+    texts(&root().join("src"), &mut files);
+    texts(&root().join("migrations/postgres"), &mut files);
+    let spelled: Vec<String> = files
+        .iter()
+        .filter(|(path, _)| !SPELLED_THE_KEY_BEFORE.contains(&path.as_str()))
+        .flat_map(|(path, text)| {
+            let hits = text
+                .lines()
+                .filter(|line| {
+                    ["'goldrelay:'", "\"goldrelay:{", "hashtextextended("]
+                        .iter()
+                        .any(|spelling| line.contains(spelling))
+                })
+                .count();
+            std::iter::repeat_n(path.clone(), hits)
+        })
+        .collect();
+    assert_eq!(
+        spelled,
+        ["migrations/postgres/20261206000014_line_lock.sql"],
+        "the key is spelled only in goldrelay_line_lock; everything else calls it"
+    );
+}

@@ -791,6 +791,20 @@ mod tests {
     }
 
     #[test]
+    fn context_capture_takes_20_turns_unless_told_and_0_turns_it_off() {
+        assert_eq!(with_tokens(&[]).unwrap().capture_context, 20);
+        let off = with_tokens(&[("GOLDRELAY_CAPTURE_CONTEXT", "0")]).unwrap();
+        assert_eq!(off.capture_context, 0);
+        let err = with_tokens(&[("GOLDRELAY_CAPTURE_CONTEXT", "all")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GOLDRELAY_CAPTURE_CONTEXT=\"all\" is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_client_ip_header_is_unset_unless_named_and_must_be_a_header_name() {
         assert_eq!(with_tokens(&[]).unwrap().client_ip_header, None);
         let fly = with_tokens(&[("GOLDRELAY_CLIENT_IP_HEADER", "Fly-Client-IP")]).unwrap();

@@ -542,7 +542,10 @@ fn turn_of(message: &ListedMessage) -> Option<Turn> {
     if message.private == Some(true) || deleted {
         return None;
     }
-    let content = message.content.as_deref().filter(|c| !c.trim().is_empty())?;
+    let content = message
+        .content
+        .as_deref()
+        .filter(|c| !c.trim().is_empty())?;
     Some(Turn {
         role,
         content: content.to_owned(),
@@ -826,6 +829,43 @@ mod tests {
             h.insert(RETRY_AFTER, HeaderValue::from_static(junk));
             assert_eq!(retry_after(&h, now), None, "{junk:?}");
         }
+    }
+
+    #[test]
+    fn only_what_the_customer_saw_becomes_a_turn_and_each_in_its_role() {
+        let listed = |message_type: i64, private: bool, content: Value, attrs: Value| {
+            let m: ListedMessage = serde_json::from_value(json!({"id": 1,
+                "message_type": message_type, "private": private, "content": content,
+                "content_attributes": attrs, "created_at": 1_700_000_000}))
+            .unwrap();
+            turn_of(&m).map(|t| (t.role, t.content))
+        };
+        let text = || json!("Where is my parcel?");
+        let said = |role| Some((role, "Where is my parcel?".to_owned()));
+        assert_eq!(listed(0, false, text(), json!({})), said(TurnRole::User));
+        assert_eq!(
+            listed(1, false, text(), json!({})),
+            said(TurnRole::Assistant)
+        );
+        assert_eq!(
+            listed(3, false, text(), json!({})),
+            said(TurnRole::Assistant)
+        );
+        assert_eq!(listed(1, true, text(), json!({})), None, "a private note");
+        assert_eq!(
+            listed(2, false, text(), json!({})),
+            None,
+            "an activity message"
+        );
+        let deleted = json!({"deleted": true});
+        assert_eq!(listed(0, false, text(), deleted), None, "a deleted message");
+        assert_eq!(
+            listed(0, false, Value::Null, json!({})),
+            None,
+            "attachments alone"
+        );
+        assert_eq!(listed(0, false, json!("  "), json!({})), None);
+        assert_eq!(listed(9, false, text(), json!({})), None, "an unknown type");
     }
 
     #[test]

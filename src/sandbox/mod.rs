@@ -363,7 +363,8 @@ impl SandboxHandle {
     /// The customer writes in the conversation (an incoming message, as the
     /// channel delivers it; no webhook is sent). Returns its id.
     pub fn customer_says(&self, account_id: i64, conversation_id: i64, content: &str) -> i64 {
-        self.shared.seed(account_id, conversation_id, 0, content, contact())
+        self.shared
+            .seed(account_id, conversation_id, 0, content, contact())
     }
 
     /// Chatwoot records an activity message (`Conversation was resolved by …`),

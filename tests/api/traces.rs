@@ -320,3 +320,66 @@ async fn each_reply_is_one_trace_from_its_post_through_its_attempts_to_its_webho
         assert!(!raw.contains(secret), "{secret:?} was exported");
     }
 }
+
+/// Longer than a killed process's lease (about 8 s with the helpers' Chatwoot
+/// timeout), with room for the next process to finish.
+const AFTER_LEASE: Duration = Duration::from_secs(25);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_killed_mid_delivery_keeps_its_trace_in_the_process_that_finishes_it() {
+    let Some(python) = receiver_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&python, dir.path()).await;
+    let chatwoot =
+        sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    // The message is created at once; the answer comes after the kill.
+    chatwoot.set_faults(Faults {
+        late_next: 1,
+        late_ms: 5000,
+        ..Faults::default()
+    });
+    let serve = Serve::new(&database_url(&dir), &chatwoot)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let first = serve.start("first").await;
+    first.api.accept(&reply("gr-restarted", 63)).await;
+    crate::helpers::wait_for_create(&chatwoot, "gr-restarted").await;
+    // The post's span leaves within the batch delay; the attempt's never will.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.kill();
+
+    let second = serve.start("second").await;
+    second
+        .api
+        .wait_for_status("gr-restarted", "delivered", AFTER_LEASE)
+        .await;
+    assert!(second.terminate().await.success());
+
+    let spans = receiver.spans();
+    let (_, in_trace) = trace_of(&spans, "gr-restarted");
+    let ingest = in_trace.iter().find(|s| s["name"] == "ingest").unwrap();
+    let finished = named(
+        &spans,
+        "delivery.attempt",
+        ingest["span_id"].as_str().unwrap(),
+    );
+    assert_eq!(
+        finished.len(),
+        1,
+        "only the second process's attempt ends: {finished:?}"
+    );
+    assert_eq!(attr(finished[0], "goldrelay.attempt"), 2);
+    assert_eq!(attr(finished[0], "goldrelay.outcome"), "delivered");
+    let looked = named(
+        &spans,
+        "chatwoot.lookup",
+        finished[0]["span_id"].as_str().unwrap(),
+    );
+    assert_eq!(looked.len(), 1, "the second attempt looks first");
+    assert_eq!(attr(looked[0], "goldrelay.lookup"), "found", "{looked:?}");
+}

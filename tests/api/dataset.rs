@@ -626,7 +626,7 @@ async fn a_10_000_reply_export_in_each_format_resumes_from_any_cursor() {
             whole.len(),
             "{format}: a reply came twice"
         );
-        for cut in [0, 1, 2, 777, 4_999, 5_000, 9_998, 9_999] {
+        for cut in [0, 1, 4_999, 5_000, 9_998, 9_999] {
             let cursor = records[cut]["cursor"].as_str().unwrap();
             let resumed = lines(app, &[query[0], query[1], ("since", cursor)], VIEWER_TOKEN).await;
             let rest: Vec<&Value> = whole

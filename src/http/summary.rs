@@ -39,7 +39,7 @@ pub async fn summary(
         .into_inner();
     let mut period = period(query, Utc::now().date_naive())?;
     period.account = scope.narrow(period.account)?;
-    let summary = summarise(state.store.as_ref(), &period, Utc::now()).await?;
+    let summary = summarise(state.store.clone(), &period, Utc::now()).await?;
     Ok(HttpResponse::Ok().json(summary))
 }
 

@@ -2,14 +2,15 @@
 //! verdict, the shares of each verdict, how much people edit, and how long a
 //! reply takes from acceptance to Chatwoot.
 //!
-//! Read page by page through [`Store::export`], like the export itself, and
-//! tallied as it goes: memory holds one page, one counter per day, and two
-//! histograms, however many replies the period has.
+//! Read page by page as the export reads ([`export_pages`]) and tallied as
+//! it goes: memory holds one page, one counter per day, and two histograms,
+//! however many replies the period has.
 
-use super::{Cursor, ExportPage, ExportRecord, Store, StoreError};
+use super::{export_pages, Cursor, ExportPage, ExportRecord, SharedStore, StoreError};
 use crate::dataset::{draft_text, judge, DraftField, Verdict};
 use crate::domain::{Action, ReplyId};
 use chrono::{DateTime, Days, NaiveDate, Utc};
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -95,9 +96,10 @@ pub struct Summary {
     pub delivery: DeliveryTimes,
 }
 
-/// Reads the period's decisions page by page and tallies them.
+/// Reads the period's decisions page by page ([`export_pages`]: one page of
+/// at most [`super::EXPORT_PAGE_BYTES`] held at a time) and tallies them.
 pub async fn summarise(
-    store: &dyn Store,
+    store: SharedStore,
     period: &SummaryPeriod,
     now: DateTime<Utc>,
 ) -> Result<Summary, StoreError> {
@@ -112,31 +114,21 @@ pub async fn summarise(
     if period.from > period.to {
         return Ok(tally.finish());
     }
-    let mut page = ExportPage {
+    let first = ExportPage {
         after: just_before(start),
         until: end.min(now),
         conversation: None,
         account: period.account,
         limit: SUMMARY_PAGE_ROWS,
     };
-    loop {
-        let records = store.export(&page).await?;
-        // Only an empty page is surely the last: a store may end a page early
-        // once it holds enough bytes.
-        let Some(last) = records.last() else {
-            return Ok(tally.finish());
-        };
-        page.after = Some(Cursor {
-            received_at: last.received_at,
-            reply_id: last.reply_id.clone(),
-        });
-        for record in records
+    let mut pages = std::pin::pin!(export_pages(store, first));
+    while let Some(records) = pages.try_next().await? {
+        let within = records
             .iter()
-            .filter(|r| (start..end).contains(&r.received_at))
-        {
-            tally.add(record);
-        }
+            .filter(|r| (start..end).contains(&r.received_at));
+        within.for_each(|record| tally.add(record));
     }
+    Ok(tally.finish())
 }
 
 fn day_start(day: NaiveDate) -> DateTime<Utc> {

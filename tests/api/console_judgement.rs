@@ -425,6 +425,52 @@ async fn a_bound_viewer_summarises_its_own_account_only_and_a_bad_day_is_refused
     assert_eq!(reversed["shares"]["edited"], Value::Null);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_summary_counts_every_decision_of_a_period_read_over_many_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::parse(&database_url(&dir)).unwrap();
+    let store = goldrelay::store::open(&url).await.unwrap();
+    // 1 201 decisions, more than two pages of rows, on three days; every
+    // third one rejected; and one half a second before the period (inside
+    // the second the read starts early by), which stays out.
+    let writes = (0..1202_i64).map(|i| {
+        let store = store.clone();
+        async move {
+            let action = if i % 3 == 0 { "reject" } else { "approve" };
+            let body = decision(&format!("many-{i:04}"), action, Some("Same."), "Same.");
+            let at = if i == 1201 {
+                noon(2) - chrono::Duration::hours(12) - chrono::Duration::milliseconds(500)
+            } else {
+                noon(i as u64 % 3) + chrono::Duration::milliseconds(i)
+            };
+            store
+                .ingest(&GoldReply::parse(&body).unwrap(), at)
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(writes).await;
+    drop(store);
+    let app = spawn_console(Some(url), None).await;
+    let query = format!("from={}&to={}", day(2), day(0));
+    let body: Value = summary(&app, &query, VIEWER_TOKEN)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["totals"],
+        json!({"as_drafted": 800, "edited": 0, "rejected": 401})
+    );
+    let per_day: Vec<u64> = body["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["as_drafted"].as_u64().unwrap() + d["rejected"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per_day, [400, 400, 401]);
+}
+
 /// A reply whose draft keeps its text at `output.text`, approved unchanged.
 fn nested_draft() -> Value {
     let mut body = decision("nested-1", "approve", None, "Hi there.");

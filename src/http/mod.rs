@@ -14,17 +14,21 @@ mod webhook;
 
 pub use auth::{Admits, BearerTokens, Caller, Operator, Poster, Reader, Role, Scope};
 pub use health::WriteHealth;
-pub use routes::{Access, Method, Route, ROUTES};
+pub use routes::{Access, Meter, Method, Route, ROUTES};
 pub use webhook::WebhookAuth;
 
 use crate::health::WorkerState;
 use crate::metrics::Metrics;
 use crate::store::SharedStore;
-use actix_web::dev::{Service, ServiceResponse};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::body::MessageBody;
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use problem::ApiError;
+use std::future::{ready, Ready};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// What every handler shares.
 pub struct AppState {
@@ -76,16 +80,31 @@ pub(crate) async fn openapi() -> HttpResponse {
 /// `/metrics` on the main listener: operators only, and only when metrics
 /// have no address of their own.
 pub(crate) async fn metrics(
-    req: HttpRequest,
-    caller: Result<Operator, ApiError>,
+    _: MetricsHere,
+    _: Operator,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    if !state.metrics_here {
-        return routes::no_route(&req);
-    }
-    match caller {
-        Ok(_) => metrics_text(&state).await,
-        Err(refused) => refused.error_response(),
+    metrics_text(&state).await
+}
+
+/// Proof that `/metrics` is served on this listener (metrics have no address
+/// of their own); a plain 404 otherwise. Taken before [`Operator`], so a
+/// listener without metrics says 404 whatever the token.
+pub(crate) struct MetricsHere;
+
+impl FromRequest for MetricsHere {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let here = req
+            .app_data::<web::Data<AppState>>()
+            .is_some_and(|state| state.metrics_here);
+        ready(if here {
+            Ok(MetricsHere)
+        } else {
+            Err(routes::no_route(req))
+        })
     }
 }
 
@@ -94,6 +113,58 @@ pub async fn metrics_text(state: &AppState) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(state.store.as_ref()).await)
+}
+
+/// How a request of a metered route ended, as its metric counts it: the
+/// handler puts it on a successful answer; a refusal's is its problem slug.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome(pub &'static str);
+
+impl Outcome {
+    /// `response`, marked with this outcome.
+    pub(crate) fn on(self, mut response: HttpResponse) -> HttpResponse {
+        response.extensions_mut().insert(self);
+        response
+    }
+
+    /// What `response` ended with: the handler's mark, else the slug of the
+    /// [`ApiError`] a handler or an extractor refused the request with.
+    fn of<B>(response: &ServiceResponse<B>) -> &'static str {
+        let answer = response.response();
+        let marked = answer.extensions().get::<Outcome>().map(|o| o.0);
+        let refused = || answer.error()?.as_error::<ApiError>().map(ApiError::slug);
+        // Every answer of a metered route carries one or the other; an
+        // unknown outcome is counted rather than lost.
+        marked.or_else(refused).unwrap_or("unknown")
+    }
+}
+
+/// The middleware of a metered route (see [`Meter`]): it sees every request
+/// of the route, the ones an extractor refused before the handler ran too.
+async fn metered<B: MessageBody>(
+    meter: Meter,
+    req: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<B>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let span = match meter {
+        Meter::Ingest => replies::ingest_span(req.request()),
+        Meter::Events => tracing::Span::none(),
+    };
+    let response = next.call(req).instrument(span.clone()).await?;
+    let outcome = Outcome::of(&response);
+    let Some(state) = state else {
+        return Ok(response);
+    };
+    match meter {
+        Meter::Ingest => {
+            state.metrics.ingest(outcome, started.elapsed());
+            replies::ingest_answered(&span, outcome, response.status());
+        }
+        Meter::Events => state.metrics.event(outcome),
+    }
+    Ok(response)
 }
 
 /// Builds the actix app with its logging.

@@ -3,57 +3,59 @@
 use super::auth::{Caller, Operator, Poster, Reader};
 use super::body::{parse_json, read_limited, require_json};
 use super::problem::ApiError;
-use super::{AppState, LoggedReplyId, RequestId};
+use super::{AppState, LoggedReplyId, Outcome, RequestId};
 use crate::domain::{FieldError, GoldReply, ReplyId, Status};
 use crate::store::{Cursor, Ingested, ReplyFilter, ReplyRecord, Requeued, StoreError};
 use crate::telemetry::{self, TARGET};
 use actix_web::http::header::LOCATION;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::json;
-use std::time::Instant;
 use tracing::field::Empty;
-use tracing::Instrument;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
 
-/// `POST /api/webhooks/gold-replies`
-///
-/// Takes the authentication's result rather than a `Poster` so that refused
-/// posts are counted in the ingest metrics too.
+/// `POST /api/webhooks/gold-replies`: counted and traced by the route's
+/// [`Meter::Ingest`](super::Meter::Ingest), refused posts included, in the
+/// [`ingest_span`] the middleware runs it in.
 pub async fn post_reply(
-    caller: Result<Poster, ApiError>,
+    Poster(scope): Poster,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> HttpResponse {
-    let started = Instant::now();
-    let span = ingest_span(&req);
-    let ingested = match caller {
-        Ok(caller) => {
-            ingest(caller, &req, payload, &state)
-                .instrument(span.clone())
-                .await
-        }
-        Err(refused) => Err(refused),
+) -> Result<HttpResponse, ApiError> {
+    require_json(&req)?;
+    let body = read_limited(&req, payload, state.max_body_bytes, state.request_timeout).await?;
+    let reply = GoldReply::parse(&parse_json(&body)?).map_err(ApiError::Invalid)?;
+    let span = tracing::Span::current();
+    span.record("goldrelay.reply_id", reply.reply_id().as_str());
+    span.record("goldrelay.account_id", reply.account_id());
+    span.record("goldrelay.conversation_id", reply.conversation_id());
+    scope.require(reply.account_id())?;
+    let ingested = state.store.ingest(&reply, Utc::now()).await;
+    match &ingested {
+        // A full write queue is load, not a broken store: /hc stays up.
+        Err(StoreError::Overloaded(_)) => {}
+        outcome => state.writes.post_written(outcome.is_ok()),
+    }
+    let (outcome, mut response) = match ingested? {
+        Ingested::Created(record) => ("accepted", located(HttpResponse::Accepted(), &record)),
+        Ingested::Existing(record) => ("duplicate", located(HttpResponse::Ok(), &record)),
+        Ingested::Conflict(record) => return Err(ApiError::Conflict(record.reply_id.to_string())),
     };
-    let (outcome, response) = ingested.unwrap_or_else(|e| (e.slug(), e.error_response()));
-    state.metrics.ingest(outcome, started.elapsed());
-    span.record("goldrelay.outcome", outcome);
-    // As i64: OpenTelemetry has no unsigned integers, and a u64 is sent as text.
-    span.record(
-        "http.response.status_code",
-        i64::from(response.status().as_u16()),
-    );
     response
+        .extensions_mut()
+        .insert(LoggedReplyId(reply.reply_id().to_string()));
+    Ok(Outcome(outcome).on(response))
 }
 
 /// The span a reply's trace starts with (or continues, under Support's
 /// `traceparent`); its context is stored with the reply. Nothing of the
 /// body is an attribute but the ids.
-fn ingest_span(req: &HttpRequest) -> tracing::Span {
+pub(super) fn ingest_span(req: &HttpRequest) -> tracing::Span {
     let span = tracing::info_span!(
         target: TARGET,
         "ingest",
@@ -72,36 +74,11 @@ fn ingest_span(req: &HttpRequest) -> tracing::Span {
     span
 }
 
-async fn ingest(
-    Poster(scope): Poster,
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
-) -> Result<(&'static str, HttpResponse), ApiError> {
-    require_json(req)?;
-    let body = read_limited(req, payload, state.max_body_bytes, state.request_timeout).await?;
-    let reply = GoldReply::parse(&parse_json(&body)?).map_err(ApiError::Invalid)?;
-    let span = tracing::Span::current();
-    span.record("goldrelay.reply_id", reply.reply_id().as_str());
-    span.record("goldrelay.account_id", reply.account_id());
-    span.record("goldrelay.conversation_id", reply.conversation_id());
-    scope.require(reply.account_id())?;
-    let ingested = state.store.ingest(&reply, Utc::now()).await;
-    match &ingested {
-        // A full write queue is load, not a broken store: /hc stays up.
-        Err(StoreError::Overloaded(_)) => {}
-        outcome => state.writes.post_written(outcome.is_ok()),
-    }
-    let ingested = ingested?;
-    let (outcome, mut response) = match ingested {
-        Ingested::Created(record) => ("accepted", located(HttpResponse::Accepted(), &record)),
-        Ingested::Existing(record) => ("duplicate", located(HttpResponse::Ok(), &record)),
-        Ingested::Conflict(record) => return Err(ApiError::Conflict(record.reply_id.to_string())),
-    };
-    response
-        .extensions_mut()
-        .insert(LoggedReplyId(reply.reply_id().to_string()));
-    Ok((outcome, response))
+/// Closes [`ingest_span`]'s account of a post with how it was answered.
+pub(super) fn ingest_answered(span: &tracing::Span, outcome: &str, status: StatusCode) {
+    span.record("goldrelay.outcome", outcome);
+    // As i64: OpenTelemetry has no unsigned integers, and a u64 is sent as text.
+    span.record("http.response.status_code", i64::from(status.as_u16()));
 }
 
 fn located(mut builder: actix_web::HttpResponseBuilder, record: &ReplyRecord) -> HttpResponse {

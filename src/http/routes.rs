@@ -5,13 +5,15 @@
 //!
 //! A handler still states its role in its signature (a [`Poster`], a
 //! [`Reader`]…); the row names the same extractor's [`Admits::ROLES`], and the
-//! route × role test proves over HTTP that the two agree.
+//! route × role test proves over HTTP that the two agree. What a route's
+//! requests are counted in is the row's [`Meter`], so a handler takes a typed
+//! caller and its refusals are counted all the same.
 
 use super::auth::{Admits, Caller, Operator, Poster, Reader, Role};
 use super::problem::ApiError;
 use super::{console, export, health, replies, summary, webhook};
 use actix_web::dev::ResourceDef;
-use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
 use std::sync::OnceLock;
 
@@ -41,12 +43,24 @@ impl Method {
         }
     }
 
-    fn route(self) -> actix_web::Route {
+    fn guard(self) -> guard::AnyGuard {
         match self {
-            Method::Get => web::route().guard(guard::Any(guard::Get()).or(guard::Head())),
-            Method::Post => web::post(),
+            Method::Get => guard::Any(guard::Get()).or(guard::Head()),
+            Method::Post => guard::Any(guard::Post()),
         }
     }
+}
+
+/// What a route's requests are counted in, by a middleware around the route:
+/// every request of the row's method, the ones an extractor refused (no
+/// token, a bad signature…) included, by the outcome its answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meter {
+    /// Gold-reply posts: `goldrelay_ingest_requests_total` and
+    /// `goldrelay_ingest_duration_seconds`, each post in an `ingest` span.
+    Ingest,
+    /// Chatwoot's webhook requests: `goldrelay_chatwoot_events_total`.
+    Events,
 }
 
 /// Who may call a route.
@@ -70,6 +84,8 @@ pub struct Route {
     pub access: Access,
     /// Described in `openapi.json`; the console's page and assets are not API.
     pub documented: bool,
+    /// What its requests are counted in, if anything.
+    pub meter: Option<Meter>,
     handler: fn(actix_web::Route) -> actix_web::Route,
 }
 
@@ -81,6 +97,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Anyone,
         documented: true,
+        meter: None,
         handler: |r| r.to(health::health),
     },
     Route {
@@ -88,6 +105,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Bearer(Operator::ROLES),
         documented: true,
+        meter: None,
         handler: |r| r.to(super::metrics),
     },
     Route {
@@ -95,6 +113,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Anyone,
         documented: true,
+        meter: None,
         handler: |r| r.to(super::openapi),
     },
     Route {
@@ -102,6 +121,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Bearer(Reader::ROLES),
         documented: true,
+        meter: None,
         handler: |r| r.to(replies::list_replies),
     },
     Route {
@@ -109,6 +129,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Bearer(Reader::ROLES),
         documented: true,
+        meter: None,
         handler: |r| r.to(export::export),
     },
     Route {
@@ -116,6 +137,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Bearer(Reader::ROLES),
         documented: true,
+        meter: None,
         handler: |r| r.to(summary::summary),
     },
     Route {
@@ -123,6 +145,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Bearer(Reader::ROLES),
         documented: true,
+        meter: None,
         handler: |r| r.to(console::conversation),
     },
     Route {
@@ -130,6 +153,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Anyone,
         documented: false,
+        meter: None,
         handler: |r| r.to(console::to_index),
     },
     Route {
@@ -137,6 +161,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Anyone,
         documented: false,
+        meter: None,
         handler: |r| r.to(console::index),
     },
     Route {
@@ -144,6 +169,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Anyone,
         documented: false,
+        meter: None,
         handler: |r| r.to(console::asset),
     },
     Route {
@@ -151,6 +177,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Post,
         access: Access::Bearer(Operator::ROLES),
         documented: true,
+        meter: None,
         handler: |r| r.to(replies::retry_reply),
     },
     Route {
@@ -158,6 +185,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Post,
         access: Access::Bearer(Poster::ROLES),
         documented: true,
+        meter: Some(Meter::Ingest),
         handler: |r| r.to(replies::post_reply),
     },
     Route {
@@ -165,6 +193,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Get,
         access: Access::Bearer(Caller::ROLES),
         documented: true,
+        meter: None,
         handler: |r| r.to(replies::get_reply),
     },
     Route {
@@ -172,6 +201,7 @@ pub const ROUTES: &[Route] = &[
         method: Method::Post,
         access: Access::Chatwoot,
         documented: true,
+        meter: Some(Meter::Events),
         handler: |r| r.to(webhook::signed),
     },
     Route {
@@ -179,14 +209,25 @@ pub const ROUTES: &[Route] = &[
         method: Method::Post,
         access: Access::Chatwoot,
         documented: true,
+        meter: Some(Meter::Events),
         handler: |r| r.to(webhook::path_token),
     },
 ];
 
-/// Registers every row of [`ROUTES`], and 404/405 for everything else.
+/// Registers every row of [`ROUTES`], each metered by its [`Meter`], and
+/// 404/405 for everything else.
 pub fn register(cfg: &mut web::ServiceConfig) {
     for route in ROUTES {
-        cfg.route(route.path, (route.handler)(route.method.route()));
+        // The method guards the resource, not the route: another method falls
+        // through to `not_found` (405), unmetered.
+        let resource = web::resource(route.path)
+            .guard(route.method.guard())
+            .route((route.handler)(web::route()));
+        match route.meter {
+            Some(meter) => cfg
+                .service(resource.wrap(from_fn(move |req, next| super::metered(meter, req, next)))),
+            None => cfg.service(resource),
+        };
     }
     cfg.default_service(web::to(not_found));
 }
@@ -218,16 +259,12 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     if let Some((_, allow)) = known {
         return ApiError::MethodNotAllowed(req.method().to_string(), allow).error_response();
     }
-    no_route(&req)
+    no_route(&req).error_response()
 }
 
 /// A plain 404 for a path no route serves.
-pub fn no_route(req: &HttpRequest) -> HttpResponse {
-    let detail = format!("no route for {} {}", req.method(), req.path());
-    super::problem::problem_response(
-        StatusCode::NOT_FOUND,
-        super::problem::problem(StatusCode::NOT_FOUND, "not-found", &detail),
-    )
+pub fn no_route(req: &HttpRequest) -> ApiError {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
 }
 
 #[cfg(test)]
@@ -299,6 +336,26 @@ mod tests {
         assert_eq!(allow("/api/webhooks/gold-replies"), Some("POST"));
         assert_eq!(allow("/api/gold-replies/export"), Some("GET, HEAD"));
         assert_eq!(allow("/nowhere"), None);
+    }
+
+    /// A handler that took `Result<Poster, _>` (or another role's) would
+    /// run for a refused caller, and `docs/architecture.md` says none can.
+    #[test]
+    fn no_handler_takes_the_result_of_a_bearer_check() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
+        for entry in std::fs::read_dir(&dir).expect("src/http") {
+            let path = entry.expect("a directory entry").path();
+            let Ok(source) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for role in ["Caller", "Poster", "Reader", "Operator"] {
+                assert!(
+                    !source.contains(&format!(": Result<{role}")),
+                    "{} takes Result<{role}, _>: take {role} and count refusals in a Meter",
+                    path.display()
+                );
+            }
+        }
     }
 
     /// The router is built from [`ROUTES`] alone: a route registered anywhere

@@ -1,18 +1,21 @@
 //! `POST /api/webhooks/chatwoot`: Chatwoot's signed events.
 //!
 //! Chatwoot waits 5 s and never retries account webhooks, so the handler only
-//! verifies, stores and answers; the event's effect is applied in the same
-//! transaction that stores it.
+//! stores and answers; the event's effect is applied in the same transaction
+//! that stores it. Proof that the event is Chatwoot's is an extractor
+//! ([`SignedEvent`], [`PathTokenEvent`]): the handler never sees one without it.
 
 use super::body::{parse_json, read_limited};
 use super::problem::ApiError;
-use super::{AppState, RequestId};
+use super::{AppState, Outcome, RequestId};
 use crate::domain::{ChatwootEvent, Kept, ReplyId};
 use crate::store::EventOutcome;
 use crate::telemetry::{self, TARGET};
+use actix_web::dev::Payload;
 use actix_web::http::header::HeaderMap;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
+use futures_util::future::LocalBoxFuture;
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -125,65 +128,95 @@ fn expected(secret: &SecretString, timestamp: &str, body: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
-/// `POST /api/webhooks/chatwoot`
+/// A Chatwoot event's body, read within `GOLDRELAY_MAX_BODY` and the request
+/// timeout, whose `X-Chatwoot-Signature` over its timestamp and body matched a
+/// configured secret (in constant time) and whose timestamp is fresh. A
+/// handler that takes one cannot run for an unsigned or forged event.
+pub struct SignedEvent(web::Bytes);
+
+impl FromRequest for SignedEvent {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let (req, payload) = (req.clone(), payload.take());
+        Box::pin(async move {
+            let state = app_state(&req)?;
+            // Said before reading: no body could be accepted anyway.
+            if state.webhooks.secrets.is_empty() {
+                return Err(ApiError::Disabled("no CHATWOOT_WEBHOOK_SECRETS configured"));
+            }
+            let body = body(&req, payload, &state).await?;
+            state.webhooks.verify(req.headers(), &body, Utc::now())?;
+            Ok(SignedEvent(body))
+        })
+    }
+}
+
+/// A Chatwoot event's body, read within limits, sent to the path that holds
+/// `GOLDRELAY_WEBHOOK_PATH_TOKEN` (the opt-in for Chatwoot before 4.12,
+/// which signs nothing); the token is checked before the body is read.
+pub struct PathTokenEvent(web::Bytes);
+
+impl FromRequest for PathTokenEvent {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let (req, payload) = (req.clone(), payload.take());
+        Box::pin(async move {
+            let state = app_state(&req)?;
+            let token = web::Path::<String>::extract(&req)
+                .await
+                .map_err(|_| ApiError::BadSignature("path token"))?;
+            state.webhooks.check_path_token(&token)?;
+            Ok(PathTokenEvent(body(&req, payload, &state).await?))
+        })
+    }
+}
+
+/// The app's state; an app built without it verifies no one.
+fn app_state(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or(ApiError::Disabled("no webhook verification configured"))
+}
+
+async fn body(
+    req: &HttpRequest,
+    mut payload: Payload,
+    state: &AppState,
+) -> Result<web::Bytes, ApiError> {
+    let payload = web::Payload::from_request(req, &mut payload)
+        .await
+        .map_err(|e| ApiError::BadBody(e.to_string()))?;
+    read_limited(req, payload, state.max_body_bytes, state.request_timeout).await
+}
+
+/// `POST /api/webhooks/chatwoot`: counted by the route's
+/// [`Meter::Events`](super::Meter::Events), refusals included.
 pub async fn signed(
+    event: SignedEvent,
     req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    counted(&state, verified(req, payload, &state).await)
+    accept(&req, &event.0, &state).await
 }
 
 /// `POST /api/webhooks/chatwoot/{token}`: unsigned, for Chatwoot before 4.12.
 pub async fn path_token(
+    event: PathTokenEvent,
     req: HttpRequest,
-    token: web::Path<String>,
-    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let result = async {
-        state.webhooks.check_path_token(&token)?;
-        let body = read_limited(&req, payload, state.max_body_bytes, state.request_timeout).await?;
-        accept(&req, &body, &state).await
-    }
-    .await;
-    counted(&state, result)
-}
-
-fn counted(
-    state: &AppState,
-    result: Result<(&'static str, HttpResponse), ApiError>,
-) -> Result<HttpResponse, ApiError> {
-    match result {
-        Ok((outcome, response)) => {
-            state.metrics.event(outcome);
-            Ok(response)
-        }
-        Err(e) => {
-            state.metrics.event(e.slug());
-            Err(e)
-        }
-    }
-}
-
-async fn verified(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
-) -> Result<(&'static str, HttpResponse), ApiError> {
-    if state.webhooks.secrets.is_empty() {
-        return Err(ApiError::Disabled("no CHATWOOT_WEBHOOK_SECRETS configured"));
-    }
-    let body = read_limited(&req, payload, state.max_body_bytes, state.request_timeout).await?;
-    state.webhooks.verify(req.headers(), &body, Utc::now())?;
-    accept(&req, &body, state).await
+    accept(&req, &event.0, &state).await
 }
 
 async fn accept(
     req: &HttpRequest,
     body: &[u8],
     state: &AppState,
-) -> Result<(&'static str, HttpResponse), ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let value = parse_json(body)?;
     let delivery_id = req
         .headers()
@@ -216,10 +249,8 @@ async fn accept(
     };
     span.record("goldrelay.outcome", status);
     tracing::info!(event = %event.kind, delivery_id = event.delivery_id.as_deref(), reply_id = event.reply_id.as_deref(), outcome = status, "chatwoot event");
-    Ok((
-        status,
-        HttpResponse::Ok().json(json!({ "status": status, "event": event.kind })),
-    ))
+    let answer = HttpResponse::Ok().json(json!({ "status": status, "event": event.kind }));
+    Ok(Outcome(status).on(answer))
 }
 
 /// While traces are exported, an event naming a reply is stored in a span

@@ -1,6 +1,7 @@
 //! The operator's surface: metrics, list and retry, the CLI, check-config,
 //! log redaction and the OpenAPI document.
 
+use crate::export::VIEWER_TOKEN;
 use crate::helpers::relay::{read_log, Serve};
 use crate::helpers::{
     self, reply, spawn_app, spawn_app_with, TestApp, OPERATOR_TOKEN, PATIENCE, TOKEN,
@@ -10,7 +11,7 @@ use assert_cmd::Command;
 use goldrelay::sandbox::{self, Faults, SandboxConfig};
 use predicates::prelude::*;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 async fn metrics(app: &TestApp) -> String {
     app.metrics().await
@@ -80,6 +81,113 @@ async fn metrics_count_a_known_sequence_of_requests() {
     for (series, value) in expect {
         assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
     }
+}
+
+/// What the answer to a post or an event says its outcome was: the status
+/// word for a success, the problem type's slug for a refusal.
+async fn outcome_of(response: reqwest::Response) -> String {
+    match response.status().as_u16() {
+        202 => "accepted".into(),
+        200 => "duplicate".into(),
+        _ => {
+            let problem: Value = response.json().await.unwrap();
+            let kind = problem["type"].as_str().unwrap();
+            kind.trim_start_matches("urn:goldrelay:problem:").to_owned()
+        }
+    }
+}
+
+/// Asserts that `metric` counts exactly what the client saw.
+fn assert_counted(text: &str, metric: &str, seen: &BTreeMap<String, f64>) {
+    for (outcome, n) in seen {
+        let series = format!(r#"{metric}{{outcome="{outcome}"}}"#);
+        assert_eq!(sample(text, &series), Some(*n), "{series} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn refused_posts_are_counted_in_the_ingest_metric_by_their_outcome() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.viewer_tokens = vec![VIEWER_TOKEN.into()];
+        s.token_rate = 1;
+    })
+    .await;
+    let mut seen = BTreeMap::<String, f64>::new();
+    // Support's token thrice in a row: its rate refuses what passes the budget.
+    let callers = [
+        None,
+        Some(VIEWER_TOKEN),
+        Some(TOKEN),
+        Some(TOKEN),
+        Some(TOKEN),
+    ];
+    for (n, token) in callers.into_iter().enumerate() {
+        let mut post = app.api.webhook().json(&reply(&format!("counted-{n}"), 1));
+        if let Some(token) = token {
+            post = post.bearer_auth(token);
+        }
+        let outcome = outcome_of(post.send().await.unwrap()).await;
+        *seen.entry(outcome).or_default() += 1.0;
+    }
+    assert_eq!(seen.get("unauthorized"), Some(&1.0), "{seen:?}");
+    assert_eq!(seen.get("role-required"), Some(&1.0), "{seen:?}");
+    let text = metrics(&app).await;
+    assert_counted(&text, "goldrelay_ingest_requests_total", &seen);
+    let timed = sample(&text, "goldrelay_ingest_duration_seconds_count");
+    assert_eq!(timed, Some(5.0), "{text}");
+}
+
+#[tokio::test]
+async fn refused_chatwoot_events_are_counted_by_their_outcome() {
+    let app = spawn_app().await;
+    let body = json!({"event": "conversation_created", "id": 1}).to_string();
+    let at = chrono::Utc::now().timestamp().to_string();
+    let signed = |secret: &str| {
+        app.api
+            .client
+            .post(format!("{}/api/webhooks/chatwoot", app.api.address))
+            .header("X-Chatwoot-Timestamp", &at)
+            .header(
+                "X-Chatwoot-Signature",
+                sandbox::sign(secret, &at, body.as_bytes()),
+            )
+            .body(body.clone())
+    };
+    let unsigned = app
+        .api
+        .client
+        .post(format!("{}/api/webhooks/chatwoot", app.api.address))
+        .body(body.clone());
+    // No path token is configured: that endpoint refuses everything.
+    let by_path = app
+        .api
+        .client
+        .post(format!(
+            "{}/api/webhooks/chatwoot/some-token",
+            app.api.address
+        ))
+        .body(body.clone());
+    let mut seen = BTreeMap::<String, f64>::new();
+    for request in [
+        signed(WEBHOOK_SECRET),
+        signed("not-the-secret"),
+        unsigned,
+        by_path,
+    ] {
+        let response = request.send().await.unwrap();
+        let outcome = match response.status().as_u16() {
+            200 => response.json::<Value>().await.unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            _ => outcome_of(response).await,
+        };
+        *seen.entry(outcome).or_default() += 1.0;
+    }
+    assert_eq!(seen.get("bad-signature"), Some(&2.0), "{seen:?}");
+    assert_eq!(seen.get("disabled"), Some(&1.0), "{seen:?}");
+    let text = metrics(&app).await;
+    assert_counted(&text, "goldrelay_chatwoot_events_total", &seen);
 }
 
 #[tokio::test]

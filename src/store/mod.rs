@@ -7,6 +7,7 @@ pub mod backup;
 mod export;
 mod lifecycle;
 mod postgres;
+mod row;
 mod sqlite;
 pub mod summary;
 

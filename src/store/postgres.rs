@@ -12,8 +12,9 @@
 //! delivered job is recorded by one function call too.
 
 use super::lifecycle::{self, NewReply, ReplyChange, Stored, Tx, Value};
+use super::row;
 use super::{
-    reply_id_column, status_column, status_counts, ChannelRead, Cursor, DueReads, EventOutcome,
+    reply_id_column, status_counts, ChannelRead, Cursor, DueReads, EventOutcome,
     Ingested, Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, SendSlot,
     StaleChannelStatus, Store, StoreError, REPLY_COLUMNS,
 };
@@ -455,45 +456,9 @@ async fn fetch_many(
     let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = ANY($1)");
     let rows = sqlx::query(&sql).bind(reply_ids).fetch_all(pool).await?;
     rows.iter()
-        .map(|row| Ok((row.try_get("reply_id")?, stored(row)?)))
+        .map(|row| Ok((row.try_get("reply_id")?, row::stored(row)?)))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(Into::into)
-}
-
-fn stored(row: &PgRow) -> Result<Stored, sqlx::Error> {
-    Ok(Stored {
-        record: record(row)?,
-        fingerprint: row.try_get("fingerprint")?,
-        uncertain: row.try_get("uncertain")?,
-        stale_since: row.try_get("channel_status_stale_at")?,
-    })
-}
-
-fn record(row: &PgRow) -> Result<ReplyRecord, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(ReplyRecord {
-        reply_id: reply_id_column(row.try_get("reply_id")?)?,
-        account_id: row.try_get("account_id")?,
-        conversation_id: row.try_get("conversation_id")?,
-        action: row.try_get("action")?,
-        status: status_column(&status)?,
-        attempts: row.try_get::<i32, _>("attempts")?.into(),
-        last_error: row.try_get("last_error")?,
-        chatwoot_message_id: row.try_get("chatwoot_message_id")?,
-        received_at: row.try_get("received_at")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        confirmed_at: row.try_get("confirmed_at")?,
-        channel_status: row.try_get("channel_status")?,
-        channel_error: row.try_get("channel_error")?,
-        context: super::ContextState {
-            source: row.try_get("context_source")?,
-            captured_at: row.try_get("context_captured_at")?,
-            capture_attempts: row.try_get::<i32, _>("context_attempts")?.into(),
-            capture_error: row.try_get("context_error")?,
-            next_capture_at: row.try_get("context_due_at")?,
-        },
-    })
 }
 
 async fn fetch_stored(
@@ -507,7 +472,7 @@ async fn fetch_stored(
         .bind(reply_id)
         .fetch_optional(&mut *conn)
         .await?;
-    Ok(row.as_ref().map(stored).transpose()?)
+    Ok(row.as_ref().map(row::stored).transpose()?)
 }
 
 /// Serialises every change to one conversation's line of jobs, across
@@ -549,7 +514,7 @@ impl Tx for PgTx<'_> {
             .bind(message_id)
             .fetch_optional(&mut *self.0)
             .await?;
-        Ok(row.as_ref().map(stored).transpose()?)
+        Ok(row.as_ref().map(row::stored).transpose()?)
     }
 
     async fn insert_reply(
@@ -870,7 +835,7 @@ impl Store for PostgresStore {
             .push(" ORDER BY received_at DESC, reply_id ASC LIMIT ")
             .push_bind(filter.limit as i64);
         let rows = query.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(row::reply_record).collect::<Result<_, _>>()?)
     }
 
     async fn requeue(
@@ -1220,45 +1185,20 @@ async fn export_page(
         ),
         "$5",
     );
-    let rows = sqlx::query(&sql)
+    use futures_util::TryStreamExt;
+    sqlx::query(&sql)
         .bind(after_at)
         .bind(after_id)
         .bind(page.until)
         .bind(page.limit as i64)
         .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.iter().map(export_record).collect::<Result<_, _>>()?)
+        .fetch(pool)
+        // Each row is decoded as it arrives: a page is never held twice.
+        .map_err(StoreError::from)
+        .and_then(|row| {
+            futures_util::future::ready(row::export_record(&row).map_err(StoreError::from))
+        })
+        .try_collect()
+        .await
 }
 
-fn export_record(row: &PgRow) -> Result<ExportRecord, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(ExportRecord {
-        reply_id: reply_id_column(row.try_get("reply_id")?)?,
-        account_id: row.try_get("account_id")?,
-        conversation_id: row.try_get("conversation_id")?,
-        action: row.try_get("action")?,
-        content: row.try_get("content")?,
-        private: row.try_get("private")?,
-        draft: row.try_get("draft")?,
-        approved_by: row.try_get("approved_by")?,
-        tags: row.try_get("tags")?,
-        metadata: row.try_get("metadata")?,
-        received_at: row.try_get("received_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-        confirmed_at: row.try_get("confirmed_at")?,
-        status: status_column(&status)?,
-        attempts: row.try_get::<i32, _>("attempts")?.into(),
-        last_error: row.try_get("last_error")?,
-        chatwoot_message_id: row.try_get("chatwoot_message_id")?,
-        channel_status: row.try_get("channel_status")?,
-        channel_error: row.try_get("channel_error")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        uncertain: row.try_get("uncertain")?,
-        context: row
-            .try_get::<Option<sqlx::types::Json<Vec<crate::domain::Turn>>>, _>("context")?
-            .map(|turns| turns.0),
-        context_source: row.try_get("context_source")?,
-        context_captured_at: row.try_get("context_captured_at")?,
-    })
-}

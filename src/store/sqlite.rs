@@ -11,8 +11,9 @@ mod capture;
 mod writer;
 
 use super::lifecycle::{self, NewReply};
+use super::row;
 use super::{
-    reply_id_column, status_column, status_counts, ChannelRead, DueReads, EventOutcome, Ingested,
+    reply_id_column, status_counts, ChannelRead, DueReads, EventOutcome, Ingested,
     Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store,
     StoreError, REPLY_COLUMNS,
 };
@@ -144,33 +145,6 @@ fn time(ms: Option<i64>) -> Option<DateTime<Utc>> {
     ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())
 }
 
-fn record(row: &SqliteRow) -> Result<ReplyRecord, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(ReplyRecord {
-        reply_id: reply_id_column(row.try_get("reply_id")?)?,
-        account_id: row.try_get("account_id")?,
-        conversation_id: row.try_get("conversation_id")?,
-        action: row.try_get("action")?,
-        status: status_column(&status)?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
-        chatwoot_message_id: row.try_get("chatwoot_message_id")?,
-        received_at: time(row.try_get("received_at")?).unwrap_or_default(),
-        next_attempt_at: time(row.try_get("next_attempt_at")?),
-        delivered_at: time(row.try_get("delivered_at")?),
-        confirmed_at: time(row.try_get("confirmed_at")?),
-        channel_status: row.try_get("channel_status")?,
-        channel_error: row.try_get("channel_error")?,
-        context: super::ContextState {
-            source: row.try_get("context_source")?,
-            captured_at: time(row.try_get("context_captured_at")?),
-            capture_attempts: row.try_get("context_attempts")?,
-            capture_error: row.try_get("context_error")?,
-            next_capture_at: time(row.try_get("context_due_at")?),
-        },
-    })
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn list(&self, filter: &ReplyFilter) -> Result<Vec<ReplyRecord>, StoreError> {
@@ -206,7 +180,7 @@ impl Store for SqliteStore {
             .bind(filter.limit as i64)
             .fetch_all(&self.reads)
             .await?;
-        Ok(rows.iter().map(record).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(row::reply_record).collect::<Result<_, _>>()?)
     }
 
     async fn requeue(
@@ -344,7 +318,7 @@ impl Store for SqliteStore {
             .bind(reply_id.as_str())
             .fetch_optional(&self.reads)
             .await?;
-        Ok(row.as_ref().map(record).transpose()?)
+        Ok(row.as_ref().map(row::reply_record).transpose()?)
     }
 
     async fn claim(
@@ -498,61 +472,21 @@ async fn export_page(
         ),
         "?",
     );
-    let rows = sqlx::query(&sql)
+    use futures_util::TryStreamExt;
+    sqlx::query(&sql)
         .bind(after_ms)
         .bind(after_ms)
         .bind(after_id)
         .bind(millis(page.until))
         .bind(page.limit as i64)
         .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
-        .fetch_all(reads)
-        .await?;
-    Ok(rows.iter().map(export_record).collect::<Result<_, _>>()?)
-}
-
-fn export_record(row: &SqliteRow) -> Result<ExportRecord, sqlx::Error> {
-    let status: String = row.try_get("status")?;
-    Ok(ExportRecord {
-        reply_id: reply_id_column(row.try_get("reply_id")?)?,
-        account_id: row.try_get("account_id")?,
-        conversation_id: row.try_get("conversation_id")?,
-        action: row.try_get("action")?,
-        content: row.try_get("content")?,
-        private: row.try_get("private")?,
-        draft: json_column(row, "draft")?,
-        approved_by: row.try_get("approved_by")?,
-        tags: json_column(row, "tags")?.unwrap_or_default(),
-        metadata: json_column(row, "metadata")?,
-        received_at: time(row.try_get("received_at")?).unwrap_or_default(),
-        delivered_at: time(row.try_get("delivered_at")?),
-        confirmed_at: time(row.try_get("confirmed_at")?),
-        status: status_column(&status)?,
-        attempts: row.try_get("attempts")?,
-        last_error: row.try_get("last_error")?,
-        chatwoot_message_id: row.try_get("chatwoot_message_id")?,
-        channel_status: row.try_get("channel_status")?,
-        channel_error: row.try_get("channel_error")?,
-        next_attempt_at: time(row.try_get("next_attempt_at")?),
-        uncertain: row.try_get("uncertain")?,
-        context: json_column(row, "context")?
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| sqlx::Error::ColumnDecode {
-                index: "context".into(),
-                source: Box::new(e),
-            })?,
-        context_source: row.try_get("context_source")?,
-        context_captured_at: time(row.try_get("context_captured_at")?),
-    })
-}
-
-/// A JSON column SQLite keeps as text.
-fn json_column(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    let raw: Option<String> = row.try_get(column)?;
-    raw.map(|text| serde_json::from_str(&text))
-        .transpose()
-        .map_err(|e| sqlx::Error::ColumnDecode {
-            index: column.into(),
-            source: Box::new(e),
+        .fetch(reads)
+        // Each row is decoded as it arrives: a page is never held twice.
+        .map_err(StoreError::from)
+        .and_then(|row| {
+            futures_util::future::ready(row::export_record(&row).map_err(StoreError::from))
         })
+        .try_collect()
+        .await
 }
+

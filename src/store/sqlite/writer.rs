@@ -10,11 +10,12 @@
 use super::{millis, time};
 use crate::domain::ChatwootEvent;
 use crate::store::lifecycle::{NewReply, ReplyChange, Stored, Tx, Value};
-use crate::store::{Job, ReplyRecord, StoreError, REPLY_COLUMNS};
+use crate::store::row;
+use crate::store::{Job, StoreError, REPLY_COLUMNS};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value as Sql;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -149,49 +150,6 @@ fn restart_wal(conn: &Connection, wal_frames: &AtomicI64) {
     }
 }
 
-/// A column that holds text of our own making, decoded or refused.
-fn decode<T>(
-    row: &Row,
-    column: &str,
-    parse: impl FnOnce(&str) -> Result<T, sqlx::Error>,
-) -> rusqlite::Result<T> {
-    let raw: String = row.get(column)?;
-    parse(&raw).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-fn stored(row: &Row) -> rusqlite::Result<Stored> {
-    Ok(Stored {
-        record: ReplyRecord {
-            reply_id: decode(row, "reply_id", crate::store::reply_id_column)?,
-            account_id: row.get("account_id")?,
-            conversation_id: row.get("conversation_id")?,
-            action: row.get("action")?,
-            status: decode(row, "status", crate::store::status_column)?,
-            attempts: row.get("attempts")?,
-            last_error: row.get("last_error")?,
-            chatwoot_message_id: row.get("chatwoot_message_id")?,
-            received_at: time(row.get("received_at")?).unwrap_or_default(),
-            next_attempt_at: time(row.get("next_attempt_at")?),
-            delivered_at: time(row.get("delivered_at")?),
-            confirmed_at: time(row.get("confirmed_at")?),
-            channel_status: row.get("channel_status")?,
-            channel_error: row.get("channel_error")?,
-            context: crate::store::ContextState {
-                source: row.get("context_source")?,
-                captured_at: time(row.get("context_captured_at")?),
-                capture_attempts: row.get("context_attempts")?,
-                capture_error: row.get("context_error")?,
-                next_capture_at: time(row.get("context_due_at")?),
-            },
-        },
-        fingerprint: row.get("fingerprint")?,
-        uncertain: row.get("uncertain")?,
-        stale_since: time(row.get("channel_status_stale_at")?),
-    })
-}
-
 fn stored_where(
     conn: &Connection,
     condition: &str,
@@ -200,8 +158,13 @@ fn stored_where(
     let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE {condition}");
     Ok(conn
         .prepare_cached(&sql)?
-        .query_row([value], stored)
+        .query_row([value], |row| row::stored(row).map_err(undecodable))
         .optional()?)
+}
+
+/// A row [`row::stored`] could not read, as rusqlite reports it.
+fn undecodable(error: sqlx::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(error))
 }
 
 /// A value of the state machine in SQLite's types (times as milliseconds).
@@ -428,7 +391,8 @@ pub(super) fn claim(
         )?
         .query_map(params![now_ms, limit as i64], |row| {
             let job = Job {
-                reply_id: decode(row, "reply_id", crate::store::reply_id_column)?,
+                reply_id: crate::store::reply_id_column(&row.get::<_, String>("reply_id")?)
+                    .map_err(undecodable)?,
                 account_id: row.get("account_id")?,
                 conversation_id: row.get("conversation_id")?,
                 content: row.get("content")?,

@@ -697,10 +697,11 @@ impl Store for PostgresStore {
     }
 
     async fn trace_context(&self, reply_id: &ReplyId) -> Result<Option<String>, StoreError> {
-        let context = sqlx::query_scalar("SELECT trace_context FROM gold_replies WHERE reply_id = $1")
-            .bind(reply_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let context =
+            sqlx::query_scalar("SELECT trace_context FROM gold_replies WHERE reply_id = $1")
+                .bind(reply_id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(context.flatten())
     }
 

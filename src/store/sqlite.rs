@@ -305,10 +305,11 @@ impl Store for SqliteStore {
     }
 
     async fn trace_context(&self, reply_id: &ReplyId) -> Result<Option<String>, StoreError> {
-        let context = sqlx::query_scalar("SELECT trace_context FROM gold_replies WHERE reply_id = ?")
-            .bind(reply_id.as_str())
-            .fetch_optional(&self.reads)
-            .await?;
+        let context =
+            sqlx::query_scalar("SELECT trace_context FROM gold_replies WHERE reply_id = ?")
+                .bind(reply_id.as_str())
+                .fetch_optional(&self.reads)
+                .await?;
         Ok(context.flatten())
     }
 

@@ -4,9 +4,7 @@ use crate::chatwoot::{ChatwootClient, SendError};
 use crate::config::Settings;
 use crate::dataset;
 use crate::domain::{ReplyId, Status, UnknownStatus};
-use crate::store::{
-    self, export_lines, parse_cursor, ReplyFilter, ReplyRecord, Requeued, SharedStore,
-};
+use crate::store::{self, export_lines, Cursor, ReplyFilter, ReplyRecord, Requeued, SharedStore};
 use anyhow::{bail, Context};
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -135,7 +133,7 @@ pub async fn export(
 ) -> anyhow::Result<u64> {
     let after = since
         .filter(|s| !s.is_empty())
-        .map(|raw| parse_cursor(raw).with_context(|| format!("{raw:?} is not an export cursor")))
+        .map(|raw| Cursor::decode(raw).with_context(|| format!("{raw:?} is not an export cursor")))
         .transpose()?;
     let records =
         export_lines(store, after, None, Utc::now()).map(|page| page.map_err(anyhow::Error::from));

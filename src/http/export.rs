@@ -6,7 +6,7 @@ use super::auth::{Operator, Reader};
 use super::problem::ApiError;
 use super::AppState;
 use crate::dataset;
-use crate::store::{export_lines, parse_cursor, StoreError};
+use crate::store::{export_lines, Cursor, StoreError};
 use actix_web::web::{self, Bytes};
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
 use chrono::Utc;
@@ -58,12 +58,7 @@ pub async fn export(
         Operator::extract(&req).await?;
     }
     let after = match query.since.filter(|s| !s.is_empty()) {
-        Some(raw) => Some(
-            cursor_shaped(&raw)
-                .then(|| parse_cursor(&raw))
-                .flatten()
-                .ok_or(ApiError::InvalidCursor)?,
-        ),
+        Some(raw) => Some(Cursor::decode(&raw).ok_or(ApiError::InvalidCursor)?),
         None => None,
     };
     let records = export_lines(state.store.clone(), after, scope.account(), Utc::now());
@@ -151,13 +146,4 @@ impl<S> Drop for Watched<S> {
             );
         }
     }
-}
-
-/// Whether `raw` starts as the export's cursors do: 1 to 18 digits (years 1970
-/// to 33658, which every backend can compare; a negative or larger time would
-/// reach the database and fail there) before the first `.`.
-fn cursor_shaped(raw: &str) -> bool {
-    raw.split_once('.').is_some_and(|(micros, _)| {
-        (1..=18).contains(&micros.len()) && micros.bytes().all(|b| b.is_ascii_digit())
-    })
 }

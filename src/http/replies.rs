@@ -10,7 +10,7 @@ use crate::telemetry::{self, TARGET};
 use actix_web::http::header::LOCATION;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::field::Empty;
@@ -174,7 +174,7 @@ pub async fn list_replies(
     let limit = filter.limit;
     let items = state.store.list(&filter).await?;
     let next_cursor = (items.len() == limit)
-        .then(|| items.last().map(encode_cursor))
+        .then(|| items.last().map(|last| last.cursor().encode()))
         .flatten();
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
 }
@@ -203,7 +203,7 @@ fn filter(query: ListQuery) -> Result<ReplyFilter, ApiError> {
     }
     let after = query
         .cursor
-        .map(|c| decode_cursor(&c).ok_or(ApiError::InvalidCursor))
+        .map(|c| Cursor::decode(&c).ok_or(ApiError::InvalidCursor))
         .transpose()?;
     Ok(ReplyFilter {
         status,
@@ -211,28 +211,5 @@ fn filter(query: ListQuery) -> Result<ReplyFilter, ApiError> {
         conversation_id: query.conversation_id,
         after,
         limit,
-    })
-}
-
-/// Cursors are `<received_at millis>.<reply_id>`: opaque to clients, readable in logs.
-fn encode_cursor(record: &ReplyRecord) -> String {
-    format!(
-        "{}.{}",
-        record.received_at.timestamp_millis(),
-        record.reply_id
-    )
-}
-
-/// Only what [`encode_cursor`] could have written: 1 to 15 digits (years
-/// 1970 to 33658, which every backend can compare) before the first `.`.
-fn decode_cursor(raw: &str) -> Option<Cursor> {
-    let (ms, reply_id) = raw.split_once('.')?;
-    if !(1..=15).contains(&ms.len()) || !ms.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let received_at = DateTime::from_timestamp_millis(ms.parse().ok()?)?;
-    Some(Cursor {
-        received_at,
-        reply_id: ReplyId::parse(reply_id).ok()?,
     })
 }

@@ -4,6 +4,7 @@
 //! nothing above this module.
 
 pub mod backup;
+mod cursor;
 mod export;
 mod lifecycle;
 mod postgres;
@@ -12,7 +13,7 @@ mod sqlite;
 pub mod summary;
 
 pub use export::{
-    export_lines, export_pages, format_cursor, parse_cursor, ExportPage, ExportRecord,
+    export_lines, export_pages, ExportPage, ExportRecord,
     EXPORT_PAGE_BYTES, EXPORT_SETTLE,
 };
 pub use postgres::PostgresStore;

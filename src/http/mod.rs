@@ -68,8 +68,9 @@ pub struct LoggedReplyId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct RequestId(pub uuid::Uuid);
 
-/// The OpenAPI 3.1 description of this API.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The OpenAPI 3.1 description of this API: `openapi.json` at the top of
+/// the repository, where Support's tooling and schemathesis read the contract.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 pub(crate) async fn openapi() -> HttpResponse {
     HttpResponse::Ok()

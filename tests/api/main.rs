@@ -8,14 +8,15 @@
 //! set and `--include-ignored`; `postgres_outage` stops the server, so it runs
 //! on its own (see its module).
 
+mod architecture;
 mod auth;
 mod backup;
 mod chaos;
 mod conformance;
-mod context;
 mod console;
 mod console_judgement;
 mod console_rate;
+mod context;
 mod dashboard;
 mod dataset;
 mod delivery;

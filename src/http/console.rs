@@ -19,6 +19,8 @@ const CONVERSATION_LIMIT: usize = 500;
 
 const INDEX: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
+const JUDGEMENT: &str = include_str!("console/judgement.js");
+const SUMMARY: &str = include_str!("console/summary.js");
 const STYLE: &str = include_str!("console/app.css");
 
 /// The `Content-Security-Policy` of every console response: scripts and
@@ -52,6 +54,8 @@ pub(super) async fn index(state: web::Data<AppState>) -> HttpResponse {
 pub(super) async fn asset(path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     match path.as_str() {
         "app.js" => page(&state, "text/javascript; charset=utf-8", SCRIPT),
+        "judgement.js" => page(&state, "text/javascript; charset=utf-8", JUDGEMENT),
+        "summary.js" => page(&state, "text/javascript; charset=utf-8", SUMMARY),
         "app.css" => page(&state, "text/css; charset=utf-8", STYLE),
         other => ApiError::NotFound(format!("the console has no {other:?}")).error_response(),
     }
@@ -123,25 +127,27 @@ fn view_chunks(
             return Ok(Some((closing(false), None)));
         };
         let room = CONVERSATION_LIMIT - shown;
-        let mut chunk = items_json(&records[..records.len().min(room)], shown);
-        if records.len() > room {
+        let (count, more) = (records.len(), records.len() > room);
+        let mut chunk = items_json(records.into_iter().take(room), shown);
+        if more {
             chunk += &closing(true);
             return Ok(Some((chunk, None)));
         }
-        Ok(Some((chunk, Some((pages, shown + records.len())))))
+        Ok(Some((chunk, Some((pages, shown + count)))))
     });
     opening.chain(items)
 }
 
-/// Records as items of the view's array, after `shown` items already written.
-fn items_json(records: &[ExportRecord], shown: usize) -> String {
+/// Records as items of the view's array, after `shown` items already
+/// written; each record goes once written, so the page is not held twice.
+fn items_json(records: impl Iterator<Item = ExportRecord>, shown: usize) -> String {
     let mut chunk = String::new();
-    for (i, record) in records.iter().enumerate() {
+    for (i, record) in records.enumerate() {
         if shown + i > 0 {
             chunk.push(',');
         }
         // A record of strings, numbers and parsed JSON always serializes.
-        chunk.push_str(&serde_json::to_string(record).unwrap_or_default());
+        chunk.push_str(&serde_json::to_string(&record).unwrap_or_default());
     }
     chunk
 }

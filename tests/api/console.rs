@@ -34,7 +34,13 @@ async fn the_console_is_served_with_a_strict_policy_that_lets_chatwoot_frame_it(
     let app = spawn_console(|_| {}).await;
     let chatwoot = app.chatwoot.base_url();
     let chatwoot = chatwoot.trim_end_matches('/');
-    for path in ["/console/", "/console/app.js", "/console/app.css"] {
+    for path in [
+        "/console/",
+        "/console/app.js",
+        "/console/judgement.js",
+        "/console/summary.js",
+        "/console/app.css",
+    ] {
         let response = reqwest::get(format!("{}{path}", app.api.address))
             .await
             .unwrap();

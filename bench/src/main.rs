@@ -7,6 +7,7 @@ mod delivery;
 mod drain;
 mod harness;
 mod ingest;
+mod memory;
 mod plan;
 mod process;
 mod report;
@@ -121,6 +122,7 @@ async fn measure(
     let delivery = maybe(plan.drain, sqlite_delivery(h, cli)).await?;
     let slow_clients = usize::try_from(cli.slow_clients)?;
     let slow = maybe(plan.slow, slow::measure(h, slow_clients)).await?;
+    let memory = maybe(plan.memory, memory::measure(h)).await?;
     let postgres = match (plan.postgres, &cli.postgres) {
         (false, _) => None,
         (true, None) => Some(Postgres::NotAsked),
@@ -135,6 +137,7 @@ async fn measure(
         sustained,
         delivery,
         slow,
+        memory,
         postgres,
         starts: h.starts.clone(),
         relay_bytes: file_size(&h.tools.goldrelay)?,

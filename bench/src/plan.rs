@@ -20,6 +20,9 @@ pub enum Only {
     Drain,
     /// The slow-client rows: `/hc`, peak RSS and 408s under `BENCH_SLOW_CLIENTS`.
     Slow,
+    /// Peak RSS with 500 replies of 256 KiB in one conversation, four
+    /// views and four stalled exports at once (about 2 minutes).
+    Memory,
 }
 
 /// The measurements of one run, in the order they are made.
@@ -32,6 +35,7 @@ pub struct Plan {
     /// Delivery latency and the two drains, on SQLite.
     pub drain: bool,
     pub slow: bool,
+    pub memory: bool,
     /// Whether the PostgreSQL rows are printed; they are measured only with a URL.
     pub postgres: bool,
 }
@@ -53,6 +57,7 @@ impl Plan {
             sustained: asked(Only::Sustained),
             drain: asked(Only::Drain),
             slow: asked(Only::Slow),
+            memory: asked(Only::Memory),
             postgres: asked(Only::Postgres),
         })
     }
@@ -64,6 +69,7 @@ impl Plan {
             sustained: true,
             drain: true,
             slow: true,
+            memory: true,
             postgres: true,
         }
     }
@@ -83,7 +89,7 @@ mod tests {
         for part in [Only::Sqlite, Only::Sustained, Only::Postgres] {
             assert!(Plan::new(&[part], true).unwrap().bare, "{part:?}");
         }
-        for part in [Only::Drain, Only::Slow] {
+        for part in [Only::Drain, Only::Slow, Only::Memory] {
             assert!(!Plan::new(&[part], true).unwrap().bare, "{part:?}");
         }
     }
@@ -99,6 +105,7 @@ mod tests {
                 sustained: true,
                 drain: false,
                 slow: true,
+                memory: false,
                 postgres: false,
             }
         );

@@ -92,6 +92,11 @@ impl Process {
     }
 
     /// The most memory the process has held resident so far (`VmHWM`), in KiB.
+    /// The process's id, while it runs.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("the process has exited")
+    }
+
     pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
         let pid = self.child.id().context("the process has exited")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -6,6 +6,7 @@ use crate::delivery::{self, DeliveryLatency};
 use crate::drain::{Drain, PER_CONVERSATION};
 use crate::harness::Starts;
 use crate::ingest::{Ingest, MANY};
+use crate::memory::{self, Memory};
 use crate::slow::SlowClients;
 use crate::sustained::Sustained;
 use std::fmt;
@@ -44,6 +45,7 @@ pub struct Report {
     pub sustained: Option<Sustained>,
     pub delivery: Option<SqliteDelivery>,
     pub slow: Option<SlowClients>,
+    pub memory: Option<Memory>,
     pub postgres: Option<Postgres>,
     pub starts: Starts,
     pub relay_bytes: u64,
@@ -158,6 +160,9 @@ impl Report {
         }
         if let Some(slow) = &self.slow {
             rows.extend(slow_rows(slow));
+        }
+        if let Some(memory) = &self.memory {
+            rows.extend(memory_rows(memory));
         }
         if let (Some(postgres), Some(bare)) = (&self.postgres, &self.bare) {
             rows.extend(self.postgres_rows(postgres, bare));
@@ -280,6 +285,7 @@ impl Report {
             (self.sustained.is_some(), "sustained SQLite"),
             (self.delivery.is_some(), "SQLite delivery and drains"),
             (self.slow.is_some(), "slow clients"),
+            (self.memory.is_some(), "memory"),
             (self.postgres.is_some(), "PostgreSQL ingest and drain"),
         ];
         if parts.iter().all(|(ran, _)| *ran) {
@@ -475,7 +481,7 @@ fn table(f: &mut fmt::Formatter<'_>, ceiling: &str, rows: &[Row]) -> fmt::Result
         relay: "goldrelay".into(),
         ceiling: ceiling.into(),
         ratio: "ratio".into(),
-        target: "target (issues 7, 12, 13)".into(),
+        target: "target (issues 7, 12, 13, 19)".into(),
         verdict: "verdict".into(),
     };
     let mut widths = [0usize; 6];
@@ -533,6 +539,48 @@ fn slow_rows(s: &SlowClients) -> Vec<Row> {
             .against(format!("{idle_rss:.1} MiB (idle)"), times(rss / idle_rss))
             .goal("< 64 MiB", Goal::Below(64.0), rss),
         answered_row(s),
+    ]
+}
+
+/// Peak memory while large replies are read, against the same goldrelay
+/// idle just before; and whether the readers got what they should.
+fn memory_rows(m: &Memory) -> Vec<Row> {
+    let rss = m.peak_rss_kib as f64 / 1024.0;
+    let idle_rss = m.idle_rss_kib as f64 / 1024.0;
+    let how = format!(
+        "{} views + {} stalled exports",
+        memory::READERS,
+        memory::READERS
+    );
+    let figure = format!(
+        "memory: {}×{} KB in one conversation, {how} (peak RSS, VmHWM)",
+        memory::REPLIES,
+        m.body_bytes / 1000
+    );
+    let mut readers = Row::new(
+        format!(
+            "memory: views whole; stalled exports cut off (GOLDRELAY_REQUEST_TIMEOUT={} s)",
+            memory::TIMEOUT.as_secs()
+        ),
+        format!(
+            "{} of {}; {} of {}",
+            m.views_whole,
+            memory::READERS,
+            m.exports_cut,
+            memory::READERS
+        ),
+    );
+    readers.target = "all".into();
+    readers.verdict = if m.views_whole == memory::READERS && m.exports_cut == memory::READERS {
+        "met".into()
+    } else {
+        "**missed**".into()
+    };
+    vec![
+        Row::new(figure, format!("{rss:.1} MiB"))
+            .against(format!("{idle_rss:.1} MiB (idle)"), times(rss / idle_rss))
+            .goal("< 64 MiB", Goal::Below(64.0), rss),
+        readers,
     ]
 }
 
@@ -765,6 +813,13 @@ mod tests {
                 capped: drain(40),
             }),
             slow: Some(slow()),
+            memory: Some(Memory {
+                body_bytes: 254_000,
+                idle_rss_kib: 20_480,
+                peak_rss_kib: 40_960,
+                views_whole: 4,
+                exports_cut: 4,
+            }),
             postgres: Some(Postgres::Measured(
                 Box::new(ingest(2_000, 6_000)),
                 Box::new(drain(0)),
@@ -820,6 +875,7 @@ mod tests {
             sustained: None,
             delivery: None,
             slow: None,
+            memory: None,
             postgres: None,
             ..full()
         };
@@ -846,6 +902,7 @@ mod tests {
             relay: None,
             sustained: None,
             delivery: None,
+            memory: None,
             postgres: None,
             ..full()
         };
@@ -869,6 +926,7 @@ mod tests {
             sustained: None,
             delivery: None,
             slow: None,
+            memory: None,
             postgres: Some(Postgres::Failed("connection refused".into())),
             ..full()
         };
@@ -883,6 +941,35 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\n3 s wrk runs, 1 KiB bodies\n"), "{text}");
+    }
+
+    #[test]
+    fn the_memory_rows_judge_the_peak_and_every_reader() {
+        let row = |report: &Report, starts: &str| -> Vec<String> {
+            let text = report.to_string();
+            let line = text.lines().find(|l| l.starts_with(starts));
+            let line = line.unwrap_or_else(|| panic!("no {starts:?} in {text}"));
+            line.split('|').map(|cell| cell.trim().to_owned()).collect()
+        };
+        let peak = "| memory: 500×254 KB in one conversation, 4 views + 4 stalled exports";
+        let cells = row(&full(), peak);
+        assert_eq!(
+            cells[2..7],
+            ["40.0 MiB", "20.0 MiB (idle)", "2.0×", "< 64 MiB", "met"]
+        );
+        let readers = "| memory: views whole; stalled exports cut off";
+        assert_eq!(
+            row(&full(), readers)[2..7],
+            ["4 of 4; 4 of 4", "", "", "all", "met"]
+        );
+        let stuck = Report {
+            memory: Some(Memory {
+                exports_cut: 3,
+                ..full().memory.unwrap()
+            }),
+            ..full()
+        };
+        assert_eq!(row(&stuck, readers)[5..7], ["all", "**missed**"]);
     }
 
     #[test]

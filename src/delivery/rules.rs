@@ -235,19 +235,8 @@ pub fn retry_or_give_up(
         .max(floor);
     let at = now.checked_add_signed(span(delay));
     let Some(at) = at.filter(|at| elapsed(job.received_at, *at) <= p.max_age) else {
-        let why = if asked >= delay {
-            format!(
-                " (Chatwoot asked to wait {} with Retry-After)",
-                humantime::format_duration(asked)
-            )
-        } else {
-            String::new()
-        };
-        let max_age = humantime::format_duration(p.max_age);
         return Outcome::Dead {
-            error: format!(
-                "gave up: the reply would be older than {max_age} at its next attempt{why}: {detail}{unsure}"
-            ),
+            error: too_old(p.max_age, asked, delay, &detail, unsure),
             maybe_sent: dead_maybe_sent,
         };
     };
@@ -256,6 +245,29 @@ pub fn retry_or_give_up(
         error: detail,
         maybe_sent,
     }
+}
+
+/// Why a retry would take the reply past its maximum age, naming a
+/// Retry-After that set the wait.
+fn too_old(
+    max_age: Duration,
+    asked: Duration,
+    delay: Duration,
+    detail: &str,
+    unsure: &str,
+) -> String {
+    let why = if asked >= delay {
+        format!(
+            " (Chatwoot asked to wait {} with Retry-After)",
+            humantime::format_duration(asked)
+        )
+    } else {
+        String::new()
+    };
+    let max_age = humantime::format_duration(max_age);
+    format!(
+        "gave up: the reply would be older than {max_age} at its next attempt{why}: {detail}{unsure}"
+    )
 }
 
 pub(super) fn elapsed(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
@@ -337,23 +349,32 @@ mod tests {
         }
     }
 
+    /// One row of a decision table: (case, job, error, step, policy, expected).
+    type Case<'a> = (
+        &'a str,
+        Job,
+        SendError,
+        Step,
+        &'a Policy,
+        (&'a str, i64, bool),
+    );
+
+    /// Runs every row through [`retry_or_give_up`] at `now`, jitter at its top.
+    fn check(cases: Vec<Case>, now: DateTime<Utc>) {
+        for (case, job, error, step, policy, expected) in cases {
+            let got = decided(retry_or_give_up(&job, error, step, policy, now, 1.0), now);
+            assert_eq!(got, expected, "{case}");
+        }
+    }
+
     #[test]
-    fn the_delivery_decision_table() {
+    fn the_decision_table_of_retries() {
         let now = Utc::now();
         let p = policy();
         let idempotent = Policy {
             idempotent_creates: true,
             ..policy()
         };
-        // (case, job, error, step, policy, expected)
-        type Case<'a> = (
-            &'a str,
-            Job,
-            SendError,
-            Step,
-            &'a Policy,
-            (&'a str, i64, bool),
-        );
         let cases: Vec<Case> = vec![
             (
                 "a failure that created nothing retries with backoff",
@@ -395,6 +416,15 @@ mod tests {
                 &p,
                 ("retry", 2, true),
             ),
+        ];
+        check(cases, now);
+    }
+
+    #[test]
+    fn the_decision_table_of_giving_up() {
+        let now = Utc::now();
+        let p = policy();
+        let cases: Vec<Case> = vec![
             (
                 "the attempt limit ends it, remembering an earlier maybe-sent",
                 job(5, true, 0, now),
@@ -423,10 +453,7 @@ mod tests {
                 ("dead", 0, false),
             ),
         ];
-        for (case, job, error, step, policy, expected) in cases {
-            let got = decided(retry_or_give_up(&job, error, step, policy, now, 1.0), now);
-            assert_eq!(got, expected, "{case}");
-        }
+        check(cases, now);
     }
 
     #[test]

@@ -182,12 +182,7 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve => {
-            let settings = Settings::from_env()?;
-            let app = Application::build(settings).await?;
-            tracing::info!(addr = %app.addr(), version = env!("CARGO_PKG_VERSION"), "goldrelay listening");
-            app.run_until(shutdown_signal()).await
-        }
+        Command::Serve => serve().await,
         Command::Migrate => {
             let url = Settings::database_url_from_env()?;
             goldrelay::store::open(&url).await?;
@@ -208,21 +203,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig {
             account_id,
             conversation_id,
-        } => {
-            let checks =
-                ops::check_config(|name| std::env::var(name).ok(), account_id, conversation_id)
-                    .await;
-            for check in &checks {
-                println!("{} {}", check.level.label(), check.line);
-            }
-            // A warning is a pitfall to read, not a reason to stop a deploy.
-            let failed = checks
-                .iter()
-                .filter(|c| c.level == ops::Level::Fail)
-                .count();
-            anyhow::ensure!(failed == 0, "{failed} check(s) failed");
-            Ok(())
-        }
+        } => check_config(account_id, conversation_id).await,
         Command::Dev {
             listen,
             token,
@@ -249,13 +230,42 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 webhook_secret,
                 ..SandboxConfig::default()
             };
-            let handle = sandbox::start(config, listen)?;
-            println!("sandbox Chatwoot listening on {}", handle.base_url());
-            shutdown_signal().await;
-            handle.stop().await;
-            Ok(())
+            run_sandbox(config, listen).await
         }
     }
+}
+
+/// `serve`: the service, until a shutdown signal.
+async fn serve() -> anyhow::Result<()> {
+    let settings = Settings::from_env()?;
+    let app = Application::build(settings).await?;
+    tracing::info!(addr = %app.addr(), version = env!("CARGO_PKG_VERSION"), "goldrelay listening");
+    app.run_until(shutdown_signal()).await
+}
+
+/// `check-config`: one line per check; fails only when a check failed.
+async fn check_config(account_id: i64, conversation_id: i64) -> anyhow::Result<()> {
+    let checks =
+        ops::check_config(|name| std::env::var(name).ok(), account_id, conversation_id).await;
+    for check in &checks {
+        println!("{} {}", check.level.label(), check.line);
+    }
+    // A warning is a pitfall to read, not a reason to stop a deploy.
+    let failed = checks
+        .iter()
+        .filter(|c| c.level == ops::Level::Fail)
+        .count();
+    anyhow::ensure!(failed == 0, "{failed} check(s) failed");
+    Ok(())
+}
+
+/// `sandbox`: the sandbox Chatwoot, until a shutdown signal.
+async fn run_sandbox(config: SandboxConfig, listen: SocketAddr) -> anyhow::Result<()> {
+    let handle = sandbox::start(config, listen)?;
+    println!("sandbox Chatwoot listening on {}", handle.base_url());
+    shutdown_signal().await;
+    handle.stop().await;
+    Ok(())
 }
 
 async fn replies(command: RepliesCommand) -> anyhow::Result<()> {

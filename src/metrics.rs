@@ -3,6 +3,7 @@
 use crate::health::PauseReason;
 use crate::store::Store;
 use chrono::Utc;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -38,63 +39,70 @@ impl Default for Metrics {
     }
 }
 
+/// Registers `metric` with `registry` and hands it back.
+fn registered<M: Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+/// `delivery_paused`, 0 for every reason until a pause starts.
+fn paused_gauge() -> IntGaugeVec {
+    let paused = IntGaugeVec::new(
+        Opts::new(
+            "delivery_paused",
+            "1 while every delivery waits for the reason: rate_limited (Chatwoot answered 429) or token_refused (Chatwoot refused the API token).",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    for reason in PauseReason::ALL_LABELS {
+        paused.with_label_values(&[reason]).set(0);
+    }
+    paused
+}
+
+/// The gauges read from the store at scrape time: replies by status, and the
+/// oldest queued reply's age.
+fn store_gauges() -> (IntGaugeVec, Gauge) {
+    let replies = IntGaugeVec::new(
+        Opts::new("replies", "Gold replies in the store, by status."),
+        &["status"],
+    )
+    .expect("valid metric");
+    let oldest_queued = Gauge::new(
+        "oldest_queued_age_seconds",
+        "Age of the oldest reply still waiting for delivery (0 when none).",
+    )
+    .expect("valid metric");
+    (replies, oldest_queued)
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry =
             Registry::new_custom(Some("goldrelay".into()), None).expect("a static prefix is valid");
+        let paused = registered(&registry, paused_gauge());
+        let mismatches = registered(
+            &registry,
+            IntCounter::new(
+                "webhook_mismatches_total",
+                "Chatwoot events naming a gold reply whose message they are not about (ignored).",
+            )
+            .expect("valid metric"),
+        );
+        let (replies, oldest_queued) = store_gauges();
+        let replies = registered(&registry, replies);
+        let oldest_queued = registered(&registry, oldest_queued);
         let counter = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
+            registered(&registry, c)
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("registered once");
-            h
+            let opts = HistogramOpts::new(name, help).buckets(buckets);
+            registered(&registry, Histogram::with_opts(opts).expect("valid metric"))
         };
-        let replies = IntGaugeVec::new(
-            Opts::new("replies", "Gold replies in the store, by status."),
-            &["status"],
-        )
-        .expect("valid metric");
-        let oldest_queued = Gauge::new(
-            "oldest_queued_age_seconds",
-            "Age of the oldest reply still waiting for delivery (0 when none).",
-        )
-        .expect("valid metric");
-        let paused = IntGaugeVec::new(
-            Opts::new(
-                "delivery_paused",
-                "1 while every delivery waits for the reason: rate_limited (Chatwoot answered 429) or token_refused (Chatwoot refused the API token).",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        for reason in PauseReason::ALL_LABELS {
-            paused.with_label_values(&[reason]).set(0);
-        }
-        registry
-            .register(Box::new(paused.clone()))
-            .expect("registered once");
-        let mismatches = IntCounter::new(
-            "webhook_mismatches_total",
-            "Chatwoot events naming a gold reply whose message they are not about (ignored).",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(mismatches.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(replies.clone()))
-            .expect("registered once");
-        registry
-            .register(Box::new(oldest_queued.clone()))
-            .expect("registered once");
         Self {
             ingest: counter(
                 "ingest_requests_total",

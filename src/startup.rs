@@ -52,26 +52,7 @@ impl Application {
             metrics.clone(),
         )
         .capturing_context(settings.capture_context);
-        let state = web::Data::new(AppState {
-            store: store.clone(),
-            tokens: BearerTokens::new(&settings.tokens)
-                .grant(Role::Operator, &settings.operator_tokens)
-                .grant(Role::Viewer, &settings.viewer_tokens)
-                .limit_rate(settings.token_rate)
-                .client_address_header(settings.client_ip_header.as_deref()),
-            max_body_bytes: settings.max_body_bytes,
-            request_timeout: settings.request_timeout,
-            worker: link.state.clone(),
-            webhooks: WebhookAuth::new(
-                settings.webhook_secrets.clone(),
-                settings.webhook_tolerance,
-                settings.webhook_path_token.as_ref(),
-            ),
-            metrics: metrics.clone(),
-            metrics_here: settings.metrics_listen.is_none(),
-            console_csp: crate::http::console_csp(&settings.chatwoot_base_url),
-            writes: http::WriteHealth::new(settings.database_url.backend()),
-        });
+        let state = app_state(&settings, &store, &link, &metrics);
         let listener = listen(settings.listen)
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
@@ -142,6 +123,35 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// What every request handler shares: the store, the callers' tokens, the limits and the worker's state.
+fn app_state(
+    settings: &Settings,
+    store: &SharedStore,
+    link: &WorkerLink,
+    metrics: &Arc<Metrics>,
+) -> web::Data<AppState> {
+    web::Data::new(AppState {
+        store: store.clone(),
+        tokens: BearerTokens::new(&settings.tokens)
+            .grant(Role::Operator, &settings.operator_tokens)
+            .grant(Role::Viewer, &settings.viewer_tokens)
+            .limit_rate(settings.token_rate)
+            .client_address_header(settings.client_ip_header.as_deref()),
+        max_body_bytes: settings.max_body_bytes,
+        request_timeout: settings.request_timeout,
+        worker: link.state.clone(),
+        webhooks: WebhookAuth::new(
+            settings.webhook_secrets.clone(),
+            settings.webhook_tolerance,
+            settings.webhook_path_token.as_ref(),
+        ),
+        metrics: metrics.clone(),
+        metrics_here: settings.metrics_listen.is_none(),
+        console_csp: crate::http::console_csp(&settings.chatwoot_base_url),
+        writes: http::WriteHealth::new(settings.database_url.backend()),
+    })
 }
 
 /// Connections the kernel queues for accepting. The standard library's 128

@@ -2,7 +2,7 @@
 //! carrying the cursor that resumes the export right after it.
 
 use super::{Cursor, SharedStore, StoreError};
-use crate::domain::{ReplyId, Status, Turn};
+use crate::domain::{Action, ReplyId, Status, Turn};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, Stream, TryStreamExt};
 use serde::Serialize;
@@ -44,7 +44,7 @@ pub struct ExportRecord {
     pub reply_id: ReplyId,
     pub account_id: i64,
     pub conversation_id: i64,
-    pub action: String,
+    pub action: Action,
     pub content: String,
     pub private: bool,
     pub draft: Option<serde_json::Value>,

@@ -20,7 +20,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub use crate::config::{Backend, DatabaseUrl};
-use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status, Turn};
+use crate::domain::{Action, ChatwootEvent, GoldReply, ReplyId, Status, Turn};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -55,7 +55,7 @@ pub struct ReplyRecord {
     pub reply_id: ReplyId,
     pub account_id: i64,
     pub conversation_id: i64,
-    pub action: String,
+    pub action: Action,
     pub status: Status,
     pub attempts: i64,
     pub last_error: Option<String>,

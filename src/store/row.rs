@@ -5,6 +5,7 @@
 //! and `jsonb`. What a row means is written once, here.
 
 use super::lifecycle::Stored;
+use crate::domain::Action;
 use super::{reply_id_column, status_column, ContextState, ExportRecord, ReplyRecord};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
@@ -27,7 +28,7 @@ pub(crate) fn reply_record(row: &impl Columns) -> Result<ReplyRecord, sqlx::Erro
         reply_id: reply_id_column(&required(row.text("reply_id")?, "reply_id")?)?,
         account_id: required(row.int("account_id")?, "account_id")?,
         conversation_id: required(row.int("conversation_id")?, "conversation_id")?,
-        action: required(row.text("action")?, "action")?,
+        action: action_column(&required(row.text("action")?, "action")?)?,
         status: status_column(&required(row.text("status")?, "status")?)?,
         attempts: row.int("attempts")?.unwrap_or_default(),
         last_error: row.text("last_error")?,
@@ -69,7 +70,7 @@ pub(crate) fn export_record(row: &impl Columns) -> Result<ExportRecord, sqlx::Er
         reply_id: reply_id_column(&required(row.text("reply_id")?, "reply_id")?)?,
         account_id: required(row.int("account_id")?, "account_id")?,
         conversation_id: required(row.int("conversation_id")?, "conversation_id")?,
-        action: required(row.text("action")?, "action")?,
+        action: action_column(&required(row.text("action")?, "action")?)?,
         content: required(row.text("content")?, "content")?,
         private: row.flag("private")?,
         draft: row.json("draft")?,
@@ -90,6 +91,14 @@ pub(crate) fn export_record(row: &impl Columns) -> Result<ExportRecord, sqlx::Er
         context,
         context_source: row.text("context_source")?,
         context_captured_at: row.time("context_captured_at")?,
+    })
+}
+
+/// An action of our own making, or the row is refused.
+fn action_column(raw: &str) -> Result<Action, sqlx::Error> {
+    Action::parse(raw).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: "action".into(),
+        source: format!("{raw:?} is not an action").into(),
     })
 }
 

@@ -8,7 +8,7 @@
 
 use super::{export_pages, Cursor, ExportPage, ExportRecord, SharedStore, StoreError};
 use crate::dataset::{draft_text, judge, DraftField, Verdict};
-use crate::domain::{Action, ReplyId};
+use crate::domain::ReplyId;
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
@@ -169,11 +169,8 @@ impl Tally {
     }
 
     fn add(&mut self, record: &ExportRecord) {
-        let Some(action) = Action::parse(&record.action) else {
-            return;
-        };
         let draft = draft_text(record.draft.as_ref(), &self.period.draft_field);
-        let judgement = judge(action, draft, &record.content);
+        let judgement = judge(record.action, draft, &record.content);
         let day = (record.received_at.date_naive() - self.period.from).num_days();
         if let Some(counts) = usize::try_from(day).ok().and_then(|d| self.days.get_mut(d)) {
             counts.add(judgement.verdict);

@@ -502,7 +502,7 @@ async fn a_new_reply_is_created_a_repeat_is_existing_and_other_content_is_a_conf
     let created = ingest(&store, &send("r1", 7), t0).await;
     assert_eq!(created.reply_id, "r1");
     assert_eq!((created.account_id, created.conversation_id), (1, 7));
-    assert_eq!(created.action, "approve_send");
+    assert_eq!(created.action, goldrelay::domain::Action::ApproveSend);
     assert_eq!(created.status, Status::Queued);
     assert_eq!(created.attempts, 0);
     assert_eq!(created.received_at, t0);
@@ -543,7 +543,7 @@ async fn approve_and_reject_are_recorded_without_a_delivery_job(store: SharedSto
     for (reply_id, action) in [("a1", "approve"), ("j1", "reject")] {
         let created = ingest(&store, &gold(reply_id, 1, 7, action), t0).await;
         assert_eq!(created.status, Status::Recorded, "{action}");
-        assert_eq!(created.action, action);
+        assert_eq!(created.action.as_str(), action);
         assert_eq!(created.next_attempt_at, None, "{action}");
     }
     assert!(claim(&store, "w", t0 + secs(3600)).await.is_empty());

@@ -9,9 +9,13 @@
 //! Control endpoints live under `/_sandbox/` and exist only here.
 
 mod api;
+mod config;
+mod faults;
 pub mod liquid;
 mod webhook;
 
+pub use config::SandboxConfig;
+pub use faults::{Faults, REDIS_DOWN};
 pub use webhook::sign;
 
 use actix_web::dev::ServerHandle;
@@ -37,142 +41,6 @@ pub const AGENT_TOKEN: &str = "sandbox-other-agent-token";
 const INBOX_NAME: &str = "Sandbox API";
 /// The name of every conversation's contact, as `{{contact.name}}` renders it.
 pub const CONTACT_NAME: &str = "Sandbox Customer";
-
-/// How the sandbox is set up.
-#[derive(Debug, Clone)]
-pub struct SandboxConfig {
-    /// A user token: may create and list messages.
-    pub user_token: String,
-    /// An agent-bot token: may create messages but not list them, like the real one.
-    pub bot_token: Option<String>,
-    /// Accounts that exist.
-    pub accounts: Vec<i64>,
-    /// Conversations 1..=this exist in every account.
-    pub conversations: i64,
-    /// Where to send signed webhook events, as an account webhook would.
-    pub webhook_url: Option<String>,
-    /// The webhook secret; without it events go unsigned, like Chatwoot before 4.12.
-    pub webhook_secret: Option<String>,
-    /// rack-attack's `req/ip` throttle (`RACK_ATTACK_LIMIT` requests per
-    /// client IP per minute; 3000 in production). `None` is off, as in
-    /// Rails' development and test environments. Unlike production, loopback
-    /// is not safelisted, since every test client is on loopback.
-    pub rack_attack_limit: Option<u32>,
-    /// Chatwoot's per-conversation flood guard: a create past this many
-    /// messages in a conversation in the last minute is refused with 422
-    /// `Validation failed: Too many messages` (`Message#prevent_message_flooding`,
-    /// `CONVERSATION_MESSAGE_PER_MINUTE_LIMIT` in `lib/limits.rb`, 200 by default).
-    pub flood_limit: usize,
-    /// Another agent's user token: may create and list messages as a user
-    /// who is not goldrelay's, and set any `content_attributes` doing so.
-    pub agent_token: String,
-    /// How far a new message's `created_at` may lie before the moment its id
-    /// is taken (drawn at random, in seconds): `created_at` is set before the
-    /// INSERT takes its id, and some channels store the provider's time
-    /// (`app/services/tiktok/message_service.rb`), so ids and `created_at`
-    /// disagree; `MessageFinder` filters by id but orders by `created_at`.
-    pub created_at_disorder_secs: u64,
-    /// Honours `client_message_id` as chatwoot#15743 / PR #15744 propose:
-    /// unique per conversation; the same key and payload answer the original
-    /// message (200), a different payload 409. Off, like every release so far.
-    pub idempotency_keys: bool,
-    /// How Liquid cuts outgoing content: Chatwoot does not pin `liquid`, so
-    /// either tokenizer may be running (see [`liquid::LiquidTokenizer`]).
-    pub liquid_tokenizer: liquid::LiquidTokenizer,
-    /// The version `GET /api` reports (`config/app.yml`); only `check-config`
-    /// and `smoke` read it, to warn about behaviour that changed with a release.
-    pub version: String,
-}
-
-impl Default for SandboxConfig {
-    fn default() -> Self {
-        Self {
-            user_token: "sandbox-user-token".into(),
-            bot_token: Some("sandbox-bot-token".into()),
-            accounts: vec![1],
-            conversations: 1000,
-            webhook_url: None,
-            webhook_secret: None,
-            rack_attack_limit: None,
-            flood_limit: 200,
-            agent_token: AGENT_TOKEN.into(),
-            created_at_disorder_secs: 0,
-            idempotency_keys: false,
-            liquid_tokenizer: liquid::LiquidTokenizer::default(),
-            version: "4.13.0".into(),
-        }
-    }
-}
-
-/// Faults to inject, set through `POST /_sandbox/faults` or [`SandboxHandle::set_faults`].
-/// Setting faults replaces all of them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Faults {
-    /// Fail this many of the next message requests (create or list) with `fail_status`.
-    pub fail_next: u32,
-    /// 503 by default; 429 answers like rack-attack (`text/plain`, `Retry later\n`).
-    pub fail_status: Option<u16>,
-    /// Sent as `Retry-After` (seconds) with the failures. rack-attack never
-    /// sends one; this is a proxy or load balancer in front of Chatwoot.
-    pub retry_after: Option<u64>,
-    /// Delay every message request by this many milliseconds before answering.
-    pub delay_ms: u64,
-    /// For this many of the next creates: create the message, then wait
-    /// `late_ms` before answering (longer than the client's timeout).
-    pub late_next: u32,
-    /// How long a `late_next` create waits before answering.
-    pub late_ms: u64,
-    /// For this many of the next creates: Puma keeps working after the
-    /// client hung up, so the row commits only `commit_after_ms` after the
-    /// request arrived (`messages_controller.rb`). A lookup right after a
-    /// client timeout misses it; a later one finds it.
-    pub commit_late_next: u32,
-    /// When a `commit_late_next` create commits, counted from its arrival.
-    pub commit_after_ms: u64,
-    /// When a `commit_late_next` create answers, counted from its arrival;
-    /// `None` never answers (the client must give up).
-    pub answer_after_ms: Option<u64>,
-    /// For this many of the next creates: the row commits, then an
-    /// `after_create_commit` callback raises and `create` rescues it into 422
-    /// `{"error": e.message}` (`messages_controller.rb`, `message.rb`).
-    pub error_after_commit_next: u32,
-    /// The 422's text; a `Redis::CannotConnectError` by default.
-    pub error_after_commit_text: Option<String>,
-    /// Whether `message_created` still goes out. With Redis down it does
-    /// not: the event dispatch is the callback that raised.
-    pub error_after_commit_echo: bool,
-    /// nginx's default `underscores_in_headers off`: a header with `_` in
-    /// its name (`api_access_token`) never reaches Chatwoot; only
-    /// `Api-Access-Token` does.
-    pub drop_underscore_headers: bool,
-    /// The user token was revoked or rotated: Chatwoot answers its own 401
-    /// `{"error":"Invalid Access Token"}` to it (`access_token_auth_helper.rb`).
-    pub token_revoked: bool,
-    /// With `error_after_commit_next`: answer this status instead of 422, as
-    /// a proxy does (HTML) when Rails outlived its timeout, e.g. 502 or 504.
-    pub error_after_commit_status: Option<u16>,
-    /// Lose this many of the next `message_created` events (Chatwoot never
-    /// retries an account webhook: `lib/webhooks/trigger.rb`).
-    pub echo_drop_next: u32,
-    /// Conversations deleted meanwhile: Chatwoot answers 404 for them
-    /// (`conversations/base_controller.rb`, `find_by!`).
-    pub deleted_conversations: Vec<i64>,
-    /// Send each `message_created` event twice (chatwoot#11901).
-    pub echo_twice: bool,
-    /// Hold each event this long before sending it (two Sidekiq hops:
-    /// `event_dispatcher_job.rb`, `webhook_job.rb`), so events overtake each other.
-    pub echo_delay_ms: u64,
-    /// Fail this many of the next message-list requests (creates unaffected)
-    /// with `fail_status`, e.g. a read replica or a proxy route failing alone.
-    pub fail_lists_next: u32,
-    /// Delay every message-list request (creates unaffected) by this many milliseconds.
-    pub list_delay_ms: u64,
-}
-
-/// What `error_after_commit_next` answers unless told otherwise.
-pub const REDIS_DOWN: &str =
-    "Redis::CannotConnectError: Error connecting to Redis on redis:6379 (Errno::ECONNREFUSED)";
 
 /// A message as the sandbox keeps it (the REST partial of `_message.json.jbuilder`).
 #[derive(Debug, Clone, Serialize)]

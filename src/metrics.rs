@@ -63,9 +63,18 @@ fn paused_gauge() -> IntGaugeVec {
     paused
 }
 
-/// The gauges read from the store at scrape time: replies by status, and the
-/// oldest queued reply's age.
-fn store_gauges() -> (IntGaugeVec, Gauge) {
+/// `webhook_mismatches_total`.
+fn mismatch_counter() -> IntCounter {
+    IntCounter::new(
+        "webhook_mismatches_total",
+        "Chatwoot events naming a gold reply whose message they are not about (ignored).",
+    )
+    .expect("valid metric")
+}
+
+/// The gauges read from the store at scrape time, registered: replies by
+/// status, and the oldest queued reply's age.
+fn store_gauges(registry: &Registry) -> (IntGaugeVec, Gauge) {
     let replies = IntGaugeVec::new(
         Opts::new("replies", "Gold replies in the store, by status."),
         &["status"],
@@ -76,7 +85,10 @@ fn store_gauges() -> (IntGaugeVec, Gauge) {
         "Age of the oldest reply still waiting for delivery (0 when none).",
     )
     .expect("valid metric");
-    (replies, oldest_queued)
+    (
+        registered(registry, replies),
+        registered(registry, oldest_queued),
+    )
 }
 
 impl Metrics {
@@ -84,17 +96,8 @@ impl Metrics {
         let registry =
             Registry::new_custom(Some("goldrelay".into()), None).expect("a static prefix is valid");
         let paused = registered(&registry, paused_gauge());
-        let mismatches = registered(
-            &registry,
-            IntCounter::new(
-                "webhook_mismatches_total",
-                "Chatwoot events naming a gold reply whose message they are not about (ignored).",
-            )
-            .expect("valid metric"),
-        );
-        let (replies, oldest_queued) = store_gauges();
-        let replies = registered(&registry, replies);
-        let oldest_queued = registered(&registry, oldest_queued);
+        let mismatches = registered(&registry, mismatch_counter());
+        let (replies, oldest_queued) = store_gauges(&registry);
         let counter = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
             registered(&registry, c)

@@ -248,7 +248,7 @@ pub(crate) fn created_record(new: &NewReply, now: DateTime<Utc>) -> ReplyRecord 
         reply_id: reply.reply_id().clone(),
         account_id: reply.account_id(),
         conversation_id: reply.conversation_id(),
-        action: reply.action().as_str().to_owned(),
+        action: reply.action(),
         status: new.initial_status(),
         attempts: 0,
         last_error: None,

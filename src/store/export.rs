@@ -187,4 +187,3 @@ fn render(records: Vec<ExportRecord>) -> String {
     }
     chunk
 }
-

@@ -13,8 +13,7 @@ mod sqlite;
 pub mod summary;
 
 pub use export::{
-    export_lines, export_pages, ExportPage, ExportRecord,
-    EXPORT_PAGE_BYTES, EXPORT_SETTLE,
+    export_lines, export_pages, ExportPage, ExportRecord, EXPORT_PAGE_BYTES, EXPORT_SETTLE,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -452,7 +451,10 @@ pub struct DueCapture {
 #[derive(Debug, Clone, Copy)]
 pub enum Capture<'a> {
     /// Read: these turns, oldest first, kept as `captured` at `at`.
-    Turns { turns: &'a [Turn], at: DateTime<Utc> },
+    Turns {
+        turns: &'a [Turn],
+        at: DateTime<Utc>,
+    },
     /// Failed (counted, `error` shown on the reply): tried again at `retry_at`,
     /// or never again when `None`.
     Failed {

@@ -5,8 +5,8 @@
 //! and `jsonb`. What a row means is written once, here.
 
 use super::lifecycle::Stored;
-use crate::domain::Action;
 use super::{reply_id_column, status_column, ContextState, ExportRecord, ReplyRecord};
+use crate::domain::Action;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;

@@ -10,14 +10,14 @@
 mod capture;
 mod writer;
 
+use super::export::capped_page_sql;
 use super::lifecycle::{self, NewReply};
 use super::row;
 use super::{
-    reply_id_column, status_counts, ChannelRead, DueReads, EventOutcome, Ingested,
-    Job, Outcome, QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store,
-    StoreError, REPLY_COLUMNS,
+    reply_id_column, status_counts, ChannelRead, DueReads, EventOutcome, Ingested, Job, Outcome,
+    QueueStats, ReplyFilter, ReplyRecord, Requeued, StaleChannelStatus, Store, StoreError,
+    REPLY_COLUMNS,
 };
-use super::export::capped_page_sql;
 use super::{ExportPage, ExportRecord, StoreOptions};
 use crate::domain::{ChatwootEvent, GoldReply, ReplyId, Status};
 use async_trait::async_trait;
@@ -180,7 +180,10 @@ impl Store for SqliteStore {
             .bind(filter.limit as i64)
             .fetch_all(&self.reads)
             .await?;
-        Ok(rows.iter().map(row::reply_record).collect::<Result<_, _>>()?)
+        Ok(rows
+            .iter()
+            .map(row::reply_record)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn requeue(
@@ -490,4 +493,3 @@ async fn export_page(
         .try_collect()
         .await
 }
-

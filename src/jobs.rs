@@ -14,7 +14,7 @@ pub async fn prune_events(store: SharedStore, retention: Duration, stop: Cancell
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
         let Ok(age) = chrono::Duration::from_std(retention) else {

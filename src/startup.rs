@@ -117,7 +117,7 @@ impl Application {
         // The server and the worker drain at the same time, so shutdown takes
         // at most one GOLDRELAY_SHUTDOWN_DRAIN.
         shutdown.cancel();
-        let (_, worker) = tokio::join!(handle.stop(true), worker);
+        let ((), worker) = tokio::join!(handle.stop(true), worker);
         worker.context("the delivery worker panicked")?;
         server.await.context("the HTTP server panicked")??;
         tracing::info!("stopped");

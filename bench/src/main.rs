@@ -75,7 +75,7 @@ async fn main() -> ExitCode {
             }
         },
         // Dropping `run` kills every process it started.
-        _ = interrupted() => {
+        () = interrupted() => {
             eprintln!("goldrelay-bench: interrupted; stopped everything it started");
             ExitCode::from(130)
         }

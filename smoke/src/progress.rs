@@ -65,7 +65,7 @@ impl Drop for Live {
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn tick(name: &'static str, state: Arc<Mutex<State>>) {

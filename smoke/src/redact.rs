@@ -1,7 +1,7 @@
 //! The last line of defence for secrets: smoke never prints a token itself,
 //! but a server may echo one back in an error, and that text goes into reports.
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 /// Replaces every known secret in a text with `***`.
 pub struct Redactor {
@@ -18,7 +18,7 @@ impl Redactor {
     pub fn scrub(&self, text: &str) -> String {
         self.secrets
             .iter()
-            .map(|s| s.expose_secret())
+            .map(secrecy::ExposeSecret::expose_secret)
             .filter(|s| !s.is_empty())
             .fold(text.to_owned(), |text, secret| text.replace(secret, "***"))
     }

@@ -98,7 +98,7 @@ impl Env<'_> {
     pub(super) fn check_ambiguity(&mut self, lists: &[(&str, &[BearerToken])]) {
         let mut seen: Vec<(&str, &BearerToken)> = Vec::new();
         for (name, tokens) in lists {
-            for token in tokens.iter() {
+            for token in *tokens {
                 let secret = token.secret.expose_secret();
                 for (other_name, other) in &seen {
                     if other.secret.expose_secret() != secret {

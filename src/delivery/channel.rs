@@ -55,8 +55,8 @@ impl Worker {
                 None => AFTER_FAILURE,
             };
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }

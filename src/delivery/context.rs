@@ -71,8 +71,8 @@ impl Worker {
                 Err(wait) => wait,
             };
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }

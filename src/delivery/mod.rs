@@ -152,8 +152,8 @@ impl Worker {
                 return;
             }
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
@@ -183,10 +183,10 @@ impl Worker {
             while tasks.try_join_next().is_some() {}
             let wait = this.claim_and_spawn(&slots, &mut tasks).await;
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = this.link.wake.notified() => {}
+                () = shutdown.cancelled() => break,
+                () = this.link.wake.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                _ = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
         this.drain(tasks).await;
@@ -295,7 +295,9 @@ impl Worker {
     }
 
     fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<ReplyId, Flight>> {
-        self.flights.lock().unwrap_or_else(|p| p.into_inner())
+        self.flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Notes, before the request leaves, that this attempt's create is going out.
@@ -343,14 +345,14 @@ impl Worker {
                     chatwoot_status,
                     chatwoot_message_id = message_id,
                     "delivery attempt"
-                )
+                );
             }
             Outcome::Retry { at, error, .. } => {
                 self.metrics.attempt("retry");
                 tracing::warn!(
                     reply_id, conversation_id, attempt, outcome = "retry", chatwoot_status,
                     next_attempt_at = %at.to_rfc3339(), error = %error, "delivery attempt"
-                )
+                );
             }
             Outcome::Unsent { at, why, .. } => {
                 self.metrics.attempt("unsent");
@@ -358,14 +360,14 @@ impl Worker {
                     reply_id, conversation_id, outcome = "unsent", chatwoot_status,
                     next_attempt_at = %at.to_rfc3339(), why = why.as_deref().unwrap_or(""),
                     "delivery attempt sent nothing"
-                )
+                );
             }
             Outcome::Dead { error, .. } => {
                 self.metrics.attempt("dead");
                 tracing::error!(
                     reply_id, conversation_id, attempt, outcome = "dead", chatwoot_status,
                     error = %error, "delivery attempt"
-                )
+                );
             }
         }
     }

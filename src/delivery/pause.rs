@@ -31,7 +31,9 @@ struct PauseState {
 
 impl Pause {
     fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records a throttled answer and returns the pause it set: `retry_after`

@@ -142,11 +142,13 @@ impl ChatwootEvent {
     pub fn keep_only_ours(&mut self, me: OwnUser) -> Kept {
         let marked = matches!(
             self.effect,
-            Some(Effect::Confirm { .. })
-                | Some(Effect::ChannelStatus {
-                    reply_id: Some(_),
-                    ..
-                })
+            Some(
+                Effect::Confirm { .. }
+                    | Effect::ChannelStatus {
+                        reply_id: Some(_),
+                        ..
+                    }
+            )
         );
         let from = |id: i64| {
             self.sender

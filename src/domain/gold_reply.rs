@@ -377,7 +377,7 @@ impl<'a> Checker<'a> {
             match item.as_str() {
                 Some(t) if t.contains('\0') => self.fail(&format!("tags[{i}]"), NUL_MESSAGE),
                 Some(t) if (1..=MAX_TAG_CHARS).contains(&t.chars().count()) => {
-                    tags.push(t.to_owned())
+                    tags.push(t.to_owned());
                 }
                 _ => self.fail(
                     &format!("tags[{i}]"),

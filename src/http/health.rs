@@ -48,7 +48,7 @@ impl WriteHealth {
         let mut failed = self
             .post_failed_at
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *failed = (!ok).then(Instant::now);
     }
 
@@ -56,7 +56,7 @@ impl WriteHealth {
         let failed = *self
             .post_failed_at
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         failed.is_some_and(|at| at.elapsed() < POST_FAILURE_COUNTS)
     }
 

@@ -486,7 +486,7 @@ fn build(
         content_attributes: attributes(body.content_attributes),
         created_at: now.timestamp(),
         private: body.private,
-        source_id: body.source_id.map(Value::from).unwrap_or(Value::Null),
+        source_id: body.source_id.map_or(Value::Null, Value::from),
         sender: sender_push_data(caller),
         created: now,
         client_message_id: body.client_message_id.filter(|_| keep_key),

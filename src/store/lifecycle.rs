@@ -162,9 +162,12 @@ impl NewReply {
     pub fn new(reply: &GoldReply) -> Self {
         Self {
             fingerprint: reply.fingerprint(),
-            draft: reply.draft().as_ref().map(|v| v.to_string()),
+            draft: reply.draft().as_ref().map(std::string::ToString::to_string),
             tags: serde_json::Value::from(reply.tags().to_vec()).to_string(),
-            metadata: reply.metadata().as_ref().map(|v| v.to_string()),
+            metadata: reply
+                .metadata()
+                .as_ref()
+                .map(std::string::ToString::to_string),
             // Read from the calling request's span, so no signature changes.
             trace_context: crate::telemetry::traceparent(),
             context: reply.context().and_then(|t| serde_json::to_string(t).ok()),

@@ -131,7 +131,7 @@ async fn checkpoint_regularly(mut conn: SqliteConnection, wal_frames: Arc<Atomic
                 };
             }
             Err(e) => {
-                tracing::warn!(error = %e, "WAL checkpoint failed; the WAL grows until the next one")
+                tracing::warn!(error = %e, "WAL checkpoint failed; the WAL grows until the next one");
             }
         }
     }

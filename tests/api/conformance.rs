@@ -483,7 +483,7 @@ fn ids(jobs: &[Job]) -> BTreeSet<String> {
 }
 
 fn set(ids: &[&str]) -> BTreeSet<String> {
-    ids.iter().map(|id| id.to_string()).collect()
+    ids.iter().map(std::string::ToString::to_string).collect()
 }
 
 fn everything() -> ReplyFilter {

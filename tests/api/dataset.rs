@@ -739,7 +739,7 @@ async fn every_format_loads_with_hugging_face_datasets_with_its_columns_and_rows
         documented
             .iter()
             .chain(OWN_FIELDS.iter())
-            .map(|c| c.to_string())
+            .map(std::string::ToString::to_string)
             .collect()
     };
     let mut expectations = serde_json::Map::new();
@@ -769,7 +769,7 @@ async fn every_format_loads_with_hugging_face_datasets_with_its_columns_and_rows
     std::fs::write(dir.path().join("records.jsonl"), &records).unwrap();
     let record_columns: Vec<String> = keys(&parse(&records)[0])
         .iter()
-        .map(|c| c.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     expectations.insert(
         "records".into(),

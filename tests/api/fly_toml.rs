@@ -548,9 +548,10 @@ impl Stage {
         let switched = entrypoint
             .split_whitespace()
             .find_map(|word| word.strip_prefix("--reuid="));
-        switched
-            .map(|user| user.trim_matches(|c| c == '"' || c == '\\').to_owned())
-            .unwrap_or_else(|| "root".to_owned())
+        switched.map_or_else(
+            || "root".to_owned(),
+            |user| user.trim_matches(|c| c == '"' || c == '\\').to_owned(),
+        )
     }
 }
 

@@ -22,7 +22,7 @@ async fn two_instances_share_one_send_rate_and_one_pause() {
         let slot = instance.reserve_send(20, now, None).await.unwrap();
         match slot.expect("PostgreSQL paces sends for every instance") {
             SendSlot::Reserved(at) => slots.push(at),
-            other => panic!("no latest time, yet {other:?}"),
+            other @ SendSlot::NotBefore(_) => panic!("no latest time, yet {other:?}"),
         }
     }
     for pair in slots.windows(2) {

@@ -61,7 +61,7 @@ fn env_rule() -> Option<OldRule> {
 
 /// The seeds `0..count` that break an invariant, over every core.
 fn sweep(count: u64, old: Option<OldRule>) -> Vec<Failure> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let threads = std::thread::available_parallelism().map_or(2, std::num::NonZero::get) as u64;
     let mut failures: Vec<Failure> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|k| {

@@ -1294,10 +1294,7 @@ impl World {
             } => {
                 let unix = secs(self.now_of(inst)).rem_euclid(RACK_ATTACK_WINDOW);
                 let window_left = (RACK_ATTACK_WINDOW - unix) * 1000;
-                let wait = retry_after
-                    .map(ms_of)
-                    .unwrap_or(window_left)
-                    .min(self.p.retry_max);
+                let wait = retry_after.map_or(window_left, ms_of).min(self.p.retry_max);
                 let until = self.now_of(inst) + wait;
                 self.store.pause_sends(until);
                 wait
@@ -1431,7 +1428,7 @@ impl World {
             return self.look_done(inst, fid, Ok(Lookup::Uncertain(why)));
         }
         look.hi = half;
-        self.range(inst, fid)
+        self.range(inst, fid);
     }
 
     /// `check_earlier` / `after_unprocessable`, given what the lookup found.

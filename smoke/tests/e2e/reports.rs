@@ -101,7 +101,7 @@ async fn the_junit_report_parses_and_matches_a_failing_run() {
             .iter()
             .find(|c| c.attribute("name") == Some(name))
             .unwrap();
-        let child = case.children().find(|n| n.is_element()).unwrap();
+        let child = case.children().find(roxmltree::Node::is_element).unwrap();
         (
             child.tag_name().name().to_owned(),
             child.attribute("message").map(str::to_owned),

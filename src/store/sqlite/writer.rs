@@ -145,7 +145,7 @@ fn restart_wal(conn: &Connection, wal_frames: &AtomicI64) {
     match restarted {
         Ok(_) => wal_frames.store(0, Ordering::Relaxed),
         Err(e) => {
-            tracing::warn!(error = %e, "could not restart the WAL; trying after the next batch")
+            tracing::warn!(error = %e, "could not restart the WAL; trying after the next batch");
         }
     }
 }

@@ -91,7 +91,7 @@ impl Drop for Schemas {
             // A schema left behind is only clutter, and a panic in a thread's
             // last moments would abort the whole run: a failure is ignored.
             let _ = std::panic::catch_unwind(|| {
-                on_server(&admin, format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                on_server(&admin, format!("DROP SCHEMA IF EXISTS {name} CASCADE"));
             });
         }
     }

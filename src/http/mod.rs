@@ -4,6 +4,7 @@
 mod auth;
 mod body;
 mod console;
+mod conversation;
 mod export;
 mod health;
 pub mod problem;

@@ -11,7 +11,7 @@
 
 use super::auth::{Admits, Caller, Operator, Poster, Reader, Role};
 use super::problem::ApiError;
-use super::{console, export, health, replies, summary, webhook};
+use super::{console, conversation, export, health, replies, summary, webhook};
 use actix_web::dev::ResourceDef;
 use actix_web::middleware::from_fn;
 use actix_web::{guard, web, HttpRequest, HttpResponse, ResponseError};
@@ -146,7 +146,7 @@ pub const ROUTES: &[Route] = &[
         access: Access::Bearer(Reader::ROLES),
         documented: true,
         meter: None,
-        handler: |r| r.to(console::conversation),
+        handler: |r| r.to(conversation::conversation),
     },
     Route {
         path: "/console",

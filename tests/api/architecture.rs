@@ -100,3 +100,101 @@ fn every_path_the_architecture_page_and_the_readme_layout_quote_exists() {
         "quoted but not in the tree: {missing:?}"
     );
 }
+
+/// The house's size rules, held by CI: a file a newcomer can read whole, a
+/// function that fits on a screen.
+const MOST_LINES_IN_A_FILE: usize = 600;
+const MOST_LINES_IN_A_FUNCTION: usize = 60;
+
+#[test]
+fn no_file_under_src_is_over_600_lines() {
+    let mut files = BTreeSet::new();
+    files_under(&root().join("src"), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter(|path| !path.ends_with(".png"))
+        .filter_map(|path| {
+            let lines = read(path).lines().count();
+            (lines > MOST_LINES_IN_A_FILE).then(|| format!("{path}: {lines}"))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "over {MOST_LINES_IN_A_FILE} lines: {long:?}"
+    );
+}
+
+/// Functions with a body (a declaration ending in `;` has none), from the
+/// `fn` line to the `}` at its indentation, by their line counts.
+fn function_lengths(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let signature = [
+            "fn ",
+            "pub fn ",
+            "async fn ",
+            "pub async fn ",
+            "pub(crate) fn ",
+        ]
+        .iter()
+        .chain(&[
+            "pub(super) fn ",
+            "pub(crate) async fn ",
+            "pub(super) async fn ",
+            "const fn ",
+        ])
+        .find_map(|prefix| trimmed.strip_prefix(prefix));
+        let Some(rest) = signature else { continue };
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        // The signature runs to the first line ending in `{` or `;`.
+        let Some(open) = (start..lines.len()).find(|&i| {
+            let l = lines[i].trim_end();
+            l.ends_with('{') || l.ends_with(';')
+        }) else {
+            continue;
+        };
+        if lines[open].trim_end().ends_with(';') {
+            continue;
+        }
+        let close = (open + 1..lines.len()).find(|&i| {
+            let l = lines[i];
+            l.len() - l.trim_start().len() == indent && l.trim_start().starts_with('}')
+        });
+        if let Some(close) = close {
+            found.push((name, close - start + 1));
+        }
+    }
+    found
+}
+
+#[test]
+fn no_function_under_src_is_over_60_lines() {
+    let mut files = BTreeSet::new();
+    files_under(&root().join("src"), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter(|path| path.ends_with(".rs"))
+        .flat_map(|path| {
+            function_lengths(&read(path))
+                .into_iter()
+                .filter(|(_, lines)| *lines > MOST_LINES_IN_A_FUNCTION)
+                .map(move |(name, lines)| format!("{path}: {name} ({lines} lines)"))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "over {MOST_LINES_IN_A_FUNCTION} lines: {long:?}"
+    );
+}
+
+#[test]
+fn a_function_is_measured_from_its_signature_to_its_closing_brace_and_a_declaration_is_not() {
+    let text = "trait T {\n    fn declared(\n        a: u8,\n    ) -> u8;\n}\n\nfn body(\n    a: u8,\n) -> u8 {\n    a\n}\n";
+    assert_eq!(function_lengths(text), [("body".to_owned(), 5)]);
+}

@@ -68,9 +68,13 @@ impl SqliteStore {
         let checkpointer = SqliteConnection::connect_with(&options).await?;
         let wal_frames = Arc::new(AtomicI64::new(0));
         tokio::spawn(checkpoint_regularly(checkpointer, wal_frames.clone()));
+        // Read connections keep a 128 KiB page cache, not SQLite's 2 MB: the
+        // view and the export read 254 KB values through overflow pages, and
+        // four full caches kept peak RSS over issue 19 item 4's 64 MiB
+        // (docs/benchmarks.md).
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect_with(options.read_only(true).pragma("cache_size", "-128"))
             .await?;
         let waiting = tuning.max_waiting_writes.max(1);
         let (writes, rx) = mpsc::channel(waiting);

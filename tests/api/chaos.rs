@@ -177,7 +177,9 @@ async fn run_chaos(database_url: String, instances: usize, skews: &[Option<&str>
     let serve = Serve::new(&database_url, &chatwoot)
         .env("GOLDRELAY_MAX_ATTEMPTS", "10000")
         .env("GOLDRELAY_LOOKUP_DELAY", &format!("{LOOKUP_DELAY_MS}ms"))
-        .env("GOLDRELAY_DELIVERY_CONCURRENCY", "8");
+        .env("GOLDRELAY_DELIVERY_CONCURRENCY", "8")
+        // Captures read Chatwoot beside the deliveries, as in production.
+        .env("GOLDRELAY_CAPTURE_CONTEXT", "20");
     // Chatwoot's webhooks go to the first instance's port, which it keeps.
     let ports = std::iter::once(webhook_port)
         .chain((1..instances).map(|_| free_port()))

@@ -383,3 +383,62 @@ async fn a_reply_killed_mid_delivery_keeps_its_trace_in_the_process_that_finishe
     assert_eq!(looked.len(), 1, "the second attempt looks first");
     assert_eq!(attr(looked[0], "goldrelay.lookup"), "found", "{looked:?}");
 }
+
+/// Fails a statement that gives a stored reply a trace context it was stored
+/// without: the context must be written in the statement that stores the
+/// reply, or a worker that claims the reply in between traces its attempt
+/// apart from its post.
+const NO_LATE_TRACE_CONTEXT: [&str; 2] = [
+    "CREATE FUNCTION no_late_trace_context() RETURNS trigger LANGUAGE plpgsql AS $$ \
+     BEGIN \
+         IF OLD.trace_context IS NULL AND NEW.trace_context IS NOT NULL THEN \
+             RAISE EXCEPTION 'trace context of % written after the reply', OLD.reply_id; \
+         END IF; \
+         RETURN NEW; \
+     END $$",
+    "CREATE TRIGGER no_late_trace_context BEFORE UPDATE ON gold_replies \
+     FOR EACH ROW EXECUTE FUNCTION no_late_trace_context()",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
+async fn postgres_a_reply_is_stored_with_its_trace_context_in_one_statement() {
+    use sqlx::{Connection, Executor};
+    let database = crate::helpers::postgres::fresh_database();
+    let Some(python) = receiver_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(&python, dir.path()).await;
+    let chatwoot =
+        sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let serve = Serve::new(&database, &chatwoot)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            &format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let relay = serve.start("goldrelay").await;
+    // goldrelay has migrated the schema; from now on a late write fails.
+    let mut conn = sqlx::PgConnection::connect(&database).await.unwrap();
+    for statement in NO_LATE_TRACE_CONTEXT {
+        conn.execute(statement).await.unwrap();
+    }
+
+    relay.api.accept(&reply("gr-one-statement", 64)).await;
+    relay
+        .api
+        .wait_for_status("gr-one-statement", "delivered", PATIENCE)
+        .await;
+    assert!(relay.terminate().await.success());
+
+    let spans = receiver.spans();
+    let (_, in_trace) = trace_of(&spans, "gr-one-statement");
+    let ingest = in_trace.iter().find(|s| s["name"] == "ingest").unwrap();
+    let attempts = named(
+        &spans,
+        "delivery.attempt",
+        ingest["span_id"].as_str().unwrap(),
+    );
+    assert_eq!(attempts.len(), 1, "the attempt is not in the post's trace");
+}

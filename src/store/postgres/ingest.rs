@@ -43,7 +43,6 @@ pub(super) async fn run_ingest_writer(
         } else {
             ingest_each(&pool, &items).await
         };
-        keep_trace_contexts(&pool, &items, &results).await;
         // Told after the commit, in a transaction of the announcer's own
         // (migration 10 says why not inside the batch's).
         let queued = items.iter().zip(&results).any(|((new, _), result)| {
@@ -55,41 +54,6 @@ pub(super) async fn run_ingest_writer(
         for (answer, result) in answers.into_iter().zip(results) {
             let _ = answer.send(result);
         }
-    }
-}
-
-/// Stores the trace context of the replies a batch created, when traces are
-/// exported: a second round trip only then, so the batch's own statement
-/// stays as it is. Best effort: a reply whose context is lost is traced from
-/// its attempts on, in traces of their own.
-async fn keep_trace_contexts(
-    pool: &PgPool,
-    items: &[(NewReply, DateTime<Utc>)],
-    results: &[Result<Ingested, StoreError>],
-) {
-    let (ids, contexts): (Vec<&str>, Vec<&str>) = items
-        .iter()
-        .zip(results)
-        .filter(|(_, result)| matches!(result, Ok(Ingested::Created(_))))
-        .filter_map(|((new, _), _)| {
-            let context = new.trace_context.as_deref()?;
-            Some((new.reply.reply_id().as_str(), context))
-        })
-        .unzip();
-    if ids.is_empty() {
-        return;
-    }
-    let kept = sqlx::query(
-        "UPDATE gold_replies r SET trace_context = t.context \
-         FROM unnest($1::text[], $2::text[]) AS t(reply_id, context) \
-         WHERE r.reply_id = t.reply_id AND r.trace_context IS NULL",
-    )
-    .bind(&ids)
-    .bind(&contexts)
-    .execute(pool)
-    .await;
-    if let Err(e) = kept {
-        tracing::debug!(error = %e, "could not keep the trace context of posted replies");
     }
 }
 
@@ -252,15 +216,16 @@ fn just_stored(record: &ReplyRecord, new: &NewReply) -> Stored {
     }
 }
 
-/// The batch insert's statement: `goldrelay_ingest` (migrations 8, 10, 13 and
-/// 14) takes the conversations' locks and inserts the replies and their jobs.
+/// The batch insert's statement: `goldrelay_ingest` (migrations 8, 10, 13, 14
+/// and 15) takes the conversations' locks and inserts the replies and their jobs.
 /// Every argument is passed by its parameter's name; each is one column of
 /// the batch as an array, bound in this order by [`batch_insert`].
 const BATCH_INSERT: &str = "SELECT goldrelay_ingest(\
     p_reply_ids => $1, p_account_ids => $2, p_conversation_ids => $3, p_actions => $4, \
     p_contents => $5, p_privates => $6, p_approvers => $7, p_drafts => $8, p_tags => $9, \
     p_metadata => $10, p_fingerprints => $11, p_statuses => $12, p_received => $13, \
-    p_sends => $14, p_liquids => $15, p_contexts => $16, p_channel => $17)";
+    p_sends => $14, p_liquids => $15, p_contexts => $16, p_trace_contexts => $17, \
+    p_channel => $18)";
 
 /// One column of a batch: `value` of every item, in order.
 fn column<'q, T>(
@@ -293,6 +258,7 @@ fn batch_insert<'q>(
         .bind(column(items, |n, _| n.reply.action().sends())) // p_sends
         .bind(column(items, |n, _| n.reply.liquid())) // p_liquids
         .bind(column(items, |n, _| n.context.as_deref())) // p_contexts
+        .bind(column(items, |n, _| n.trace_context.as_deref())) // p_trace_contexts
         // p_channel: none, so the function does not NOTIFY; the writer announces instead.
         .bind(None::<&str>)
 }

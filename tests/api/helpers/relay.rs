@@ -27,7 +27,8 @@ pub struct Serve {
 
 impl Serve {
     /// Against `database_url` and the sandbox, with the test token, the test
-    /// webhook secret, fast retries, no send rate limit and JSON logs.
+    /// webhook secret, fast retries, no send rate limit, no context capture and
+    /// JSON logs.
     pub fn new(database_url: &str, chatwoot: &SandboxHandle) -> Self {
         let vars = [
             ("GOLDRELAY_TOKENS", TOKEN.to_owned()),
@@ -42,6 +43,9 @@ impl Serve {
             ("GOLDRELAY_LOOKUP_DELAY", "250ms".to_owned()),
             ("GOLDRELAY_SEND_RATE", "0".to_owned()),
             ("GOLDRELAY_LOG_FORMAT", "json".to_owned()),
+            // Off, as in test_settings: a capture's list request would take
+            // failures injected for creates. Chaos turns it on.
+            ("GOLDRELAY_CAPTURE_CONTEXT", "0".to_owned()),
         ];
         Self {
             vars: vars.map(|(k, v)| (k.to_owned(), v)).into_iter().collect(),

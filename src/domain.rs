@@ -3,14 +3,16 @@
 //! Parse, don't validate: a [`GoldReply`] can only be built by [`GoldReply::parse`],
 //! which reports every violation at once so Support fixes a request in one go.
 
+mod channel_status;
 mod context;
 mod event;
 mod gold_reply;
 mod reply_id;
 mod status;
 
+pub use channel_status::ChannelStatus;
 pub use context::{Turn, TurnRole};
-pub use event::{channel_status_may_change, ChatwootEvent, Effect, EventMessage, Kept, OwnUser};
+pub use event::{ChatwootEvent, Effect, EventMessage, Kept, OwnUser};
 pub use gold_reply::{
     Action, FieldError, GoldReply, MAX_CONTENT_CHARS, MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS,
 };

@@ -2,7 +2,7 @@
 //! capture keeps, and the channel status Chatwoot holds for a message.
 
 use super::{Call, ChatwootClient, SendError};
-use crate::domain::{Turn, TurnRole};
+use crate::domain::{ChannelStatus, Turn, TurnRole};
 
 use reqwest::Url;
 use serde::Deserialize;
@@ -50,8 +50,7 @@ pub struct Listed {
 /// What Chatwoot holds about a message's fate in the customer's channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelReport {
-    /// `sent`, `delivered`, `read` or `failed`.
-    pub status: String,
+    pub status: ChannelStatus,
     /// `content_attributes.external_error`, kept only while `failed`.
     pub error: Option<String>,
 }
@@ -85,7 +84,8 @@ impl ChatwootClient {
 
     /// The channel status Chatwoot holds for `message_id`, read from the
     /// message list with `after=<message_id - 1>`, which starts at that message
-    /// (`app/finders/message_finder.rb`). `None`: no such message (deleted).
+    /// (`app/finders/message_finder.rb`). `None`: no such message (deleted), or
+    /// a status Chatwoot's own enum does not name.
     pub async fn channel_report(
         &self,
         account_id: i64,
@@ -100,7 +100,7 @@ impl ChatwootClient {
             let error = m.content_attributes["external_error"]
                 .as_str()
                 .map(str::to_owned);
-            let status = m.status?;
+            let status = ChannelStatus::parse(&m.status?)?;
             Some(ChannelReport { status, error })
         }))
     }

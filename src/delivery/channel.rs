@@ -11,6 +11,7 @@
 
 use super::Worker;
 use crate::chatwoot::ChannelReport;
+use crate::domain::ChannelStatus;
 use crate::store::{ChannelRead, DueReads, StaleChannelStatus};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -31,7 +32,7 @@ const AFTER_FAILURE: Duration = Duration::from_secs(30);
 const READ_BACKOFF: Duration = Duration::from_secs(60);
 /// Chatwoot's final channel status: `read` never goes back
 /// (`app/services/messages/status_update_service.rb`).
-const FINAL: &str = "read";
+const FINAL: ChannelStatus = ChannelStatus::Read;
 
 impl Worker {
     /// Reads the due statuses until `stop`.
@@ -98,7 +99,7 @@ impl Worker {
                 }
             };
             let read = ChannelRead {
-                status: report.as_ref().map(|r| r.status.as_str()),
+                status: report.as_ref().map(|r| r.status),
                 error: report.as_ref().and_then(|r| r.error.as_deref()),
                 since: reply.since,
                 next,
@@ -127,7 +128,7 @@ impl Worker {
         report: Option<&ChannelReport>,
     ) -> Option<DateTime<Utc>> {
         let every = self.policy.status_reconcile?;
-        let status = &report?.status;
+        let status = report?.status;
         let next = self.now() + span(every);
         let young = next - reply.received_at <= span(self.policy.max_age);
         (status != FINAL && young).then_some(next)

@@ -20,26 +20,28 @@
 //! it there, otherwise from `conversation.messages[]` when the message is listed there,
 //! and otherwise it is unknown: the store then notes that it must be read from Chatwoot.
 
+use super::{ChannelStatus, ReplyId};
 use serde_json::Value;
 
 /// One verified event, reduced to what goldrelay stores and acts on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatwootEvent {
     /// `X-Chatwoot-Delivery`: the same for Chatwoot's own retries of one delivery.
-    pub delivery_id: Option<String>,
+    delivery_id: Option<String>,
     /// The `event` field, e.g. `message_created`.
-    pub kind: String,
+    kind: String,
     /// Equal for two deliveries of the same event (Chatwoot sometimes sends one
     /// event twice with different delivery ids).
-    pub dedupe_key: String,
+    dedupe_key: String,
     /// The message's id, for message events.
-    pub message_id: Option<i64>,
-    /// The gold reply this event names in its marker, when it names one.
-    pub reply_id: Option<String>,
+    message_id: Option<i64>,
+    /// The gold reply this event names in its marker, when it names one that
+    /// could be a reply id (a marker anyone typed that cannot be names none).
+    reply_id: Option<ReplyId>,
     /// What the event may change, once the store has checked it is about our message.
-    pub effect: Option<Effect>,
+    effect: Option<Effect>,
     /// The message's sender (`sender.type`, `sender.id`), for message events.
-    pub sender: Option<(String, i64)>,
+    sender: Option<(String, i64)>,
 }
 
 /// goldrelay's own Chatwoot user, as far as the process knows it.
@@ -84,16 +86,16 @@ pub enum Effect {
     /// The message named a reply when it was created: if it is that reply's
     /// message, the reply is `confirmed`.
     Confirm {
-        reply_id: String,
+        reply_id: ReplyId,
         message: EventMessage,
     },
     /// The message was updated. It concerns the reply its marker names, or,
     /// without a marker, the reply whose known message id it carries. `status`
     /// is `None` when the event does not show it.
     ChannelStatus {
-        reply_id: Option<String>,
+        reply_id: Option<ReplyId>,
         message: EventMessage,
-        status: Option<String>,
+        status: Option<ChannelStatus>,
         error: Option<String>,
     },
 }
@@ -106,7 +108,7 @@ impl ChatwootEvent {
         let reply_id = body
             .pointer("/content_attributes/gold_reply_id")
             .and_then(Value::as_str)
-            .map(str::to_owned);
+            .and_then(|marker| ReplyId::parse(marker).ok());
         let dedupe_key = match (kind.as_str(), message_id) {
             ("message_created", Some(id)) => format!("message_created:{id}"),
             // One message is updated many times, to the same status more than
@@ -129,6 +131,36 @@ impl ChatwootEvent {
             effect,
             sender,
         }
+    }
+
+    /// `X-Chatwoot-Delivery`, when Chatwoot sent one.
+    pub fn delivery_id(&self) -> Option<&str> {
+        self.delivery_id.as_deref()
+    }
+
+    /// The `event` field, e.g. `message_created`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The key two deliveries of one event share.
+    pub fn dedupe_key(&self) -> &str {
+        &self.dedupe_key
+    }
+
+    /// The message's id, for message events.
+    pub fn message_id(&self) -> Option<i64> {
+        self.message_id
+    }
+
+    /// The reply the event's marker names, if it names one.
+    pub fn reply_id(&self) -> Option<&ReplyId> {
+        self.reply_id.as_ref()
+    }
+
+    /// What the event may change, if anything.
+    pub fn effect(&self) -> Option<&Effect> {
+        self.effect.as_ref()
     }
 
     /// Drops the effect of an event whose message carries a reply's marker
@@ -173,7 +205,7 @@ fn message_event(kind: &str) -> bool {
     matches!(kind, "message_created" | "message_updated")
 }
 
-fn effect(kind: &str, body: &Value, id: i64, reply_id: Option<String>) -> Option<Effect> {
+fn effect(kind: &str, body: &Value, id: i64, reply_id: Option<ReplyId>) -> Option<Effect> {
     let message = EventMessage {
         id,
         account_id: body.pointer("/account/id").and_then(Value::as_i64),
@@ -193,7 +225,7 @@ fn effect(kind: &str, body: &Value, id: i64, reply_id: Option<String>) -> Option
             // Chatwoot sets `external_error` only on failed messages
             // (`app/services/messages/status_update_service.rb`).
             let status =
-                channel_status(body, id).or_else(|| error.as_ref().map(|_| "failed".into()));
+                channel_status(body, id).or_else(|| error.as_ref().map(|_| ChannelStatus::Failed));
             Some(Effect::ChannelStatus {
                 reply_id,
                 message,
@@ -212,30 +244,19 @@ fn outgoing(message_type: &Value) -> bool {
 }
 
 /// The message's channel status: top level when Chatwoot sends it, otherwise
-/// from the conversation's message list.
-fn channel_status(body: &Value, id: i64) -> Option<String> {
-    if let Some(status) = body["status"].as_str() {
-        return Some(status.to_owned());
-    }
-    body.pointer("/conversation/messages")?
-        .as_array()?
-        .iter()
-        .find(|m| m["id"].as_i64() == Some(id))?["status"]
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// The channel statuses Chatwoot knows (`Message` enum `status`).
-const CHANNEL_STATUSES: [&str; 4] = ["sent", "delivered", "read", "failed"];
-
-/// Whether a message's channel status may go from `from` to `to`, by
-/// Chatwoot's own rule (`app/services/messages/status_update_service.rb`):
-/// an unknown status is refused, and a `read` message never goes back to
-/// `delivered` (nor, here, to `sent`: a late `sent` after `read` is an event
-/// out of order). Everything else applies; `failed` is not final, since an
-/// agent's retry makes the message `sent` again.
-pub fn channel_status_may_change(from: Option<&str>, to: &str) -> bool {
-    CHANNEL_STATUSES.contains(&to) && !(from == Some("read") && matches!(to, "delivered" | "sent"))
+/// from the conversation's message list. A name Chatwoot does not use is a
+/// status not shown: the store then reads it back from Chatwoot.
+fn channel_status(body: &Value, id: i64) -> Option<ChannelStatus> {
+    let named = match body["status"].as_str() {
+        Some(status) => status,
+        None => body
+            .pointer("/conversation/messages")?
+            .as_array()?
+            .iter()
+            .find(|m| m["id"].as_i64() == Some(id))?["status"]
+            .as_str()?,
+    };
+    ChannelStatus::parse(named)
 }
 
 #[cfg(test)]
@@ -277,7 +298,7 @@ mod tests {
         assert_eq!(
             event.effect,
             Some(Effect::Confirm {
-                reply_id: "gr_01JV2K8M4Q7T9XWZ3N5B6C8D0E".into(),
+                reply_id: ReplyId::parse("gr_01JV2K8M4Q7T9XWZ3N5B6C8D0E").unwrap(),
                 message: EventMessage {
                     id: 55240,
                     account_id: Some(1),
@@ -307,7 +328,7 @@ mod tests {
         let Some(Effect::ChannelStatus { status, error, .. }) = event.effect else {
             panic!("no channel status: {event:?}");
         };
-        assert_eq!(status.as_deref(), Some("failed"));
+        assert_eq!(status, Some(ChannelStatus::Failed));
         assert!(error.unwrap().contains("more than 24 hours"));
     }
 
@@ -340,23 +361,30 @@ mod tests {
     }
 
     #[test]
-    fn failed_is_not_final_and_read_never_goes_back() {
-        for (from, to, allowed) in [
-            (Some("failed"), "sent", true),
-            (Some("failed"), "read", true),
-            (Some("read"), "failed", true),
-            (Some("delivered"), "read", true),
-            (None, "sent", true),
-            (Some("read"), "delivered", false),
-            (Some("read"), "sent", false),
-            (Some("sent"), "bogus", false),
-        ] {
-            assert_eq!(
-                channel_status_may_change(from, to),
-                allowed,
-                "{from:?} -> {to}"
-            );
-        }
+    fn a_status_chatwoot_does_not_use_is_a_status_not_shown() {
+        let mut body = example("webhook_message_updated_failed.json");
+        body["status"] = "bogus".into();
+        body["content_attributes"] = serde_json::json!({});
+        let event = ChatwootEvent::parse(None, &body, "x");
+        let Some(Effect::ChannelStatus { status, .. }) = event.effect else {
+            panic!("no channel status: {event:?}");
+        };
+        assert_eq!(status, None);
+    }
+
+    #[test]
+    fn a_marker_that_cannot_be_a_reply_id_names_no_reply() {
+        let mut body = example("webhook_message_updated_failed.json");
+        body["content_attributes"] = serde_json::json!({"gold_reply_id": "not an id!"});
+        let event = ChatwootEvent::parse(None, &body, "x");
+        assert_eq!(event.reply_id(), None);
+        let Some(Effect::ChannelStatus {
+            reply_id, message, ..
+        }) = event.effect
+        else {
+            panic!("no channel status: {event:?}");
+        };
+        assert_eq!((reply_id, message.id), (None, 55240));
     }
 
     #[test]

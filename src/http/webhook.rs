@@ -248,8 +248,8 @@ async fn accept(
         EventOutcome::Mismatch => "mismatch",
     };
     span.record("goldrelay.outcome", status);
-    tracing::info!(event = %event.kind, delivery_id = event.delivery_id.as_deref(), reply_id = event.reply_id.as_deref(), outcome = status, "chatwoot event");
-    let answer = HttpResponse::Ok().json(json!({ "status": status, "event": event.kind }));
+    tracing::info!(event = %event.kind(), delivery_id = event.delivery_id(), reply_id = event.reply_id().map(ReplyId::as_str), outcome = status, "chatwoot event");
+    let answer = HttpResponse::Ok().json(json!({ "status": status, "event": event.kind() }));
     Ok(Outcome(status).on(answer))
 }
 
@@ -261,19 +261,18 @@ async fn confirmation_span(
     event: &ChatwootEvent,
     state: &AppState,
 ) -> tracing::Span {
-    let reply_id = event.reply_id.as_deref().map(ReplyId::parse);
-    let Some(Ok(reply_id)) = reply_id.filter(|_| telemetry::exporting()) else {
+    let Some(reply_id) = event.reply_id().filter(|_| telemetry::exporting()) else {
         return tracing::Span::none();
     };
-    let context = state.store.trace_context(&reply_id).await.ok().flatten();
+    let context = state.store.trace_context(reply_id).await.ok().flatten();
     let span = tracing::info_span!(
         target: TARGET,
         "webhook.confirm",
         otel.kind = "server",
         goldrelay.request_id = req.extensions().get::<RequestId>().map(|id| id.0.to_string()),
         goldrelay.reply_id = reply_id.as_str(),
-        goldrelay.event = event.kind.as_str(),
-        goldrelay.chatwoot_message_id = event.message_id,
+        goldrelay.event = event.kind(),
+        goldrelay.chatwoot_message_id = event.message_id(),
         goldrelay.outcome = Empty,
     );
     telemetry::join(&span, context.as_deref());

@@ -2,7 +2,7 @@
 //! carrying the cursor that resumes the export right after it.
 
 use super::{Cursor, SharedStore, StoreError};
-use crate::domain::{Action, ReplyId, Status, Turn};
+use crate::domain::{Action, ChannelStatus, ReplyId, Status, Turn};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, Stream, TryStreamExt};
 use serde::Serialize;
@@ -58,7 +58,7 @@ pub struct ExportRecord {
     pub attempts: i64,
     pub last_error: Option<String>,
     pub chatwoot_message_id: Option<i64>,
-    pub channel_status: Option<String>,
+    pub channel_status: Option<ChannelStatus>,
     pub channel_error: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// An attempt may have created the message; a retry looks for it first.

@@ -11,8 +11,8 @@ mod events;
 
 pub(crate) use events::{record_channel_status, record_event};
 
-use super::{Ingested, Outcome, ReplyRecord, Requeued, StoreError};
-use crate::domain::{ChatwootEvent, GoldReply, Status};
+use super::{Ingested, Job, Outcome, ReplyRecord, Requeued, StoreError};
+use crate::domain::{ChannelStatus, ChatwootEvent, GoldReply, ReplyId, Status};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -36,7 +36,7 @@ pub(crate) struct ReplyChange {
     pub chatwoot_message_id: Option<i64>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
-    pub channel_status: Option<Option<String>>,
+    pub channel_status: Option<Option<ChannelStatus>>,
     pub channel_error: Option<Option<String>>,
     /// Starts a fresh attempt budget: `attempts = 0`, `requeued_at = now`.
     pub requeued_at: Option<DateTime<Utc>>,
@@ -77,11 +77,9 @@ impl ReplyChange {
         if let Some(at) = self.confirmed_at {
             set.push(("confirmed_at", Value::Time(Some(at))));
         }
-        if let Some(status) = &self.channel_status {
-            set.push((
-                "channel_status",
-                Value::Text(status.as_deref().map(storable)),
-            ));
+        if let Some(status) = self.channel_status {
+            let name = status.map(|s| s.as_str().to_owned());
+            set.push(("channel_status", Value::Text(name)));
         }
         if let Some(error) = &self.channel_error {
             set.push(("channel_error", Value::Text(error.as_deref().map(storable))));
@@ -189,7 +187,8 @@ impl NewReply {
 #[async_trait]
 pub(crate) trait Tx: Send {
     /// One reply; `lock` keeps other transactions off it until commit.
-    async fn reply(&mut self, reply_id: &str, lock: bool) -> Result<Option<Stored>, StoreError>;
+    async fn reply(&mut self, reply_id: &ReplyId, lock: bool)
+        -> Result<Option<Stored>, StoreError>;
     /// The reply whose known Chatwoot message is `message_id`, if any.
     async fn reply_by_message(
         &mut self,
@@ -204,27 +203,49 @@ pub(crate) trait Tx: Send {
     ) -> Result<bool, StoreError>;
     async fn update_reply(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         change: &ReplyChange,
     ) -> Result<(), StoreError>;
     /// Adds a job at the back of its conversation's line (the head if the
     /// line was empty); `maybe_sent` makes its first attempt look first.
     async fn enqueue(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         account_id: i64,
         conversation_id: i64,
         due: DateTime<Utc>,
         maybe_sent: bool,
     ) -> Result<(), StoreError>;
-    /// Removes a reply's job (only while `owner` leases it, when given) and
-    /// makes the next job of its conversation the head; whether one was removed.
-    async fn remove_job(&mut self, reply_id: &str, owner: Option<&str>)
-        -> Result<bool, StoreError>;
+    /// Removes a reply's job (only while `owner` leases it, when given); the
+    /// line `(account_id, conversation_id)` it was in, if one was removed.
+    async fn remove_job(
+        &mut self,
+        reply_id: &ReplyId,
+        owner: Option<&str>,
+    ) -> Result<Option<(i64, i64)>, StoreError>;
+    /// Makes the oldest job left in the line `(account_id, conversation_id)`
+    /// its head.
+    async fn promote_head(&mut self, line: (i64, i64)) -> Result<(), StoreError>;
+    /// Up to `limit` jobs at the head of their line that are due at `now` and
+    /// not leased, oldest due first (then oldest job), each with the attempt
+    /// count its reply has so far and whether the job was maybe sent; kept
+    /// from other claimants until commit (on PostgreSQL, one held by another
+    /// claimant is skipped).
+    async fn due_heads(&mut self, now: DateTime<Utc>, limit: usize)
+        -> Result<Vec<Job>, StoreError>;
+    /// Leases a reply's job to `owner` until `until`, marks it maybe sent, and
+    /// makes it due again at `due_again`.
+    async fn lease_job(
+        &mut self,
+        reply_id: &ReplyId,
+        owner: &str,
+        until: DateTime<Utc>,
+        due_again: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
     /// Hands a job leased by `owner` back, due again at `at`; whether `owner` held it.
     async fn reschedule_job(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         owner: &str,
         at: DateTime<Utc>,
         maybe_sent: bool,
@@ -287,7 +308,7 @@ pub(crate) async fn ingest(
 ) -> Result<Ingested, StoreError> {
     let now = stored_time(now);
     let reply = &new.reply;
-    let id = reply.reply_id().as_str();
+    let id = reply.reply_id();
     if !tx.insert_reply(new, now).await? {
         let stored = tx.reply(id, false).await?.ok_or(StoreError::Unavailable)?;
         return Ok(existing(stored, new));
@@ -299,10 +320,51 @@ pub(crate) async fn ingest(
     Ok(Ingested::Created(created_record(new, now)))
 }
 
+/// Leases up to `limit` due heads to `owner`, oldest due first, and counts
+/// their attempts. Each is marked maybe sent and due again only after its
+/// lease and `look_after`, before its attempt starts: if this process dies
+/// mid-request, the next claimant waits, then looks before sending again.
+pub(crate) async fn claim(
+    tx: &mut dyn Tx,
+    owner: &str,
+    now: DateTime<Utc>,
+    (lease, look_after): (std::time::Duration, std::time::Duration),
+    limit: usize,
+) -> Result<Vec<Job>, StoreError> {
+    let span = |d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let until = now.checked_add_signed(span(lease)).unwrap_or(now);
+    let due_again = until.checked_add_signed(span(look_after)).unwrap_or(until);
+    let mut jobs = tx.due_heads(now, limit).await?;
+    for job in &mut jobs {
+        tx.lease_job(&job.reply_id, owner, until, due_again).await?;
+        job.attempt += 1;
+        let counted = ReplyChange {
+            attempts: Some(job.attempt),
+            ..ReplyChange::default()
+        };
+        tx.update_reply(&job.reply_id, &counted).await?;
+    }
+    Ok(jobs)
+}
+
+/// Removes a reply's job (only while `owner` leases it, when given); the next
+/// job of its conversation becomes the head. Whether one was removed.
+pub(crate) async fn remove_job(
+    tx: &mut dyn Tx,
+    reply_id: &ReplyId,
+    owner: Option<&str>,
+) -> Result<bool, StoreError> {
+    let Some(line) = tx.remove_job(reply_id, owner).await? else {
+        return Ok(false);
+    };
+    tx.promote_head(line).await?;
+    Ok(true)
+}
+
 /// Records how a delivery attempt by `owner` ended.
 pub(crate) async fn finish(
     tx: &mut dyn Tx,
-    reply_id: &str,
+    reply_id: &ReplyId,
     owner: &str,
     outcome: Outcome,
     now: DateTime<Utc>,
@@ -343,11 +405,11 @@ pub(crate) async fn finish(
 /// way, and a lost "delivered" would send it twice.
 async fn delivered(
     tx: &mut dyn Tx,
-    reply_id: &str,
+    reply_id: &ReplyId,
     message_id: i64,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    tx.remove_job(reply_id, None).await?;
+    remove_job(tx, reply_id, None).await?;
     let Some(stored) = tx.reply(reply_id, true).await? else {
         return Ok(());
     };
@@ -367,7 +429,7 @@ async fn delivered(
 /// reply takes `change`, only while `owner` still holds the lease.
 async fn rescheduled(
     tx: &mut dyn Tx,
-    reply_id: &str,
+    reply_id: &ReplyId,
     owner: &str,
     (at, maybe_sent): (DateTime<Utc>, bool),
     change: &ReplyChange,
@@ -382,12 +444,12 @@ async fn rescheduled(
 /// only a reply still queued becomes dead.
 async fn dead(
     tx: &mut dyn Tx,
-    reply_id: &str,
+    reply_id: &ReplyId,
     owner: &str,
     error: String,
     maybe_sent: bool,
 ) -> Result<(), StoreError> {
-    if !tx.remove_job(reply_id, Some(owner)).await? {
+    if !remove_job(tx, reply_id, Some(owner)).await? {
         return Ok(());
     }
     let queued = tx
@@ -415,7 +477,7 @@ async fn dead(
 /// a send.
 pub(crate) async fn requeue(
     tx: &mut dyn Tx,
-    reply_id: &str,
+    reply_id: &ReplyId,
     force: bool,
     now: DateTime<Utc>,
 ) -> Result<Requeued, StoreError> {

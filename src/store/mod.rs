@@ -19,7 +19,7 @@ pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 pub use crate::config::{Backend, DatabaseUrl};
-use crate::domain::{Action, ChatwootEvent, GoldReply, ReplyId, Status, Turn};
+use crate::domain::{Action, ChannelStatus, ChatwootEvent, GoldReply, ReplyId, Status, Turn};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -63,7 +63,7 @@ pub struct ReplyRecord {
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
-    pub channel_status: Option<String>,
+    pub channel_status: Option<ChannelStatus>,
     pub channel_error: Option<String>,
     /// Where the reply's conversation context stands (issue 21).
     pub context: ContextState,
@@ -239,8 +239,9 @@ pub struct DueReads {
 #[derive(Debug, Clone, Copy)]
 pub struct ChannelRead<'a> {
     /// The status Chatwoot holds; `None` when the read failed or Chatwoot no
-    /// longer has the message (the status stays as it was).
-    pub status: Option<&'a str>,
+    /// longer has the message, or holds a status Chatwoot does not name (the
+    /// status stays as it was).
+    pub status: Option<ChannelStatus>,
     /// `content_attributes.external_error`, kept only while `failed`.
     pub error: Option<&'a str>,
     /// [`StaleChannelStatus::since`] of the listing this read came from.
@@ -477,6 +478,20 @@ const REPLY_COLUMNS: &str = "reply_id, account_id, conversation_id, action, stat
      last_error, chatwoot_message_id, received_at, next_attempt_at, delivered_at, confirmed_at, \
      channel_status, channel_error, fingerprint, uncertain, channel_status_stale_at, \
      context_source, context_captured_at, context_attempts, context_error, context_due_at";
+
+/// The due heads of the job lines with their replies, oldest due first, in
+/// both backends' SQL: `{head}` is the backend's "is a head" and `{now}`,
+/// `{limit}` its binds. [`row::job`] reads a row.
+fn due_heads_sql(head: &str, now: &str, limit: &str) -> String {
+    format!(
+        "SELECT j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
+         r.content, r.private, r.liquid, r.attempts, r.trace_context, \
+         COALESCE(r.requeued_at, r.received_at) AS age_from, r.received_at AS accepted_at \
+         FROM delivery_jobs j JOIN gold_replies r ON r.reply_id = j.reply_id \
+         WHERE {head} AND j.due_at <= {now} AND (j.lease_until IS NULL OR j.lease_until <= {now}) \
+         ORDER BY j.due_at, j.seq LIMIT {limit}"
+    )
+}
 
 /// Replies whose channel status needs reading, longest waiting first; the
 /// same SQL on both backends (one bind: the limit).

@@ -5,8 +5,8 @@
 //! and `jsonb`. What a row means is written once, here.
 
 use super::lifecycle::Stored;
-use super::{reply_id_column, status_column, ContextState, ExportRecord, ReplyRecord};
-use crate::domain::Action;
+use super::{reply_id_column, status_column, ContextState, ExportRecord, Job, ReplyRecord};
+use crate::domain::{Action, ChannelStatus};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
@@ -37,7 +37,7 @@ pub(crate) fn reply_record(row: &impl Columns) -> Result<ReplyRecord, sqlx::Erro
         next_attempt_at: row.time("next_attempt_at")?,
         delivered_at: row.time("delivered_at")?,
         confirmed_at: row.time("confirmed_at")?,
-        channel_status: row.text("channel_status")?,
+        channel_status: channel_status_column(row)?,
         channel_error: row.text("channel_error")?,
         context: ContextState {
             source: row.text("context_source")?,
@@ -84,7 +84,7 @@ pub(crate) fn export_record(row: &impl Columns) -> Result<ExportRecord, sqlx::Er
         attempts: row.int("attempts")?.unwrap_or_default(),
         last_error: row.text("last_error")?,
         chatwoot_message_id: row.int("chatwoot_message_id")?,
-        channel_status: row.text("channel_status")?,
+        channel_status: channel_status_column(row)?,
         channel_error: row.text("channel_error")?,
         next_attempt_at: row.time("next_attempt_at")?,
         uncertain: row.flag("uncertain")?,
@@ -92,6 +92,32 @@ pub(crate) fn export_record(row: &impl Columns) -> Result<ExportRecord, sqlx::Er
         context_source: row.text("context_source")?,
         context_captured_at: row.time("context_captured_at")?,
     })
+}
+
+/// A job as a claim hands it out: its reply's columns and the job's own
+/// `maybe_sent`, with `attempts` as the claim counted it.
+pub(crate) fn job(row: &impl Columns) -> Result<Job, sqlx::Error> {
+    Ok(Job {
+        reply_id: reply_id_column(&required(row.text("reply_id")?, "reply_id")?)?,
+        account_id: required(row.int("account_id")?, "account_id")?,
+        conversation_id: required(row.int("conversation_id")?, "conversation_id")?,
+        content: required(row.text("content")?, "content")?,
+        private: row.flag("private")?,
+        liquid: row.flag("liquid")?,
+        attempt: row.int("attempts")?.unwrap_or_default(),
+        received_at: required(row.time("age_from")?, "age_from")?,
+        accepted_at: required(row.time("accepted_at")?, "accepted_at")?,
+        maybe_sent: row.flag("maybe_sent")?,
+        trace_context: row.text("trace_context")?,
+    })
+}
+
+/// A channel status; one Chatwoot does not name (none is written since the
+/// status became a type) reads as none known.
+fn channel_status_column(row: &impl Columns) -> Result<Option<ChannelStatus>, sqlx::Error> {
+    Ok(row
+        .text("channel_status")?
+        .and_then(|name| ChannelStatus::parse(&name)))
 }
 
 /// An action of our own making, or the row is refused.

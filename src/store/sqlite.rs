@@ -196,8 +196,7 @@ impl Store for SqliteStore {
         force: bool,
         now: DateTime<Utc>,
     ) -> Result<Requeued, StoreError> {
-        let reply_id = reply_id.as_str();
-        let reply_id = reply_id.to_owned();
+        let reply_id = reply_id.clone();
         let requeued = self
             .write(move |c| step(lifecycle::requeue(&mut SqliteTx(c), &reply_id, force, now)))
             .await?;
@@ -268,15 +267,13 @@ impl Store for SqliteStore {
         reply_id: &ReplyId,
         read: &ChannelRead<'_>,
     ) -> Result<(), StoreError> {
-        let reply_id = reply_id.as_str().to_owned();
-        let (status, error) = (
-            read.status.map(str::to_owned),
-            read.error.map(str::to_owned),
-        );
+        let reply_id = reply_id.clone();
+        let status = read.status;
+        let error = read.error.map(str::to_owned);
         let (since, next) = (read.since, read.next);
         self.write(move |c| {
             let read = ChannelRead {
-                status: status.as_deref(),
+                status,
                 error: error.as_deref(),
                 since,
                 next,
@@ -338,9 +335,17 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let owner = owner.to_owned();
-        let due_again = lease.saturating_add(look_after);
-        self.write(move |c| writer::claim(c, &owner, now, lease, due_again, limit))
-            .await
+        self.write(move |c| {
+            let times = (lease, look_after);
+            step(lifecycle::claim(
+                &mut SqliteTx(c),
+                &owner,
+                now,
+                times,
+                limit,
+            ))
+        })
+        .await
     }
 
     async fn finish(
@@ -350,8 +355,7 @@ impl Store for SqliteStore {
         outcome: Outcome,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let reply_id = reply_id.as_str();
-        let (reply_id, owner) = (reply_id.to_owned(), owner.to_owned());
+        let (reply_id, owner) = (reply_id.clone(), owner.to_owned());
         self.write(move |c| {
             step(lifecycle::finish(
                 &mut SqliteTx(c),

@@ -8,7 +8,7 @@
 use crate::helpers;
 use chrono::{DateTime, SubsecRound, Utc};
 use goldrelay::config::DatabaseUrl;
-use goldrelay::domain::{ChatwootEvent, Effect, EventMessage, GoldReply, ReplyId, Status};
+use goldrelay::domain::{ChannelStatus, ChatwootEvent, EventMessage, GoldReply, ReplyId, Status};
 use goldrelay::store::{
     self, Backend, ChannelRead, Cursor, DueReads, EventOutcome, Ingested, Job, Outcome,
     ReplyFilter, ReplyRecord, Requeued, SharedStore, StaleChannelStatus,
@@ -298,16 +298,36 @@ fn gold(reply_id: &str, account_id: i64, conversation_id: i64, action: &str) -> 
     parse(&body(reply_id, account_id, conversation_id, action))
 }
 
-fn event(delivery_id: Option<&str>, dedupe_key: &str, effect: Option<Effect>) -> ChatwootEvent {
-    ChatwootEvent {
-        delivery_id: delivery_id.map(str::to_owned),
-        kind: "message_created".into(),
-        dedupe_key: dedupe_key.into(),
-        message_id: None,
-        reply_id: None,
-        effect,
-        sender: None,
+/// The event Chatwoot's webhook body of `kind` about `message` reads as:
+/// `marker` in `content_attributes.gold_reply_id`, a top-level `status` and
+/// `external_error` when given. `digest` stands for the raw body's.
+fn webhook(
+    delivery_id: Option<&str>,
+    kind: &str,
+    message: &EventMessage,
+    marker: Option<&str>,
+    (status, error): (Option<&str>, Option<&str>),
+    digest: &str,
+) -> ChatwootEvent {
+    let mut attributes = serde_json::Map::new();
+    if let Some(marker) = marker {
+        attributes.insert("gold_reply_id".into(), marker.into());
     }
+    if let Some(error) = error {
+        attributes.insert("external_error".into(), error.into());
+    }
+    let mut body = json!({
+        "event": kind,
+        "id": message.id,
+        "account": { "id": message.account_id },
+        "conversation": { "id": message.conversation_id },
+        "message_type": if message.outgoing { "outgoing" } else { "incoming" },
+        "content_attributes": attributes,
+    });
+    if let Some(status) = status {
+        body["status"] = status.into();
+    }
+    ChatwootEvent::parse(delivery_id.map(str::to_owned), &body, digest)
 }
 
 /// An outgoing message in account 1's conversation `conversation_id`, where
@@ -328,18 +348,14 @@ fn confirmation(reply_id: &str, conversation_id: i64, message_id: i64) -> Chatwo
 
 /// A `message_created` about `message`, carrying `reply_id`'s marker.
 fn echo(reply_id: &str, message: EventMessage) -> ChatwootEvent {
-    let message_id = message.id;
-    let mut event = event(
+    webhook(
         None,
-        &format!("message_created:{message_id}"),
-        Some(Effect::Confirm {
-            reply_id: reply_id.into(),
-            message,
-        }),
-    );
-    event.message_id = Some(message_id);
-    event.reply_id = Some(reply_id.into());
-    event
+        "message_created",
+        &message,
+        Some(reply_id),
+        (None, None),
+        "-",
+    )
 }
 
 /// A `message_updated` with the channel's status for a reply's message.
@@ -359,24 +375,18 @@ fn update(
     status: Option<&str>,
     error: Option<&str>,
 ) -> ChatwootEvent {
-    let message_id = message.id;
     // Unique per call: every update is a new event.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut event = event(
+    let digest = seq.to_string();
+    webhook(
         None,
-        &format!("message_updated:{message_id}:{seq}"),
-        Some(Effect::ChannelStatus {
-            reply_id: reply_id.map(str::to_owned),
-            message,
-            status: status.map(str::to_owned),
-            error: error.map(str::to_owned),
-        }),
-    );
-    event.kind = "message_updated".into();
-    event.message_id = Some(message_id);
-    event.reply_id = reply_id.map(str::to_owned);
-    event
+        "message_updated",
+        &message,
+        reply_id,
+        (status, error),
+        &digest,
+    )
 }
 
 fn retry(at: DateTime<Utc>, error: &str, maybe_sent: bool) -> Outcome {
@@ -463,7 +473,7 @@ async fn record_event(
     event: &ChatwootEvent,
     now: DateTime<Utc>,
 ) -> EventOutcome {
-    let payload = json!({ "event": event.kind, "id": event.message_id }).to_string();
+    let payload = json!({ "event": event.kind(), "id": event.message_id() }).to_string();
     store
         .record_event(event, &payload, now)
         .await
@@ -1117,19 +1127,33 @@ async fn count_by_status_and_queue_stats_follow_the_replies(store: SharedStore) 
 
 async fn an_event_is_processed_once_by_delivery_id_and_by_dedupe_key(store: SharedStore) {
     let t0 = start();
+    // Incoming messages: their dedupe key is `message_created:<id>`.
     let cases = [
-        (Some("d-1"), "message_created:1", EventOutcome::Processed),
-        (Some("d-1"), "message_created:2", EventOutcome::Duplicate),
-        (Some("d-2"), "message_created:1", EventOutcome::Duplicate),
-        (None, "message_created:3", EventOutcome::Processed),
-        (None, "message_created:3", EventOutcome::Duplicate),
+        (Some("d-1"), 1, EventOutcome::Processed),
+        (Some("d-1"), 2, EventOutcome::Duplicate),
+        (Some("d-2"), 1, EventOutcome::Duplicate),
+        (None, 3, EventOutcome::Processed),
+        (None, 3, EventOutcome::Duplicate),
         // Events without a delivery id never collide on it.
-        (None, "message_created:4", EventOutcome::Processed),
-        (Some("d-3"), "message_created:5", EventOutcome::Processed),
+        (None, 4, EventOutcome::Processed),
+        (Some("d-3"), 5, EventOutcome::Processed),
     ];
-    for (delivery_id, dedupe_key, expected) in cases {
-        let outcome = record_event(&store, &event(delivery_id, dedupe_key, None), t0).await;
-        assert_eq!(outcome, expected, "{delivery_id:?} {dedupe_key}");
+    for (delivery_id, message_id, expected) in cases {
+        let message = EventMessage {
+            outgoing: false,
+            ..outgoing(message_id, 1)
+        };
+        let event = webhook(
+            delivery_id,
+            "message_created",
+            &message,
+            None,
+            (None, None),
+            "-",
+        );
+        assert_eq!(event.dedupe_key(), format!("message_created:{message_id}"));
+        let outcome = record_event(&store, &event, t0).await;
+        assert_eq!(outcome, expected, "{delivery_id:?} {message_id}");
     }
 }
 
@@ -1226,7 +1250,8 @@ async fn a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recor
 /// `(channel_status, channel_error)` of a reply.
 async fn channel(store: &SharedStore, reply_id: &str) -> (Option<String>, Option<String>) {
     let r = record(store, reply_id).await;
-    (r.channel_status, r.channel_error)
+    let status = r.channel_status.map(|s| s.as_str().to_owned());
+    (status, r.channel_error)
 }
 
 fn some(status: &str, error: Option<&str>) -> (Option<String>, Option<String>) {
@@ -1249,7 +1274,7 @@ async fn a_channel_status_moves_only_as_chatwoot_lets_it(store: SharedStore) {
     .await;
     let r1 = record(&store, "r1").await;
     assert_eq!(r1.status, Status::Confirmed);
-    assert_eq!(r1.channel_status.as_deref(), Some("sent"));
+    assert_eq!(r1.channel_status, Some(ChannelStatus::Sent));
     claim_exactly(&store, "w", t0 + secs(3600), &[]).await;
     // read never goes back to delivered, nor to sent.
     for (status, expected) in [("read", "read"), ("delivered", "read"), ("sent", "read")] {
@@ -1398,7 +1423,7 @@ async fn record_read(
     next: Option<DateTime<Utc>>,
 ) {
     let read = ChannelRead {
-        status,
+        status: status.map(|name| ChannelStatus::parse(name).expect("a channel status")),
         error: None,
         since,
         next,
@@ -1456,7 +1481,7 @@ async fn an_update_that_does_not_show_the_status_marks_it_for_reading(store: Sha
     // The worker read r1 as failed; r2 changed again after its read.
     record_event(&store, &unseen(81, 8), t0 + secs(4)).await;
     let read = ChannelRead {
-        status: Some("failed"),
+        status: Some(ChannelStatus::Failed),
         error: Some("undeliverable"),
         since: listed[0].since,
         next: None,
@@ -1537,10 +1562,19 @@ async fn prune_events_deletes_only_events_received_before_the_cutoff(store: Shar
     let t0 = start();
     let events: Vec<_> = (0..3)
         .map(|i| {
-            event(
-                Some(&format!("d-{i}")),
-                &format!("message_created:{i}"),
+            // An incoming message: stored, changing nothing.
+            let message = EventMessage {
+                outgoing: false,
+                ..outgoing(i, 1)
+            };
+            let delivery = format!("d-{i}");
+            webhook(
+                Some(&delivery),
+                "message_created",
+                &message,
                 None,
+                (None, None),
+                "-",
             )
         })
         .collect();

@@ -262,20 +262,19 @@ impl Store {
     /// webhook handler's `keep_only_ours`.
     pub fn record_event(&mut self, event: &ChatwootEvent, now: Ms) {
         let new_delivery = event
-            .delivery_id
-            .as_ref()
+            .delivery_id()
             .is_none_or(|d| !self.seen_deliveries.contains(d));
-        if !new_delivery || self.seen_keys.contains(&event.dedupe_key) {
+        if !new_delivery || self.seen_keys.contains(event.dedupe_key()) {
             return;
         }
-        if let Some(d) = &event.delivery_id {
-            self.seen_deliveries.insert(d.clone());
+        if let Some(d) = event.delivery_id() {
+            self.seen_deliveries.insert(d.to_owned());
         }
-        self.seen_keys.insert(event.dedupe_key.clone());
-        let Some(Effect::Confirm { reply_id, message }) = &event.effect else {
+        self.seen_keys.insert(event.dedupe_key().to_owned());
+        let Some(Effect::Confirm { reply_id, message }) = event.effect() else {
             return;
         };
-        let Some(reply) = reply_idx(reply_id).filter(|&r| r < self.replies.len()) else {
+        let Some(reply) = reply_idx(reply_id.as_str()).filter(|&r| r < self.replies.len()) else {
             return;
         };
         let row = &self.replies[reply];

@@ -1,8 +1,8 @@
 //! Chatwoot's word on a reply: a webhook event (stored once, then applied
 //! when it is about the reply's own message) and a channel status read back.
 
-use super::{storable_json, stored_time, ReplyChange, Tx};
-use crate::domain::{channel_status_may_change, ChatwootEvent, Effect, EventMessage, Status};
+use super::{remove_job, storable_json, stored_time, ReplyChange, Tx};
+use crate::domain::{ChannelStatus, ChatwootEvent, Effect, EventMessage, ReplyId, Status};
 use crate::store::{ChannelRead, EventOutcome, ReplyRecord, StoreError};
 use chrono::{DateTime, Utc};
 
@@ -21,7 +21,7 @@ pub(crate) async fn record_event(
         return Ok(EventOutcome::Duplicate);
     }
     let now = stored_time(now);
-    match &event.effect {
+    match event.effect() {
         Some(Effect::Confirm { reply_id, message }) => {
             apply(tx, Some(reply_id), message, None, now).await
         }
@@ -32,7 +32,7 @@ pub(crate) async fn record_event(
             error,
         }) => {
             let report = Report { status, error };
-            apply(tx, reply_id.as_deref(), message, Some(report), now).await
+            apply(tx, reply_id.as_ref(), message, Some(report), now).await
         }
         None => Ok(EventOutcome::Processed),
     }
@@ -40,7 +40,7 @@ pub(crate) async fn record_event(
 
 /// What a `message_updated` says about the channel.
 struct Report<'a> {
-    status: &'a Option<String>,
+    status: &'a Option<ChannelStatus>,
     error: &'a Option<String>,
 }
 
@@ -49,7 +49,7 @@ struct Report<'a> {
 /// does not belong to changes nothing and is logged, once.
 async fn apply(
     tx: &mut dyn Tx,
-    reply_id: Option<&str>,
+    reply_id: Option<&ReplyId>,
     message: &EventMessage,
     report: Option<Report<'_>>,
     now: DateTime<Utc>,
@@ -74,9 +74,9 @@ async fn apply(
         );
         return Ok(EventOutcome::Mismatch);
     }
-    confirm(tx, record.reply_id.as_str(), message.id, now).await?;
+    confirm(tx, &record.reply_id, message.id, now).await?;
     if let Some(report) = report {
-        channel_status(tx, record.reply_id.as_str(), message.id, report, now).await?;
+        channel_status(tx, &record.reply_id, message.id, report, now).await?;
     }
     Ok(EventOutcome::Processed)
 }
@@ -107,11 +107,11 @@ fn mismatch(record: &ReplyRecord, message: &EventMessage) -> Option<&'static str
 /// delivery cannot deadlock.
 async fn confirm(
     tx: &mut dyn Tx,
-    reply_id: &str,
+    reply_id: &ReplyId,
     message_id: i64,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    tx.remove_job(reply_id, None).await?;
+    remove_job(tx, reply_id, None).await?;
     let Some(stored) = tx.reply(reply_id, true).await? else {
         return Ok(());
     };
@@ -140,12 +140,12 @@ async fn confirm(
 }
 
 /// The customer's channel reported on the reply's message `message_id`. A
-/// status moves only as Chatwoot lets it ([`channel_status_may_change`]); an
+/// status moves only as Chatwoot lets it ([`ChannelStatus::may_follow`]); an
 /// event that does not show the status marks it for reading from Chatwoot
 /// instead. A reply that never had a message (`recorded`) has no channel.
 async fn channel_status(
     tx: &mut dyn Tx,
-    reply_id: &str,
+    reply_id: &ReplyId,
     message_id: i64,
     report: Report<'_>,
     now: DateTime<Utc>,
@@ -156,14 +156,13 @@ async fn channel_status(
     if stored.record.chatwoot_message_id != Some(message_id) {
         return Ok(());
     }
-    let change = match report.status.as_deref() {
+    let change = match *report.status {
         None => ReplyChange {
             channel_status_stale_at: Some(Some(now)),
             ..ReplyChange::default()
         },
         Some(status) => {
-            let current = stored.record.channel_status.as_deref();
-            if !channel_status_may_change(current, status) {
+            if !status.may_follow(stored.record.channel_status) {
                 return Ok(());
             }
             // An event is a hint: late, replayed or out of order, it may not
@@ -179,12 +178,12 @@ async fn channel_status(
 
 /// Writes a channel status; Chatwoot keeps an error only on a failed message
 /// (`app/services/messages/status_update_service.rb`).
-fn channel_change(status: &str, error: Option<&str>) -> ReplyChange {
-    let error = (status == "failed")
+fn channel_change(status: ChannelStatus, error: Option<&str>) -> ReplyChange {
+    let error = (status == ChannelStatus::Failed)
         .then(|| error.map(str::to_owned))
         .flatten();
     ReplyChange {
-        channel_status: Some(Some(status.to_owned())),
+        channel_status: Some(Some(status)),
         channel_error: Some(error),
         ..ReplyChange::default()
     }
@@ -196,7 +195,7 @@ fn channel_change(status: &str, error: Option<&str>) -> ReplyChange {
 /// the read.
 pub(crate) async fn record_channel_status(
     tx: &mut dyn Tx,
-    reply_id: &str,
+    reply_id: &ReplyId,
     read: &ChannelRead<'_>,
 ) -> Result<(), StoreError> {
     let Some(stored) = tx.reply(reply_id, true).await? else {

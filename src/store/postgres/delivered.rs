@@ -3,6 +3,7 @@
 
 use super::tx::PgTx;
 use super::MAX_BATCH;
+use crate::domain::ReplyId;
 use crate::store::lifecycle;
 use crate::store::{Outcome, StoreError};
 use chrono::{DateTime, Utc};
@@ -12,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 /// A delivery Chatwoot answered, on its way to the recorder, and where the
 /// recorder says whether it was committed.
 pub(super) struct PendingDelivered {
-    pub(super) reply_id: String,
+    pub(super) reply_id: ReplyId,
     pub(super) message_id: i64,
     pub(super) now: DateTime<Utc>,
     pub(super) answer: oneshot::Sender<Result<(), StoreError>>,
@@ -75,7 +76,7 @@ fn answer_all(group: &mut Vec<PendingDelivered>, answer: impl Fn() -> Result<(),
 /// transaction of its own: the path a group takes when the server refused it.
 async fn delivered(
     pool: &PgPool,
-    reply_id: &str,
+    reply_id: &ReplyId,
     message_id: i64,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {

@@ -12,6 +12,7 @@
 //! delivered job is recorded by one function call too.
 
 mod capture;
+mod claim;
 mod clock;
 mod delivered;
 mod ingest;
@@ -59,6 +60,8 @@ pub struct PostgresStore {
     delivereds: mpsc::Sender<PendingDelivered>,
     /// How far the database's clock is ahead of this process's, in ms.
     clock_offset: Arc<AtomicI64>,
+    /// Claims in one statement rather than through `lifecycle.rs` ([`StoreOptions`]).
+    fast_paths: bool,
 }
 
 impl PostgresStore {
@@ -98,6 +101,7 @@ impl PostgresStore {
             most_waiting: most,
             delivereds,
             clock_offset,
+            fast_paths: tuning.fast_paths,
         })
     }
 }
@@ -126,7 +130,6 @@ impl Store for PostgresStore {
     }
 
     async fn reply(&self, reply_id: &ReplyId) -> Result<Option<ReplyRecord>, StoreError> {
-        let reply_id = reply_id.as_str();
         let mut conn = self.pool.acquire().await?;
         Ok(fetch_stored(&mut conn, reply_id, false)
             .await?
@@ -141,56 +144,15 @@ impl Store for PostgresStore {
         look_after: Duration,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or_default();
-        let lease_until = now + span(lease);
-        let due_again = lease_until + span(look_after);
-        // One statement, so one round trip and no explicit transaction: pick
-        // the due heads, lease them, and count the attempt on their replies.
-        let sql = "WITH picked AS ( \
-               SELECT j.seq, j.maybe_sent AS was_maybe_sent FROM delivery_jobs j \
-               WHERE j.is_head AND j.due_at <= $1 \
-               AND (j.lease_until IS NULL OR j.lease_until <= $1) \
-               ORDER BY j.due_at, j.seq LIMIT $2 FOR UPDATE OF j SKIP LOCKED), \
-             leased AS ( \
-               UPDATE delivery_jobs j SET lease_owner = $3, lease_until = $4, maybe_sent = true, \
-                 due_at = $5 \
-               FROM picked WHERE j.seq = picked.seq \
-               RETURNING j.seq, j.due_at, j.reply_id, j.account_id, j.conversation_id, \
-                 picked.was_maybe_sent), \
-             counted AS ( \
-               UPDATE gold_replies r SET attempts = r.attempts + 1 FROM leased \
-               WHERE r.reply_id = leased.reply_id \
-               RETURNING r.reply_id, r.content, r.private, r.liquid, r.attempts, r.trace_context, \
-                 COALESCE(r.requeued_at, r.received_at) AS age_from, \
-                 r.received_at AS accepted_at) \
-             SELECT l.reply_id, l.account_id, l.conversation_id, l.was_maybe_sent, \
-               c.content, c.private, c.liquid, c.attempts, c.age_from, c.accepted_at, \
-               c.trace_context \
-             FROM leased l JOIN counted c USING (reply_id) ORDER BY l.due_at, l.seq";
-        let leased = sqlx::query(sql)
-            .bind(now)
-            .bind(limit as i64)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(due_again)
-            .fetch_all(&self.pool)
-            .await?;
-        let job = |row: &PgRow| -> Result<Job, sqlx::Error> {
-            Ok(Job {
-                reply_id: reply_id_column(row.try_get("reply_id")?)?,
-                account_id: row.try_get("account_id")?,
-                conversation_id: row.try_get("conversation_id")?,
-                content: row.try_get("content")?,
-                private: row.try_get("private")?,
-                liquid: row.try_get("liquid")?,
-                attempt: row.try_get::<i32, _>("attempts")?.into(),
-                received_at: row.try_get("age_from")?,
-                accepted_at: row.try_get("accepted_at")?,
-                maybe_sent: row.try_get("was_maybe_sent")?,
-                trace_context: row.try_get("trace_context")?,
-            })
-        };
-        Ok(leased.iter().map(job).collect::<Result<_, _>>()?)
+        if self.fast_paths {
+            return claim::in_one_statement(&self.pool, owner, now, (lease, look_after), limit)
+                .await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let times = (lease, look_after);
+        let jobs = lifecycle::claim(&mut PgTx(&mut tx), owner, now, times, limit).await?;
+        tx.commit().await?;
+        Ok(jobs)
     }
 
     async fn finish(
@@ -200,11 +162,10 @@ impl Store for PostgresStore {
         outcome: Outcome,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let reply_id = reply_id.as_str();
         // The common outcome in one round trip; the rest through the rules.
         if let Outcome::Delivered { message_id } = outcome {
             let (answer, answered) = oneshot::channel();
-            let reply_id = reply_id.to_owned();
+            let reply_id = reply_id.clone();
             let pending = PendingDelivered {
                 reply_id,
                 message_id,
@@ -233,7 +194,6 @@ impl Store for PostgresStore {
         force: bool,
         now: DateTime<Utc>,
     ) -> Result<Requeued, StoreError> {
-        let reply_id = reply_id.as_str();
         let mut tx = self.pool.begin().await?;
         let requeued = lifecycle::requeue(&mut PgTx(&mut tx), reply_id, force, now).await?;
         tx.commit().await?;
@@ -302,7 +262,6 @@ impl Store for PostgresStore {
         reply_id: &ReplyId,
         read: &ChannelRead<'_>,
     ) -> Result<(), StoreError> {
-        let reply_id = reply_id.as_str();
         let mut tx = self.pool.begin().await?;
         let mut pg = PgTx(&mut tx);
         lifecycle::record_channel_status(&mut pg, reply_id, read).await?;

@@ -1,9 +1,9 @@
 //! [`PgTx`]: the statements of lifecycle's delivery state machine
 //! ([`Tx`]) on PostgreSQL, inside one transaction.
 
-use crate::domain::ChatwootEvent;
+use crate::domain::{ChatwootEvent, ReplyId};
 use crate::store::lifecycle::{NewReply, ReplyChange, Stored, Tx, Value};
-use crate::store::{row, StoreError, REPLY_COLUMNS};
+use crate::store::{row, Job, StoreError, REPLY_COLUMNS};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, QueryBuilder};
@@ -11,13 +11,13 @@ use sqlx::{PgConnection, QueryBuilder};
 /// The stored row of `reply_id`, locked `FOR UPDATE` if `lock`.
 pub(super) async fn fetch_stored(
     conn: &mut PgConnection,
-    reply_id: &str,
+    reply_id: &ReplyId,
     lock: bool,
 ) -> Result<Option<Stored>, StoreError> {
     let lock = if lock { " FOR UPDATE" } else { "" };
     let sql = format!("SELECT {REPLY_COLUMNS} FROM gold_replies WHERE reply_id = $1{lock}");
     let row = sqlx::query(&sql)
-        .bind(reply_id)
+        .bind(reply_id.as_str())
         .fetch_optional(&mut *conn)
         .await?;
     Ok(row.as_ref().map(row::stored).transpose()?)
@@ -44,7 +44,11 @@ pub(super) struct PgTx<'c>(pub(super) &'c mut PgConnection);
 
 #[async_trait]
 impl Tx for PgTx<'_> {
-    async fn reply(&mut self, reply_id: &str, lock: bool) -> Result<Option<Stored>, StoreError> {
+    async fn reply(
+        &mut self,
+        reply_id: &ReplyId,
+        lock: bool,
+    ) -> Result<Option<Stored>, StoreError> {
         fetch_stored(self.0, reply_id, lock).await
     }
 
@@ -104,7 +108,7 @@ impl Tx for PgTx<'_> {
 
     async fn update_reply(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         change: &ReplyChange,
     ) -> Result<(), StoreError> {
         let mut update = QueryBuilder::new("UPDATE gold_replies SET ");
@@ -118,14 +122,16 @@ impl Tx for PgTx<'_> {
                 Value::Bool(v) => set.push_bind_unseparated(v),
             };
         }
-        update.push(" WHERE reply_id = ").push_bind(reply_id);
+        update
+            .push(" WHERE reply_id = ")
+            .push_bind(reply_id.as_str());
         update.build().execute(&mut *self.0).await?;
         Ok(())
     }
 
     async fn enqueue(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         account_id: i64,
         conversation_id: i64,
         due: DateTime<Utc>,
@@ -137,7 +143,7 @@ impl Tx for PgTx<'_> {
              maybe_sent, is_head) VALUES ($1, $2, $3, $4, $5, NOT EXISTS (SELECT 1 \
              FROM delivery_jobs WHERE account_id = $2 AND conversation_id = $3))",
         )
-        .bind(reply_id)
+        .bind(reply_id.as_str())
         .bind(account_id)
         .bind(conversation_id)
         .bind(due)
@@ -149,9 +155,9 @@ impl Tx for PgTx<'_> {
 
     async fn remove_job(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         owner: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<(i64, i64)>, StoreError> {
         // Finding the job's conversation and taking its lock is one round trip.
         let line: Option<(i64, i64)> = sqlx::query_as(
             "SELECT account_id, conversation_id FROM ( \
@@ -159,37 +165,80 @@ impl Tx for PgTx<'_> {
                  pg_advisory_xact_lock(goldrelay_line_lock(account_id, conversation_id)) \
                FROM delivery_jobs WHERE reply_id = $1) AS locked",
         )
-        .bind(reply_id)
+        .bind(reply_id.as_str())
         .fetch_optional(&mut *self.0)
         .await?;
         if line.is_none() {
-            return Ok(false);
+            return Ok(None);
         }
-        // Under the lock: remove the job and make the oldest of the rest of
-        // its line the head (the statement still sees the removed row, so it
-        // is left out by name).
-        let removed: i64 = sqlx::query_scalar(
-            "WITH gone AS ( \
-               DELETE FROM delivery_jobs WHERE reply_id = $1 \
-               AND ($2::text IS NULL OR lease_owner = $2) \
-               RETURNING seq, account_id, conversation_id), \
-             head AS ( \
-               UPDATE delivery_jobs SET is_head = true WHERE seq = ( \
-                 SELECT MIN(d.seq) FROM delivery_jobs d JOIN gone \
-                 ON d.account_id = gone.account_id AND d.conversation_id = gone.conversation_id \
-                 WHERE d.seq <> gone.seq)) \
-             SELECT COUNT(*) FROM gone",
+        // Under the lock, so its line cannot change until commit.
+        Ok(sqlx::query_as(
+            "DELETE FROM delivery_jobs WHERE reply_id = $1 \
+             AND ($2::text IS NULL OR lease_owner = $2) \
+             RETURNING account_id, conversation_id",
         )
-        .bind(reply_id)
+        .bind(reply_id.as_str())
         .bind(owner)
-        .fetch_one(&mut *self.0)
+        .fetch_optional(&mut *self.0)
+        .await?)
+    }
+
+    async fn promote_head(
+        &mut self,
+        (account_id, conversation_id): (i64, i64),
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE delivery_jobs SET is_head = true WHERE seq = (SELECT MIN(seq) \
+             FROM delivery_jobs WHERE account_id = $1 AND conversation_id = $2)",
+        )
+        .bind(account_id)
+        .bind(conversation_id)
+        .execute(&mut *self.0)
         .await?;
-        Ok(removed > 0)
+        Ok(())
+    }
+
+    async fn due_heads(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        // Since PostgreSQL 9.5, a head another claimant holds is skipped, not waited for.
+        let sql = format!(
+            "{} FOR UPDATE OF j SKIP LOCKED",
+            crate::store::due_heads_sql("j.is_head", "$1", "$2")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows.iter().map(row::job).collect::<Result<_, _>>()?)
+    }
+
+    async fn lease_job(
+        &mut self,
+        reply_id: &ReplyId,
+        owner: &str,
+        until: DateTime<Utc>,
+        due_again: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE delivery_jobs SET lease_owner = $2, lease_until = $3, maybe_sent = true, \
+             due_at = $4 WHERE reply_id = $1",
+        )
+        .bind(reply_id.as_str())
+        .bind(owner)
+        .bind(until)
+        .bind(due_again)
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
     }
 
     async fn reschedule_job(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         owner: &str,
         at: DateTime<Utc>,
         maybe_sent: bool,
@@ -200,7 +249,7 @@ impl Tx for PgTx<'_> {
         )
         .bind(at)
         .bind(maybe_sent)
-        .bind(reply_id)
+        .bind(reply_id.as_str())
         .bind(owner)
         .execute(&mut *self.0)
         .await?;
@@ -217,11 +266,11 @@ impl Tx for PgTx<'_> {
             "INSERT INTO chatwoot_events (delivery_id, dedupe_key, event, message_id, reply_id, \
              payload, received_at) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) ON CONFLICT DO NOTHING",
         )
-        .bind(&event.delivery_id)
-        .bind(&event.dedupe_key)
-        .bind(&event.kind)
-        .bind(event.message_id)
-        .bind(&event.reply_id)
+        .bind(event.delivery_id())
+        .bind(event.dedupe_key())
+        .bind(event.kind())
+        .bind(event.message_id())
+        .bind(event.reply_id().map(ReplyId::as_str))
         .bind(payload)
         .bind(now)
         .execute(&mut *self.0)

@@ -7,8 +7,8 @@
 //! here, where an async driver hands every statement to a thread of its own
 //! and back (docs/benchmarks.md has the profile that chose this).
 
-use super::{millis, time};
-use crate::domain::ChatwootEvent;
+use super::millis;
+use crate::domain::{ChatwootEvent, ReplyId};
 use crate::store::lifecycle::{NewReply, ReplyChange, Stored, Tx, Value};
 use crate::store::row;
 use crate::store::{Job, StoreError, REPLY_COLUMNS};
@@ -183,8 +183,12 @@ pub(super) struct SqliteTx<'c>(pub &'c mut Connection);
 #[async_trait]
 impl Tx for SqliteTx<'_> {
     // One writer does every write, so nothing needs locking.
-    async fn reply(&mut self, reply_id: &str, _lock: bool) -> Result<Option<Stored>, StoreError> {
-        stored_where(self.0, "reply_id = ?1", reply_id)
+    async fn reply(
+        &mut self,
+        reply_id: &ReplyId,
+        _lock: bool,
+    ) -> Result<Option<Stored>, StoreError> {
+        stored_where(self.0, "reply_id = ?1", reply_id.as_str())
     }
 
     async fn reply_by_message(
@@ -241,7 +245,7 @@ impl Tx for SqliteTx<'_> {
 
     async fn update_reply(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         change: &ReplyChange,
     ) -> Result<(), StoreError> {
         let assignments = change.assignments();
@@ -261,7 +265,7 @@ impl Tx for SqliteTx<'_> {
         let values = assignments
             .into_iter()
             .map(|(_, value)| sql_value(value))
-            .chain([Sql::Text(reply_id.to_owned())]);
+            .chain([Sql::Text(reply_id.to_string())]);
         self.0
             .prepare_cached(&sql)?
             .execute(params_from_iter(values))?;
@@ -270,7 +274,7 @@ impl Tx for SqliteTx<'_> {
 
     async fn enqueue(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         account_id: i64,
         conversation_id: i64,
         due: DateTime<Utc>,
@@ -284,7 +288,7 @@ impl Tx for SqliteTx<'_> {
                  FROM delivery_jobs WHERE account_id = ?2 AND conversation_id = ?3))",
             )?
             .execute(params![
-                reply_id,
+                reply_id.as_str(),
                 account_id,
                 conversation_id,
                 millis(due),
@@ -295,34 +299,75 @@ impl Tx for SqliteTx<'_> {
 
     async fn remove_job(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         owner: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        let removed: Option<(i64, i64)> = self
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        Ok(self
             .0
             .prepare_cached(
                 "DELETE FROM delivery_jobs WHERE reply_id = ?1 AND (?2 IS NULL OR lease_owner = ?2) \
                  RETURNING account_id, conversation_id",
             )?
-            .query_row(params![reply_id, owner], |row| {
+            .query_row(params![reply_id.as_str(), owner], |row| {
                 Ok((row.get(0)?, row.get(1)?))
             })
-            .optional()?;
-        let Some((account_id, conversation_id)) = removed else {
-            return Ok(false);
-        };
+            .optional()?)
+    }
+
+    async fn promote_head(
+        &mut self,
+        (account_id, conversation_id): (i64, i64),
+    ) -> Result<(), StoreError> {
         self.0
             .prepare_cached(
                 "UPDATE delivery_jobs SET is_head = 1 WHERE seq = (SELECT MIN(seq) \
                  FROM delivery_jobs WHERE account_id = ?1 AND conversation_id = ?2)",
             )?
             .execute(params![account_id, conversation_id])?;
-        Ok(true)
+        Ok(())
+    }
+
+    async fn due_heads(
+        &mut self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        // `is_head = 1`, as the partial index on the heads is declared, so it serves.
+        let sql = crate::store::due_heads_sql("j.is_head = 1", "?1", "?2");
+        let mut due = self.0.prepare_cached(&sql)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let jobs = due
+            .query_map(params![millis(now), limit], |row| {
+                row::job(row).map_err(undecodable)
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(jobs)
+    }
+
+    async fn lease_job(
+        &mut self,
+        reply_id: &ReplyId,
+        owner: &str,
+        until: DateTime<Utc>,
+        due_again: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.0
+            .prepare_cached(
+                "UPDATE delivery_jobs SET lease_owner = ?2, lease_until = ?3, maybe_sent = 1, \
+                 due_at = ?4 WHERE reply_id = ?1",
+            )?
+            .execute(params![
+                reply_id.as_str(),
+                owner,
+                millis(until),
+                millis(due_again)
+            ])?;
+        Ok(())
     }
 
     async fn reschedule_job(
         &mut self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         owner: &str,
         at: DateTime<Utc>,
         maybe_sent: bool,
@@ -333,7 +378,7 @@ impl Tx for SqliteTx<'_> {
                 "UPDATE delivery_jobs SET due_at = ?1, lease_owner = NULL, lease_until = NULL, \
                  maybe_sent = ?2 WHERE reply_id = ?3 AND lease_owner = ?4",
             )?
-            .execute(params![millis(at), maybe_sent, reply_id, owner])?;
+            .execute(params![millis(at), maybe_sent, reply_id.as_str(), owner])?;
         Ok(held > 0)
     }
 
@@ -351,70 +396,14 @@ impl Tx for SqliteTx<'_> {
                  ON CONFLICT DO NOTHING",
             )?
             .execute(params![
-                event.delivery_id,
-                event.dedupe_key,
-                event.kind,
-                event.message_id,
-                event.reply_id,
+                event.delivery_id(),
+                event.dedupe_key(),
+                event.kind(),
+                event.message_id(),
+                event.reply_id().map(ReplyId::as_str),
                 payload,
                 millis(now)
             ])?;
         Ok(inserted == 1)
     }
-}
-
-/// Leases up to `limit` due heads to `owner`. Each is marked as possibly sent
-/// and due again only `due_again` from now before its attempt starts: if this
-/// process dies mid-request, the next claimant waits, then looks before
-/// sending again.
-pub(super) fn claim(
-    conn: &mut Connection,
-    owner: &str,
-    now: DateTime<Utc>,
-    lease: Duration,
-    due_again: Duration,
-    limit: usize,
-) -> Result<Vec<Job>, StoreError> {
-    let now_ms = millis(now);
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4);
-    let lease_until = now_ms.saturating_add(ms(lease));
-    let due_at = now_ms.saturating_add(ms(due_again));
-    let due: Vec<(i64, Job)> = conn
-        .prepare_cached(
-            "SELECT j.seq, j.reply_id, j.account_id, j.conversation_id, j.maybe_sent, \
-             r.content, r.private, r.liquid, r.attempts, r.trace_context, \
-             COALESCE(r.requeued_at, r.received_at) AS age_from, r.received_at AS accepted_at \
-             FROM delivery_jobs j JOIN gold_replies r ON r.reply_id = j.reply_id \
-             WHERE j.is_head = 1 AND j.due_at <= ?1 \
-             AND (j.lease_until IS NULL OR j.lease_until <= ?1) \
-             ORDER BY j.due_at, j.seq LIMIT ?2",
-        )?
-        .query_map(params![now_ms, limit as i64], |row| {
-            let job = Job {
-                reply_id: crate::store::reply_id_column(&row.get::<_, String>("reply_id")?)
-                    .map_err(undecodable)?,
-                account_id: row.get("account_id")?,
-                conversation_id: row.get("conversation_id")?,
-                content: row.get("content")?,
-                private: row.get("private")?,
-                liquid: row.get("liquid")?,
-                attempt: row.get::<_, i64>("attempts")? + 1,
-                received_at: time(row.get("age_from")?).unwrap_or(now),
-                accepted_at: time(row.get("accepted_at")?).unwrap_or(now),
-                maybe_sent: row.get("maybe_sent")?,
-                trace_context: row.get("trace_context")?,
-            };
-            Ok((row.get("seq")?, job))
-        })?
-        .collect::<Result<_, _>>()?;
-    for (seq, job) in &due {
-        conn.prepare_cached(
-            "UPDATE delivery_jobs SET lease_owner = ?1, lease_until = ?2, maybe_sent = 1, \
-             due_at = ?4 WHERE seq = ?3",
-        )?
-        .execute(params![owner, lease_until, seq, due_at])?;
-        conn.prepare_cached("UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = ?1")?
-            .execute([job.reply_id.as_str()])?;
-    }
-    Ok(due.into_iter().map(|(_, job)| job).collect())
 }

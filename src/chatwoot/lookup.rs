@@ -3,6 +3,7 @@
 
 use super::messages::ListedMessage;
 use super::{ChatwootClient, SendError};
+use crate::domain::ReplyId;
 
 use serde_json::Value;
 
@@ -32,7 +33,7 @@ pub enum Lookup {
 #[derive(Debug, Clone)]
 pub struct Wanted<'a> {
     /// `content_attributes.gold_reply_id` of the message.
-    pub reply_id: &'a str,
+    pub reply_id: &'a ReplyId,
     /// The content Chatwoot stores for it, when known exactly (a reply that is
     /// not rendered as Liquid reads as approved); `None` skips the check.
     pub content: Option<&'a str>,
@@ -131,7 +132,7 @@ impl Search {
             m.content_attributes
                 .get("gold_reply_id")
                 .and_then(Value::as_str)
-                == Some(wanted.reply_id)
+                == Some(wanted.reply_id.as_str())
         });
         for message in marked {
             if is_ours(message, wanted, me) {

@@ -9,6 +9,7 @@ pub use liquid::as_sent;
 pub use lookup::{Lookup, Search, Wanted, MAX_LOOKUP_PAGES};
 pub use messages::{ChannelReport, Listed, LATEST_PAGE};
 
+use crate::domain::ReplyId;
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode, Url};
@@ -130,7 +131,7 @@ impl ChatwootClient {
         &self,
         account_id: i64,
         conversation_id: i64,
-        reply_id: &str,
+        reply_id: &ReplyId,
         content: &str,
         private: bool,
     ) -> Result<i64, SendError> {
@@ -139,8 +140,8 @@ impl ChatwootClient {
             "message_type": "outgoing",
             "private": private,
             "content_type": "text",
-            "content_attributes": { "gold_reply_id": reply_id },
-            "client_message_id": reply_id,
+            "content_attributes": { "gold_reply_id": reply_id.as_str() },
+            "client_message_id": reply_id.as_str(),
         });
         let request = self
             .http

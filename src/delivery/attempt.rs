@@ -120,7 +120,7 @@ impl Worker {
             .create_message(
                 job.account_id,
                 job.conversation_id,
-                job.reply_id.as_str(),
+                &job.reply_id,
                 &crate::chatwoot::as_sent(&job.content, job.liquid),
                 job.private,
             )
@@ -255,7 +255,7 @@ impl Worker {
             .await
             .unwrap_or(0);
         let wanted = Wanted {
-            reply_id: job.reply_id.as_str(),
+            reply_id: &job.reply_id,
             content: (!job.liquid).then_some(job.content.as_str()),
             floor,
         };

@@ -446,7 +446,7 @@ impl Store for SqliteStore {
         reply_id: &ReplyId,
         capture: &super::Capture<'_>,
     ) -> Result<(), StoreError> {
-        self.capture_recorded(reply_id.as_str(), capture).await
+        self.capture_recorded(reply_id, capture).await
     }
 }
 

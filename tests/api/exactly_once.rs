@@ -370,6 +370,7 @@ async fn the_lookup_reads_every_id_even_when_ids_and_created_at_disagree() {
     let early =
         crate::helpers::other_agent_posts(&chatwoot, 69, &json!({"content": "early"})).await;
     let text = "The approved text";
+    let disorder = goldrelay::domain::ReplyId::parse("gr-disorder").unwrap();
     // Another agent copies the marker and the text before goldrelay sends.
     let impostor = crate::helpers::other_agent_posts(
         &chatwoot,
@@ -378,7 +379,7 @@ async fn the_lookup_reads_every_id_even_when_ids_and_created_at_disagree() {
     )
     .await;
     let ours = client
-        .create_message(1, 69, "gr-disorder", text, false)
+        .create_message(1, 69, &disorder, text, false)
         .await
         .unwrap();
     for i in 0..250 {
@@ -399,7 +400,7 @@ async fn the_lookup_reads_every_id_even_when_ids_and_created_at_disagree() {
         now - chrono::Duration::hours(9),
     );
     let wanted = Wanted {
-        reply_id: "gr-disorder",
+        reply_id: &disorder,
         content: Some(text),
         floor: 0,
     };

@@ -3,6 +3,7 @@
 //! instance is claiming, so two instances never capture the same reply at once.
 
 use super::PostgresStore;
+use crate::domain::ReplyId;
 use crate::store::{reply_id_column, Capture, DueCapture, StoreError, CAPTURE_DUE};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -46,7 +47,7 @@ impl PostgresStore {
 
     pub(super) async fn capture_recorded(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         capture: &Capture<'_>,
     ) -> Result<(), StoreError> {
         let kept = "WHERE reply_id = $1 AND context_source IS NULL";
@@ -58,7 +59,10 @@ impl PostgresStore {
                      context_captured_at = $3, context_due_at = NULL, context_error = NULL, \
                      context_attempts = context_attempts + 1 {kept}"
                 );
-                let query = sqlx::query(&sql).bind(reply_id).bind(json).bind(at);
+                let query = sqlx::query(&sql)
+                    .bind(reply_id.as_str())
+                    .bind(json)
+                    .bind(at);
                 query.execute(&self.pool).await?;
             }
             Capture::Failed { error, retry_at } => {
@@ -66,13 +70,16 @@ impl PostgresStore {
                     "UPDATE gold_replies SET context_error = $2, context_due_at = $3, \
                      context_attempts = context_attempts + 1 {kept}"
                 );
-                let query = sqlx::query(&sql).bind(reply_id).bind(error).bind(retry_at);
+                let query = sqlx::query(&sql)
+                    .bind(reply_id.as_str())
+                    .bind(error)
+                    .bind(retry_at);
                 query.execute(&self.pool).await?;
             }
             Capture::Later { at } => {
                 let sql = format!("UPDATE gold_replies SET context_due_at = $2 {kept}");
                 sqlx::query(&sql)
-                    .bind(reply_id)
+                    .bind(reply_id.as_str())
                     .bind(at)
                     .execute(&self.pool)
                     .await?;

@@ -394,6 +394,6 @@ impl Store for PostgresStore {
         reply_id: &ReplyId,
         capture: &super::Capture<'_>,
     ) -> Result<(), StoreError> {
-        self.capture_recorded(reply_id.as_str(), capture).await
+        self.capture_recorded(reply_id, capture).await
     }
 }

@@ -3,6 +3,7 @@
 //! through the writer.
 
 use super::{millis, time, SqliteStore};
+use crate::domain::ReplyId;
 use crate::store::{reply_id_column, Capture, DueCapture, StoreError, CAPTURE_DUE};
 use chrono::{DateTime, Utc};
 use rusqlite::params;
@@ -75,10 +76,10 @@ impl SqliteStore {
 
     pub(super) async fn capture_recorded(
         &self,
-        reply_id: &str,
+        reply_id: &ReplyId,
         capture: &Capture<'_>,
     ) -> Result<(), StoreError> {
-        let id = reply_id.to_owned();
+        let id = reply_id.to_string();
         let kept = "WHERE reply_id = ?1 AND context_source IS NULL";
         match *capture {
             Capture::Turns { turns, at } => {

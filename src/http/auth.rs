@@ -283,7 +283,10 @@ impl Budgets {
         }
         self.limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ApiError::TooManyRequests(wait.max(Duration::from_secs(1)))
+            ApiError::TooManyRequests {
+                wait: wait.max(Duration::from_secs(1)),
+                per_client: key.client.is_some(),
+            }
         })
     }
 }

@@ -44,10 +44,10 @@ pub enum ApiError {
     AccountForbidden { bound: i64, account: i64 },
     #[error("operator endpoints are off: no GOLDRELAY_OPERATOR_TOKENS configured")]
     NoOperators,
-    #[error(
-        "this token made more requests than its rate allows; retry after the Retry-After delay"
-    )]
-    TooManyRequests(Duration),
+    /// `per_client`: the budget is the token's from one client address (a
+    /// viewer's), so the detail says so rather than blaming the token alone.
+    #[error("{}", rate_detail(*per_client))]
+    TooManyRequests { wait: Duration, per_client: bool },
     #[error("the request did not arrive in full within {} s; the connection is closed", .0.as_secs_f64())]
     RequestTimeout(Duration),
     #[error("the query string could not be read: {0}")]
@@ -80,7 +80,7 @@ impl ApiError {
             ApiError::RoleRequired(_) => "role-required",
             ApiError::AccountForbidden { .. } => "account-forbidden",
             ApiError::NoOperators => "operators-not-configured",
-            ApiError::TooManyRequests(_) => "rate-limited",
+            ApiError::TooManyRequests { .. } => "rate-limited",
             ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::MalformedQuery(_) => "malformed-query",
             ApiError::InvalidQuery(_) => "invalid-query",
@@ -107,7 +107,7 @@ impl ResponseError for ApiError {
             ApiError::RoleRequired(_)
             | ApiError::AccountForbidden { .. }
             | ApiError::NoOperators => StatusCode::FORBIDDEN,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) | ApiError::NotDead(_) => StatusCode::CONFLICT,
@@ -150,7 +150,7 @@ impl ApiError {
             ApiError::StoreUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ApiError::TooManyRequests(wait) => {
+            ApiError::TooManyRequests { wait, .. } => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
             }
@@ -169,6 +169,15 @@ impl ApiError {
 }
 
 /// What a client is told when the store refused: nothing was done either way.
+fn rate_detail(per_client: bool) -> &'static str {
+    if per_client {
+        "this token made more requests from your address than its rate allows; \
+         retry after the Retry-After delay"
+    } else {
+        "this token made more requests than its rate allows; retry after the Retry-After delay"
+    }
+}
+
 fn store_detail(error: &StoreError) -> &'static str {
     match error {
         StoreError::Overloaded(_) => {
@@ -210,7 +219,11 @@ mod tests {
 
     #[test]
     fn a_rate_limited_token_waits_whole_seconds() {
-        let response = ApiError::TooManyRequests(Duration::from_millis(1500)).error_response();
+        let response = ApiError::TooManyRequests {
+            wait: Duration::from_millis(1500),
+            per_client: false,
+        }
+        .error_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers().get(header::RETRY_AFTER).unwrap(), "2");
     }

@@ -48,8 +48,8 @@ async fn list(app: &TestApp, from: &str, told: Option<&str>) -> reqwest::Respons
     get(app, "/api/gold-replies", VIEWER_TOKEN, from, told).await
 }
 
-/// Asserts a 429 problem that says when to come back.
-async fn assert_refused(response: reqwest::Response) {
+/// Asserts a 429 problem that says when to come back; its detail.
+async fn assert_refused(response: reqwest::Response) -> String {
     let wait = response.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -58,13 +58,15 @@ async fn assert_refused(response: reqwest::Response) {
     assert!(wait >= 1, "Retry-After: {wait}");
     let problem = assert_problem(response, 429).await;
     assert_eq!(problem["type"], "urn:goldrelay:problem:rate-limited");
+    problem["detail"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test]
 async fn a_viewer_token_has_a_budget_per_client_address_found_from_the_tcp_peer() {
     let app = spawn(|_| {}).await;
     assert_eq!(list(&app, "127.0.0.2", None).await.status(), 200);
-    assert_refused(list(&app, "127.0.0.2", None).await).await;
+    let detail = assert_refused(list(&app, "127.0.0.2", None).await).await;
+    assert!(detail.contains("from your address"), "{detail}");
     assert_eq!(list(&app, "127.0.0.3", None).await.status(), 200);
     assert_refused(list(&app, "127.0.0.3", None).await).await;
 }
@@ -107,7 +109,8 @@ async fn a_support_token_has_one_budget_whatever_address_it_is_sent_from() {
         )
     };
     assert_eq!(read("127.0.0.2", "192.0.2.1").await.status(), 404);
-    assert_refused(read("127.0.0.3", "192.0.2.2").await).await;
+    let detail = assert_refused(read("127.0.0.3", "192.0.2.2").await).await;
+    assert!(!detail.contains("address"), "{detail}");
     // The viewer token's budgets are its own.
     assert_eq!(
         list(&app, "127.0.0.2", Some("192.0.2.1")).await.status(),

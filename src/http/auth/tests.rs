@@ -68,7 +68,7 @@ fn a_token_past_its_rate_is_told_when_to_come_back() {
     assert!(tokens.caller(&req).is_ok());
     let refused = tokens.caller(&req);
     assert!(
-        matches!(refused, Err(ApiError::TooManyRequests(wait)) if wait >= Duration::from_secs(1)),
+        matches!(refused, Err(ApiError::TooManyRequests { wait, .. }) if wait >= Duration::from_secs(1)),
         "{refused:?}"
     );
 }
@@ -97,7 +97,7 @@ fn limited(header: Option<&str>) -> BearerTokens {
 fn admitted(tokens: &BearerTokens, req: &HttpRequest) -> bool {
     match tokens.caller(req) {
         Ok(_) => true,
-        Err(ApiError::TooManyRequests(_)) => false,
+        Err(ApiError::TooManyRequests { .. }) => false,
         Err(other) => panic!("{other:?}"),
     }
 }

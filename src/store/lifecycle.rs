@@ -44,6 +44,8 @@ pub(crate) struct ReplyChange {
     pub channel_status_stale_at: Option<Option<DateTime<Utc>>>,
     /// Sets the attempt count (an attempt that sent nothing gives its count back).
     pub attempts: Option<i64>,
+    /// Makes the context capture due at this time.
+    pub context_due_at: Option<DateTime<Utc>>,
 }
 
 /// A value to write into one column, for the backend to bind in its own types.
@@ -96,6 +98,9 @@ impl ReplyChange {
         }
         if let Some(attempts) = self.attempts {
             set.push(("attempts", Value::Int(Some(attempts))));
+        }
+        if let Some(at) = self.context_due_at {
+            set.push(("context_due_at", Value::Time(Some(at))));
         }
         set
     }
@@ -181,6 +186,28 @@ impl NewReply {
             Status::Recorded
         }
     }
+
+    /// When its context capture is due, stored `now`: at once for a reply
+    /// posted without context that is only kept; for one to be sent, not
+    /// yet: its capture comes due when its delivery ends ([`capture_due`]),
+    /// so a backlog of queued replies is no load on the capture index.
+    pub fn capture_due(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        (self.context.is_none() && !self.reply.action().sends()).then_some(now)
+    }
+}
+
+/// When a reply's delivery ended (delivered, confirmed or dead) at `now`: its
+/// capture comes due then, if it was posted without context and no capture
+/// has been tried or scheduled. Replies stored before captures existed
+/// qualify too, the first time their delivery ends.
+pub(crate) fn capture_due(
+    context: &super::ContextState,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let untouched = context.source.is_none()
+        && context.capture_attempts == 0
+        && context.next_capture_at.is_none();
+    untouched.then_some(now)
 }
 
 /// The statements a backend offers the rules, all inside one transaction.
@@ -285,7 +312,7 @@ pub(crate) fn created_record(new: &NewReply, now: DateTime<Utc>) -> ReplyRecord 
         channel_error: None,
         context: super::ContextState {
             source: new.context.as_ref().map(|_| "posted".to_owned()),
-            next_capture_at: new.context.is_none().then_some(at),
+            next_capture_at: new.capture_due(at),
             ..Default::default()
         },
     }
@@ -397,7 +424,9 @@ pub(crate) async fn finish(
             };
             rescheduled(tx, reply_id, owner, (at, maybe_sent), &change).await
         }
-        Outcome::Dead { error, maybe_sent } => dead(tx, reply_id, owner, error, maybe_sent).await,
+        Outcome::Dead { error, maybe_sent } => {
+            dead(tx, reply_id, owner, (error, maybe_sent), now).await
+        }
     }
 }
 
@@ -420,6 +449,7 @@ async fn delivered(
         delivered_at: Some(record.delivered_at.unwrap_or(now)),
         last_error: Some(None),
         next_attempt_at: Some(None),
+        context_due_at: capture_due(&record.context, now),
         ..ReplyChange::default()
     };
     tx.update_reply(reply_id, &change).await
@@ -446,17 +476,16 @@ async fn dead(
     tx: &mut dyn Tx,
     reply_id: &ReplyId,
     owner: &str,
-    error: String,
-    maybe_sent: bool,
+    (error, maybe_sent): (String, bool),
+    now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     if !remove_job(tx, reply_id, Some(owner)).await? {
         return Ok(());
     }
-    let queued = tx
-        .reply(reply_id, true)
-        .await?
-        .is_some_and(|s| s.record.status == Status::Queued);
-    if !queued {
+    let Some(stored) = tx.reply(reply_id, true).await? else {
+        return Ok(());
+    };
+    if stored.record.status != Status::Queued {
         return Ok(());
     }
     // Sticky: a forced retry that dies for sure does not make an
@@ -466,6 +495,7 @@ async fn dead(
         last_error: Some(Some(error)),
         next_attempt_at: Some(None),
         uncertain: maybe_sent.then_some(true),
+        context_due_at: capture_due(&stored.record.context, now),
         ..ReplyChange::default()
     };
     tx.update_reply(reply_id, &change).await

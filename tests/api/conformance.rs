@@ -125,6 +125,7 @@ conformance! {
         requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced,
         prune_events_deletes_only_events_received_before_the_cutoff,
         concurrent_claims_from_two_owners_never_share_a_job,
+        a_capture_comes_due_when_a_delivery_ends_and_at_once_for_a_kept_reply,
     ],
     databases: [a_database_with_a_newer_schema_is_refused],
     postgres_only: [a_new_job_from_another_instance_wakes_this_one],
@@ -1726,4 +1727,57 @@ async fn pretend_a_newer_build_migrated(url: &DatabaseUrl) {
             conn.execute(insert("X'00'").as_str()).await.unwrap();
         }
     }
+}
+
+// ---------------------------------------------------------------- context capture
+
+/// When each reply's capture is due (`next_capture_at`).
+async fn capture_due(store: &SharedStore, reply_id: &str) -> Option<DateTime<Utc>> {
+    record(store, reply_id).await.context.next_capture_at
+}
+
+async fn a_capture_comes_due_when_a_delivery_ends_and_at_once_for_a_kept_reply(store: SharedStore) {
+    let t0 = start();
+    let kept = ingest(&store, &gold("kept", 1, 3, "reject"), t0).await;
+    assert_eq!(
+        kept.context.next_capture_at,
+        Some(t0),
+        "a kept reply's capture is due at once"
+    );
+    for (reply_id, conversation_id) in [("sent", 1), ("lost", 2), ("echoed", 4)] {
+        let queued = ingest(&store, &send(reply_id, conversation_id), t0).await;
+        assert_eq!(
+            queued.context.next_capture_at, None,
+            "{reply_id}: due before its delivery ended"
+        );
+    }
+    let mut with_context = body("posted", 1, 5, "approve_send");
+    with_context["context"] = json!([{"role": "user", "content": "Where is my parcel?"}]);
+    ingest(&store, &parse(&with_context), t0).await;
+    claim_exactly(&store, "w", t0, &["sent", "lost", "echoed", "posted"]).await;
+    assert_eq!(
+        capture_due(&store, "sent").await,
+        None,
+        "due while its attempt runs"
+    );
+
+    deliver(&store, "sent", "w", t0 + secs(1)).await;
+    finish(&store, "lost", "w", dead("timeout"), t0 + secs(2)).await;
+    let echo = confirmation("echoed", 4, 77);
+    record_event(&store, &echo, t0 + secs(3)).await;
+    deliver(&store, "posted", "w", t0 + secs(4)).await;
+    assert_eq!(capture_due(&store, "sent").await, Some(t0 + secs(1)));
+    assert_eq!(capture_due(&store, "lost").await, Some(t0 + secs(2)));
+    assert_eq!(capture_due(&store, "echoed").await, Some(t0 + secs(3)));
+    assert_eq!(
+        capture_due(&store, "posted").await,
+        None,
+        "posted with its context"
+    );
+
+    // Once scheduled, a later end of delivery (the echo) does not move it.
+    let late_echo = confirmation("sent", 1, 9000);
+    record_event(&store, &late_echo, t0 + secs(9)).await;
+    assert_eq!(record(&store, "sent").await.status, Status::Confirmed);
+    assert_eq!(capture_due(&store, "sent").await, Some(t0 + secs(1)));
 }

@@ -1,7 +1,7 @@
 //! Chatwoot's word on a reply: a webhook event (stored once, then applied
 //! when it is about the reply's own message) and a channel status read back.
 
-use super::{remove_job, storable_json, stored_time, ReplyChange, Tx};
+use super::{capture_due, remove_job, storable_json, stored_time, ReplyChange, Tx};
 use crate::domain::{ChannelStatus, ChatwootEvent, Effect, EventMessage, ReplyId, Status};
 use crate::store::{ChannelRead, EventOutcome, ReplyRecord, StoreError};
 use chrono::{DateTime, Utc};
@@ -134,6 +134,7 @@ async fn confirm(
         delivered_at: Some(record.delivered_at.unwrap_or(now)),
         last_error: Some(None),
         next_attempt_at: Some(None),
+        context_due_at: capture_due(&record.context, now),
         ..ReplyChange::default()
     };
     tx.update_reply(reply_id, &change).await

@@ -100,7 +100,7 @@ impl Tx for PgTx<'_> {
         .bind(&new.trace_context)
         .bind(&new.context)
         .bind(new.context.as_ref().map(|_| "posted"))
-        .bind(new.context.is_none().then_some(now))
+        .bind(new.capture_due(now))
         .execute(&mut *self.0)
         .await?;
         Ok(inserted.rows_affected() == 1)

@@ -238,7 +238,7 @@ impl Tx for SqliteTx<'_> {
                 new.trace_context,
                 new.context,
                 new.context.as_ref().map(|_| "posted"),
-                new.context.is_none().then_some(now_ms),
+                new.capture_due(now).map(millis),
             ])?;
         Ok(inserted == 1)
     }

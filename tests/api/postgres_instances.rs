@@ -270,3 +270,53 @@ async fn replies_posted_to_two_instances_while_one_is_killed_reach_chatwoot_once
         "one instance did all the work: a {by_a}, b {by_b}"
     );
 }
+
+/// What the ingest writer logs when a batch's `goldrelay_ingest` call failed.
+const BATCH_FELL_BACK: &str = "a batch of posted replies failed; storing each alone";
+
+/// Posts `n` replies at once, to conversations 1 to 4, and waits for each 202.
+async fn post_at_once(api: &Api, prefix: &str, n: usize) {
+    let posts = (0..n).map(|i| {
+        let body = reply(&format!("{prefix}-{i}"), 1 + (i % 4) as i64);
+        async move { api.accept(&body).await }
+    });
+    futures_util::future::join_all(posts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
+async fn posted_replies_go_in_batches_through_goldrelay_ingest_and_one_by_one_if_it_breaks() {
+    use sqlx::{Connection, Executor};
+    let database = postgres::fresh_database();
+    let chatwoot =
+        sandbox::start(SandboxConfig::default(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let serve = Serve::new(&database, &chatwoot);
+    let relay = serve.start("goldrelay").await;
+    post_at_once(&relay.api, "batched", 40).await;
+    let log = read_log(&serve.log_of("goldrelay"));
+    assert!(
+        !log.contains(BATCH_FELL_BACK),
+        "the batch path failed:\n{log}"
+    );
+
+    // A schema whose batch function is gone (a botched migration, say):
+    // every post is still stored, one by one, and the log says why.
+    let mut conn = sqlx::PgConnection::connect(&database).await.unwrap();
+    let gone = conn
+        .execute(
+            "DROP FUNCTION goldrelay_ingest(text[], int8[], int8[], text[], text[], bool[], \
+             text[], text[], text[], text[], text[], text[], timestamptz[], bool[], bool[], \
+             text[], text[], text)",
+        )
+        .await;
+    gone.expect("goldrelay_ingest with p_trace_contexts exists");
+    post_at_once(&relay.api, "alone", 8).await;
+    let log = read_log(&serve.log_of("goldrelay"));
+    assert!(log.contains(BATCH_FELL_BACK), "no fallback logged:\n{log}");
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM gold_replies")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, 48);
+    assert!(relay.terminate().await.success());
+}

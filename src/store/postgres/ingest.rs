@@ -75,7 +75,7 @@ async fn ingest_batch(
     match batch_insert(&firsts).fetch_all(pool).await {
         Ok(inserted) => answer_batch(pool, items, inserted.into_iter().collect()).await,
         Err(e) => {
-            tracing::debug!(error = %e, "a batch of posted replies failed; storing each alone");
+            tracing::warn!(error = %e, "a batch of posted replies failed; storing each alone");
             ingest_each(pool, items).await
         }
     }

@@ -5,6 +5,7 @@
 
 mod delivery;
 mod drain;
+mod formats;
 mod harness;
 mod ingest;
 mod memory;
@@ -123,6 +124,7 @@ async fn measure(
     let slow_clients = usize::try_from(cli.slow_clients)?;
     let slow = maybe(plan.slow, slow::measure(h, slow_clients)).await?;
     let memory = maybe(plan.memory, memory::measure(h)).await?;
+    let formats = maybe(plan.formats, formats::measure(h)).await?;
     let postgres = match (plan.postgres, &cli.postgres) {
         (false, _) => None,
         (true, None) => Some(Postgres::NotAsked),
@@ -138,6 +140,7 @@ async fn measure(
         delivery,
         slow,
         memory,
+        formats,
         postgres,
         starts: h.starts.clone(),
         relay_bytes: file_size(&h.tools.goldrelay)?,

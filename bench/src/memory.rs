@@ -25,9 +25,9 @@ const DRAFT_CHARS: usize = 14_000;
 /// What a stalled export reads before it stops reading.
 const READ_BEFORE_STALL: usize = 64 * 1024;
 /// The export leaves out replies younger than this (`EXPORT_SETTLE`).
-const EXPORT_SETTLE: Duration = Duration::from_secs(61);
+pub const EXPORT_SETTLE: Duration = Duration::from_secs(61);
 /// A viewer token: views and exports are a viewer's.
-const VIEWER: &str = "bench-viewer-token-0123456789abcdefghij";
+pub const VIEWER: &str = "bench-viewer-token-0123456789abcdefghij";
 
 /// What the row reports.
 #[derive(Debug, Clone)]
@@ -188,7 +188,7 @@ async fn ended_early(stream: &mut TcpStream, since: Instant) -> bool {
 }
 
 /// A `kB` line of `/proc/<pid>/status`.
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

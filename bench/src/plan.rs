@@ -23,6 +23,9 @@ pub enum Only {
     /// Peak RSS with 500 replies of 256 KiB in one conversation, four
     /// views and four stalled exports at once (about 2 minutes).
     Memory,
+    /// Peak RSS streaming the whole export in each training format at 10 000
+    /// and 30 000 replies (about 4 minutes).
+    Formats,
 }
 
 /// The measurements of one run, in the order they are made.
@@ -36,6 +39,7 @@ pub struct Plan {
     pub drain: bool,
     pub slow: bool,
     pub memory: bool,
+    pub formats: bool,
     /// Whether the PostgreSQL rows are printed; they are measured only with a URL.
     pub postgres: bool,
 }
@@ -58,6 +62,7 @@ impl Plan {
             drain: asked(Only::Drain),
             slow: asked(Only::Slow),
             memory: asked(Only::Memory),
+            formats: asked(Only::Formats),
             postgres: asked(Only::Postgres),
         })
     }
@@ -70,6 +75,7 @@ impl Plan {
             drain: true,
             slow: true,
             memory: true,
+            formats: true,
             postgres: true,
         }
     }
@@ -89,7 +95,7 @@ mod tests {
         for part in [Only::Sqlite, Only::Sustained, Only::Postgres] {
             assert!(Plan::new(&[part], true).unwrap().bare, "{part:?}");
         }
-        for part in [Only::Drain, Only::Slow, Only::Memory] {
+        for part in [Only::Drain, Only::Slow, Only::Memory, Only::Formats] {
             assert!(!Plan::new(&[part], true).unwrap().bare, "{part:?}");
         }
     }
@@ -106,6 +112,7 @@ mod tests {
                 drain: false,
                 slow: true,
                 memory: false,
+                formats: false,
                 postgres: false,
             }
         );

@@ -4,6 +4,7 @@
 
 use crate::delivery::{self, DeliveryLatency};
 use crate::drain::{Drain, PER_CONVERSATION};
+use crate::formats::{self, Formats};
 use crate::harness::Starts;
 use crate::ingest::{Ingest, MANY};
 use crate::memory::{self, Memory};
@@ -46,6 +47,7 @@ pub struct Report {
     pub delivery: Option<SqliteDelivery>,
     pub slow: Option<SlowClients>,
     pub memory: Option<Memory>,
+    pub formats: Option<Formats>,
     pub postgres: Option<Postgres>,
     pub starts: Starts,
     pub relay_bytes: u64,
@@ -163,6 +165,9 @@ impl Report {
         }
         if let Some(memory) = &self.memory {
             rows.extend(memory_rows(memory));
+        }
+        if let Some(formats) = &self.formats {
+            rows.extend(formats_rows(formats));
         }
         if let (Some(postgres), Some(bare)) = (&self.postgres, &self.bare) {
             rows.extend(self.postgres_rows(postgres, bare));
@@ -286,6 +291,7 @@ impl Report {
             (self.delivery.is_some(), "SQLite delivery and drains"),
             (self.slow.is_some(), "slow clients"),
             (self.memory.is_some(), "memory"),
+            (self.formats.is_some(), "training formats"),
             (self.postgres.is_some(), "PostgreSQL ingest and drain"),
         ];
         if parts.iter().all(|(ran, _)| *ran) {
@@ -481,7 +487,7 @@ fn table(f: &mut fmt::Formatter<'_>, ceiling: &str, rows: &[Row]) -> fmt::Result
         relay: "goldrelay".into(),
         ceiling: ceiling.into(),
         ratio: "ratio".into(),
-        target: "target (issues 7, 12, 13, 19)".into(),
+        target: "target (issues 7, 12, 13, 19, 21)".into(),
         verdict: "verdict".into(),
     };
     let mut widths = [0usize; 6];
@@ -581,6 +587,30 @@ fn memory_rows(m: &Memory) -> Vec<Row> {
             .against(format!("{idle_rss:.1} MiB (idle)"), times(rss / idle_rss))
             .goal("< 64 MiB", Goal::Below(64.0), rss),
         readers,
+    ]
+}
+
+/// Peak memory streaming every training format, and how it moved when the
+/// dataset grew [`formats::GROWTH`] times.
+fn formats_rows(f: &Formats) -> Vec<Row> {
+    let (low, high) = Formats::spread(&f.first);
+    let (grown_low, grown_high) = Formats::spread(&f.grown);
+    let label = |n: usize| {
+        format!(
+            "formats: whole export of {n} replies, each of {} formats (peak RSS, VmHWM)",
+            formats::FORMATS.len()
+        )
+    };
+    let growth = grown_high / high;
+    let grown = formats::FIRST * formats::GROWTH;
+    vec![
+        Row::new(label(formats::FIRST), format!("{low:.1}–{high:.1} MiB")),
+        Row::new(label(grown), format!("{grown_low:.1}–{grown_high:.1} MiB"))
+            .against(
+                format!("{high:.1} MiB at {}", formats::FIRST),
+                times(growth),
+            )
+            .goal("< 1.2× at 3× the replies", Goal::Below(1.2), growth),
     ]
 }
 
@@ -820,6 +850,10 @@ mod tests {
                 views_whole: 4,
                 exports_cut: 4,
             }),
+            formats: Some(Formats {
+                first: streamed(44),
+                grown: streamed(50),
+            }),
             postgres: Some(Postgres::Measured(
                 Box::new(ingest(2_000, 6_000)),
                 Box::new(drain(0)),
@@ -876,6 +910,7 @@ mod tests {
             delivery: None,
             slow: None,
             memory: None,
+            formats: None,
             postgres: None,
             ..full()
         };
@@ -903,6 +938,7 @@ mod tests {
             sustained: None,
             delivery: None,
             memory: None,
+            formats: None,
             postgres: None,
             ..full()
         };
@@ -927,6 +963,7 @@ mod tests {
             delivery: None,
             slow: None,
             memory: None,
+            formats: None,
             postgres: Some(Postgres::Failed("connection refused".into())),
             ..full()
         };
@@ -970,6 +1007,45 @@ mod tests {
             ..full()
         };
         assert_eq!(row(&stuck, readers)[5..7], ["all", "**missed**"]);
+    }
+
+    /// Five formats streamed, peaking at `peak_mib` to `peak_mib + 4` MiB.
+    fn streamed(peak_mib: u64) -> [crate::formats::Streamed; 5] {
+        std::array::from_fn(|i| crate::formats::Streamed {
+            lines: 1_000,
+            peak_rss_kib: (peak_mib + i as u64) * 1024,
+        })
+    }
+
+    #[test]
+    fn the_formats_rows_judge_the_growth_of_the_peak() {
+        let row = |report: &Report, starts: &str| -> Vec<String> {
+            let text = report.to_string();
+            let line = text.lines().find(|l| l.starts_with(starts));
+            let line = line.unwrap_or_else(|| panic!("no {starts:?} in {text}"));
+            line.split('|').map(|cell| cell.trim().to_owned()).collect()
+        };
+        let first = "| formats: whole export of 10000 replies";
+        assert_eq!(row(&full(), first)[2], "44.0–48.0 MiB");
+        let grown = "| formats: whole export of 30000 replies";
+        assert_eq!(
+            row(&full(), grown)[2..7],
+            [
+                "50.0–54.0 MiB",
+                "48.0 MiB at 10000",
+                "1.1×",
+                "< 1.2× at 3× the replies",
+                "met"
+            ]
+        );
+        let growing = Report {
+            formats: Some(Formats {
+                first: streamed(44),
+                grown: streamed(88),
+            }),
+            ..full()
+        };
+        assert!(row(&growing, grown)[6].starts_with("**missed**"));
     }
 
     #[test]

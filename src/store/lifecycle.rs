@@ -358,9 +358,7 @@ pub(crate) async fn claim(
     (lease, look_after): (std::time::Duration, std::time::Duration),
     limit: usize,
 ) -> Result<Vec<Job>, StoreError> {
-    let span = |d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-    let until = now.checked_add_signed(span(lease)).unwrap_or(now);
-    let due_again = until.checked_add_signed(span(look_after)).unwrap_or(until);
+    let (until, due_again) = lease_times(now, lease, look_after);
     let mut jobs = tx.due_heads(now, limit).await?;
     for job in &mut jobs {
         tx.lease_job(&job.reply_id, owner, until, due_again).await?;
@@ -372,6 +370,24 @@ pub(crate) async fn claim(
         tx.update_reply(&job.reply_id, &counted).await?;
     }
     Ok(jobs)
+}
+
+/// When a lease taken `now` ends, and when its job is due again after a
+/// further `look_after`; a time past the calendar's end saturates there (a
+/// lease never ends sooner for being absurdly long).
+pub(crate) fn lease_times(
+    now: DateTime<Utc>,
+    lease: std::time::Duration,
+    look_after: std::time::Duration,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    let after = |at: DateTime<Utc>, wait| {
+        chrono::Duration::from_std(wait)
+            .ok()
+            .and_then(|wait| at.checked_add_signed(wait))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    };
+    let until = after(now, lease);
+    (until, after(until, look_after))
 }
 
 /// Removes a reply's job (only while `owner` leases it, when given); the next
@@ -543,4 +559,32 @@ pub(crate) async fn requeue(
         record: stored.record,
         lookup_first: look_first,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_times;
+    use chrono::{DateTime, TimeZone, Utc};
+    use std::time::Duration;
+
+    #[test]
+    fn a_lease_ends_after_its_length_and_saturates_rather_than_ending_at_once() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 6, 12, 0, 0).unwrap();
+        let (until, again) = lease_times(now, Duration::from_secs(30), Duration::from_secs(5));
+        assert_eq!(until, now + chrono::Duration::seconds(30));
+        assert_eq!(again, now + chrono::Duration::seconds(35));
+        let forever = Duration::from_secs(u64::MAX);
+        assert_eq!(
+            lease_times(now, forever, forever),
+            (DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MAX_UTC)
+        );
+        let (until, again) = lease_times(now, Duration::from_secs(30), forever);
+        assert_eq!(
+            (until, again),
+            (
+                now + chrono::Duration::seconds(30),
+                DateTime::<Utc>::MAX_UTC
+            )
+        );
+    }
 }

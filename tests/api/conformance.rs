@@ -1305,6 +1305,21 @@ async fn a_channel_status_moves_only_as_chatwoot_lets_it(store: SharedStore) {
         record_event(&store, &report, t0 + secs(4)).await;
         assert_eq!(channel(&store, "r2").await, expected, "after {status}");
     }
+
+    // A status Chatwoot does not name is one the event did not show: the
+    // status stays, and the reply is marked for reading back from Chatwoot.
+    for marked in stale(&store, due(t0 + secs(5), None)).await {
+        let id = marked.reply_id.to_string();
+        record_read(&store, &id, None, marked.since, None).await;
+    }
+    assert_eq!(stale(&store, due(t0 + secs(6), None)).await, []);
+    let unnamed = channel_report("r2", outgoing(9000, 2), "bogus", None);
+    record_event(&store, &unnamed, t0 + secs(7)).await;
+    assert_eq!(
+        ids_of(&stale(&store, due(t0 + secs(8), None)).await),
+        ["r2"]
+    );
+    assert_eq!(channel(&store, "r2").await, some("failed", Some(error)));
 }
 
 async fn only_an_outgoing_message_in_the_replys_conversation_confirms_it(store: SharedStore) {

@@ -16,9 +16,7 @@ pub(super) async fn in_one_statement(
     (lease, look_after): (Duration, Duration),
     limit: usize,
 ) -> Result<Vec<Job>, StoreError> {
-    let span = |d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-    let until = now.checked_add_signed(span(lease)).unwrap_or(now);
-    let due_again = until.checked_add_signed(span(look_after)).unwrap_or(until);
+    let (until, due_again) = crate::store::lifecycle::lease_times(now, lease, look_after);
     let sql = "WITH picked AS ( \
            SELECT j.seq, j.maybe_sent AS was_maybe_sent FROM delivery_jobs j \
            WHERE j.is_head AND j.due_at <= $1 \

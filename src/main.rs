@@ -2,7 +2,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use goldrelay::config::Settings;
 use goldrelay::dev::{self, DevOptions};
-use goldrelay::domain::Status;
+use goldrelay::domain::{ReplyId, Status};
 use goldrelay::ops;
 use goldrelay::sandbox::{self, SandboxConfig};
 use goldrelay::startup::{shutdown_signal, Application};
@@ -135,14 +135,16 @@ enum RepliesCommand {
     /// Print one reply's full status record as JSON.
     Show {
         /// The reply's reply_id.
-        reply_id: String,
+        #[arg(value_parser = ops::reply_id_arg)]
+        reply_id: ReplyId,
     },
     /// Put a dead reply back in the queue with a fresh attempt budget. It is sent
     /// again without looking for an earlier copy first: if its last_error says an
     /// earlier attempt may have created the message, check the conversation first.
     Retry {
         /// The reply's reply_id.
-        reply_id: String,
+        #[arg(value_parser = ops::reply_id_arg)]
+        reply_id: ReplyId,
         /// Send without looking in the conversation first, even when an
         /// earlier attempt may have created the message (risks a duplicate:
         /// check the conversation before you force).

@@ -43,16 +43,17 @@ pub async fn list(store: &SharedStore, filter: ReplyFilter) -> anyhow::Result<St
     Ok(out)
 }
 
-/// A reply id from the command line; an impossible one names the rule.
-fn parse_reply_id(raw: &str) -> anyhow::Result<ReplyId> {
-    ReplyId::parse(raw).map_err(|rule| anyhow::anyhow!("{raw:?} is not a reply_id: it {rule}"))
+/// A reply id from the command line (clap's parser): an impossible one is
+/// refused before the database is opened, naming the rule.
+pub fn reply_id_arg(raw: &str) -> Result<ReplyId, String> {
+    ReplyId::parse(raw).map_err(|rule| format!("not a reply_id: it {rule}"))
 }
 
 /// `goldrelay replies show ID`: the full status record as JSON.
-pub async fn show(store: &SharedStore, reply_id: &str) -> anyhow::Result<String> {
-    match store.reply(&parse_reply_id(reply_id)?).await? {
+pub async fn show(store: &SharedStore, reply_id: &ReplyId) -> anyhow::Result<String> {
+    match store.reply(reply_id).await? {
         Some(record) => Ok(serde_json::to_string_pretty(&record)? + "\n"),
-        None => bail!("no gold reply has reply_id {reply_id:?}"),
+        None => bail!("no gold reply has reply_id {:?}", reply_id.as_str()),
     }
 }
 
@@ -60,22 +61,20 @@ pub async fn show(store: &SharedStore, reply_id: &str) -> anyhow::Result<String>
 /// queue; whether its next attempt looks in the conversation first.
 pub async fn retry(
     store: &SharedStore,
-    reply_id: &str,
+    reply_id: &ReplyId,
     force: bool,
 ) -> anyhow::Result<(ReplyRecord, bool)> {
-    match store
-        .requeue(&parse_reply_id(reply_id)?, force, Utc::now())
-        .await?
-    {
+    match store.requeue(reply_id, force, Utc::now()).await? {
         Requeued::Queued {
             record,
             lookup_first,
         } => Ok((record, lookup_first)),
         Requeued::NotDead(record) => bail!(
-            "only a dead reply can be retried; {reply_id:?} is {}",
+            "only a dead reply can be retried; {:?} is {}",
+            reply_id.as_str(),
             record.status.as_str()
         ),
-        Requeued::NotFound => bail!("no gold reply has reply_id {reply_id:?}"),
+        Requeued::NotFound => bail!("no gold reply has reply_id {:?}", reply_id.as_str()),
     }
 }
 

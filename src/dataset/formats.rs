@@ -15,7 +15,7 @@ use super::redact::redact;
 use super::split::{split_of, Split};
 use super::verdict::{draft_text, judge, Judgement, Verdict};
 use super::Options;
-use crate::domain::{Action, Status, Turn, TurnRole};
+use crate::domain::{Action, ReplyId, Status, Turn, TurnRole};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -65,7 +65,7 @@ impl Format {
 #[derive(Debug, Deserialize)]
 pub struct RecordView {
     pub cursor: String,
-    pub reply_id: String,
+    pub reply_id: ReplyId,
     pub account_id: i64,
     pub conversation_id: i64,
     pub action: Action,
@@ -105,7 +105,7 @@ struct Message<'a> {
 struct Meta<'a> {
     verdict: Verdict,
     edit_distance: Option<usize>,
-    reply_id: &'a str,
+    reply_id: &'a ReplyId,
     split: Split,
     cursor: &'a str,
 }

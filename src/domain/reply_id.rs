@@ -1,6 +1,6 @@
 //! Support's id for a reply.
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
 const MAX_REPLY_ID_CHARS: usize = 128;
@@ -44,6 +44,16 @@ impl PartialEq<str> for ReplyId {
 impl PartialEq<&str> for ReplyId {
     fn eq(&self, other: &&str) -> bool {
         self.0 == *other
+    }
+}
+
+/// Read back only if it is a reply id: an export line, a CLI argument.
+impl<'de> Deserialize<'de> for ReplyId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(|rule| {
+            serde::de::Error::custom(format!("{raw:?} is not a reply_id: it {rule}"))
+        })
     }
 }
 

@@ -384,6 +384,22 @@ async fn the_replies_commands_list_show_and_retry_against_the_database() {
         .stderr(predicate::str::contains("only a dead reply can be retried"));
 }
 
+#[test]
+fn an_impossible_reply_id_is_refused_before_any_database_is_opened() {
+    for command in ["show", "retry"] {
+        let mut cmd = Command::cargo_bin("goldrelay").unwrap();
+        cmd.env_clear()
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+            .args(["replies", command, "not an id!"])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(
+                "not a reply_id: it may contain only A-Z a-z 0-9 . _ : -",
+            ))
+            .stderr(predicate::str::contains("database").not());
+    }
+}
+
 fn check_config(chatwoot_url: &str, dir: &tempfile::TempDir) -> Command {
     let mut cmd = Command::cargo_bin("goldrelay").unwrap();
     cmd.env_clear()

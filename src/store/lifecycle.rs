@@ -260,6 +260,8 @@ pub(crate) trait Tx: Send {
     /// claimant is skipped).
     async fn due_heads(&mut self, now: DateTime<Utc>, limit: usize)
         -> Result<Vec<Job>, StoreError>;
+    /// Counts one more attempt on a reply; the count now.
+    async fn count_attempt(&mut self, reply_id: &ReplyId) -> Result<i64, StoreError>;
     /// Leases a reply's job to `owner` until `until`, marks it maybe sent, and
     /// makes it due again at `due_again`.
     async fn lease_job(
@@ -362,12 +364,8 @@ pub(crate) async fn claim(
     let mut jobs = tx.due_heads(now, limit).await?;
     for job in &mut jobs {
         tx.lease_job(&job.reply_id, owner, until, due_again).await?;
-        job.attempt += 1;
-        let counted = ReplyChange {
-            attempts: Some(job.attempt),
-            ..ReplyChange::default()
-        };
-        tx.update_reply(&job.reply_id, &counted).await?;
+        // Counted in place, not written from the count read above.
+        job.attempt = tx.count_attempt(&job.reply_id).await?;
     }
     Ok(jobs)
 }

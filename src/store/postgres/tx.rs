@@ -216,6 +216,16 @@ impl Tx for PgTx<'_> {
         Ok(rows.iter().map(row::job).collect::<Result<_, _>>()?)
     }
 
+    async fn count_attempt(&mut self, reply_id: &ReplyId) -> Result<i64, StoreError> {
+        let attempts: i32 = sqlx::query_scalar(
+            "UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = $1 RETURNING attempts",
+        )
+        .bind(reply_id.as_str())
+        .fetch_one(&mut *self.0)
+        .await?;
+        Ok(attempts.into())
+    }
+
     async fn lease_job(
         &mut self,
         reply_id: &ReplyId,

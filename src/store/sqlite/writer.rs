@@ -344,6 +344,16 @@ impl Tx for SqliteTx<'_> {
         Ok(jobs)
     }
 
+    async fn count_attempt(&mut self, reply_id: &ReplyId) -> Result<i64, StoreError> {
+        Ok(self
+            .0
+            .prepare_cached(
+                "UPDATE gold_replies SET attempts = attempts + 1 WHERE reply_id = ?1 \
+                 RETURNING attempts",
+            )?
+            .query_row([reply_id.as_str()], |row| row.get(0))?)
+    }
+
     async fn lease_job(
         &mut self,
         reply_id: &ReplyId,

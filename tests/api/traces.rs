@@ -248,6 +248,14 @@ async fn each_reply_is_one_trace_from_its_post_through_its_attempts_to_its_webho
         ..Faults::default()
     });
     relay.api.accept(&with_draft("gr-traced", 61)).await;
+    // Only once that 503 is spent may the second reply go: its create could
+    // otherwise be the one that takes it.
+    relay
+        .api
+        .wait_until("gr-traced", "a failed attempt", PATIENCE, |r| {
+            !r["last_error"].is_null()
+        })
+        .await;
     let support = format!("00-{SUPPORT_TRACE}-{SUPPORT_SPAN}-01");
     let continued = relay
         .api

@@ -4,6 +4,7 @@
 mod liquid;
 mod lookup;
 mod messages;
+pub mod webhook_policy;
 
 pub use liquid::as_sent;
 pub use lookup::{Lookup, Search, Wanted, MAX_LOOKUP_PAGES};

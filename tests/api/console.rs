@@ -7,14 +7,13 @@
 pub(crate) mod cdp;
 
 use crate::export::VIEWER_TOKEN;
-use crate::helpers::{creates_of, reply, spawn_app_with, TestApp, OPERATOR_TOKEN, PATIENCE};
+use crate::helpers::browser::{
+    chatwoot_page, console_url, decision, screenshot_path, spawn_console, ChatwootOrigin,
+};
+use crate::helpers::{creates_of, reply, OPERATOR_TOKEN, PATIENCE};
 use cdp::{chromium, Browser, Tab};
-use goldrelay::sandbox::SandboxConfig;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 #[test]
 fn browser_tests_find_chromium_wherever_they_are_required() {
@@ -71,37 +70,6 @@ async fn the_console_is_served_with_a_strict_policy_that_lets_chatwoot_frame_it(
     crate::helpers::assert_problem(missing, 404).await;
 }
 
-async fn spawn_console(tweak: impl FnOnce(&mut goldrelay::config::Settings)) -> TestApp {
-    spawn_app_with(SandboxConfig::default(), |s| {
-        s.viewer_tokens = vec![VIEWER_TOKEN.into()];
-        tweak(s);
-    })
-    .await
-}
-
-/// Where screenshots go: `docs/` when `GOLDRELAY_SCREENSHOTS=1` (to refresh
-/// the README's), a scratch directory otherwise.
-fn screenshot_path(name: &str) -> PathBuf {
-    let dir = if std::env::var("GOLDRELAY_SCREENSHOTS").is_ok_and(|v| v == "1") {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs")
-    } else {
-        std::env::temp_dir()
-    };
-    dir.join(name)
-}
-
-fn console_url(app: &TestApp, fragment: &str) -> String {
-    format!("{}/console/#{fragment}", app.api.address)
-}
-
-/// A decision that is stored but not sent.
-fn decision(reply_id: &str, conversation_id: i64, action: &str, content: &str) -> Value {
-    json!({
-        "reply_id": reply_id, "account_id": 1, "conversation_id": conversation_id,
-        "action": action, "content": content, "approved_by": "priya@example.com",
-    })
-}
-
 /// `[reply_id, status]` of every card in the conversation view, in page order.
 const CARDS: &str = "[...document.querySelectorAll('#replies .card')]\
      .map(c => [c.dataset.replyId, c.querySelector('.status').textContent])";
@@ -123,7 +91,9 @@ async fn the_conversation_view_lists_a_conversations_replies_in_order_with_their
 
     let browser = Browser::launch().await;
     let fragment = format!("token={VIEWER_TOKEN}&account=1&conversation=7");
-    let tab = browser.open(&console_url(&app, &fragment), 420, 900).await;
+    let tab = browser
+        .open(&console_url(&app.api.address, &fragment), 420, 900)
+        .await;
     tab.wait_for("document.querySelectorAll('#replies .card').length === 4")
         .await;
     let expected: Vec<Value> = {
@@ -169,7 +139,9 @@ async fn a_reply_containing_markup_shows_the_markup_and_runs_nothing() {
         .await;
     let browser = Browser::launch().await;
     let fragment = format!("token={VIEWER_TOKEN}&account=1&conversation=9");
-    let tab = browser.open(&console_url(&app, &fragment), 800, 600).await;
+    let tab = browser
+        .open(&console_url(&app.api.address, &fragment), 800, 600)
+        .await;
     tab.wait_for("document.querySelector('[data-reply-id=\"xss-1\"]') !== null")
         .await;
     let shown = tab
@@ -181,53 +153,11 @@ async fn a_reply_containing_markup_shows_the_markup_and_runs_nothing() {
     assert_eq!(browser.dialogs(), Vec::<Value>::new(), "a dialog opened");
 }
 
-/// A page like Chatwoot's conversation screen: it frames the console and
-/// answers `chatwoot-dashboard-app:fetch-info` with the conversation shown.
-fn chatwoot_page(console: &str) -> String {
-    format!(
-        r#"<!doctype html><html><body style="margin:0;display:flex">
-<div style="flex:1;padding:16px;font:14px sans-serif">Chatwoot conversation</div>
-<iframe id="app" src="{console}" style="width:400px;height:860px;border:0;border-left:1px solid #ccc"></iframe>
-<script>
-window.asked = 0;
-var current = 11;
-function context(id) {{
-  return JSON.stringify({{ event: 'appContext', data: {{
-    conversation: {{ id: id, account_id: 1, inbox_id: 1, status: 'open' }},
-    contact: {{ id: 5, name: 'Ann' }}, currentAgent: {{ id: 1, name: 'Priya' }} }} }});
-}}
-window.addEventListener('message', function (e) {{
-  if (e.data === 'chatwoot-dashboard-app:fetch-info') {{ window.asked += 1; e.source.postMessage(context(current), '*'); }}
-}});
-window.switchTo = function (id) {{ current = id; document.getElementById('app').contentWindow.postMessage(context(id), '*'); return true; }};
-</script></body></html>"#
-    )
-}
-
-/// Serves `page` to every request, as the framing "Chatwoot" origin.
-async fn serve_page(listener: TcpListener, page: String) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            return;
-        };
-        let page = page.clone();
-        tokio::spawn(async move {
-            let mut head = vec![0u8; 4096];
-            let _ = socket.read(&mut head).await;
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-                page.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
-        });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "drives headless Chromium (apt-get install chromium); CI runs it with --include-ignored"]
 async fn as_a_chatwoot_dashboard_app_it_shows_the_agents_conversation_and_follows_a_switch() {
-    let chatwoot = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", chatwoot.local_addr().unwrap());
+    let chatwoot = ChatwootOrigin::bind().await;
+    let origin = chatwoot.origin.clone();
     // Chatwoot's origin is the one frame-ancestors lets frame the console.
     let app = spawn_console(|s| s.chatwoot_base_url = origin.parse().unwrap()).await;
     app.api
@@ -236,8 +166,8 @@ async fn as_a_chatwoot_dashboard_app_it_shows_the_agents_conversation_and_follow
     app.api
         .accept(&decision("ctx-12", 12, "reject", "Hello from 12"))
         .await;
-    let console = console_url(&app, &format!("token={VIEWER_TOKEN}"));
-    tokio::spawn(serve_page(chatwoot, chatwoot_page(&console)));
+    let console = console_url(&app.api.address, &format!("token={VIEWER_TOKEN}"));
+    chatwoot.serve(chatwoot_page(&console));
 
     let browser = Browser::launch().await;
     let tab = browser.open(&format!("{origin}/"), 900, 860).await;
@@ -298,13 +228,17 @@ async fn a_viewer_token_cannot_retry_a_dead_reply_and_an_operator_token_can() {
     let browser = Browser::launch().await;
 
     let viewer = format!("token={VIEWER_TOKEN}&view=operator");
-    let tab = browser.open(&console_url(&app, &viewer), 1100, 700).await;
+    let tab = browser
+        .open(&console_url(&app.api.address, &viewer), 1100, 700)
+        .await;
     let refused = retry_through_the_page(&tab, "dead-1").await;
     assert!(refused.contains("may not retry"), "{refused}");
     assert_eq!(app.api.record("dead-1").await["status"], "dead");
 
     let operator = format!("token={OPERATOR_TOKEN}&view=operator");
-    let tab = browser.open(&console_url(&app, &operator), 1100, 700).await;
+    let tab = browser
+        .open(&console_url(&app.api.address, &operator), 1100, 700)
+        .await;
     tab.wait_for("document.querySelector('#health').textContent.includes('ok')")
         .await;
     tab.screenshot(&screenshot_path("console-operator.png"))

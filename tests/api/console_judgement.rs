@@ -8,27 +8,22 @@
 
 use crate::console::cdp::Browser;
 use crate::export::VIEWER_TOKEN;
-use crate::helpers::{
-    assert_problem, database_url, error_fields, spawn_app_with, TestApp, OPERATOR_TOKEN,
-};
+use crate::helpers::browser::{console_url, screenshot_path, ChatwootOrigin};
+use crate::helpers::{assert_problem, database_url, error_fields, TestApp, OPERATOR_TOKEN};
 use chrono::{DateTime, Days, Utc};
 use goldrelay::config::{BearerToken, DatabaseUrl};
 use goldrelay::domain::{GoldReply, ReplyId};
-use goldrelay::sandbox::SandboxConfig;
 use goldrelay::store::{Outcome, SharedStore};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// A viewer token bound to account 2.
 const BOUND_VIEWER: &str = "bound-viewer-token-0123456789abcdefghij";
 
 async fn spawn_console(database: Option<DatabaseUrl>, chatwoot: Option<&str>) -> TestApp {
-    spawn_app_with(SandboxConfig::default(), |s| {
-        s.viewer_tokens = vec![VIEWER_TOKEN.into(), BearerToken::bound(2, BOUND_VIEWER)];
+    crate::helpers::browser::spawn_console(|s| {
+        s.viewer_tokens.push(BearerToken::bound(2, BOUND_VIEWER));
         if let Some(url) = database {
             s.database_url = url;
         }
@@ -39,27 +34,11 @@ async fn spawn_console(database: Option<DatabaseUrl>, chatwoot: Option<&str>) ->
     .await
 }
 
-/// `docs/images/<name>` with `GOLDRELAY_SCREENSHOTS=1`, a scratch file otherwise.
-fn screenshot_path(name: &str) -> PathBuf {
-    if std::env::var("GOLDRELAY_SCREENSHOTS").is_ok_and(|v| v == "1") {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/images");
-        std::fs::create_dir_all(&dir).unwrap();
-        return dir.join(name);
-    }
-    std::env::temp_dir().join(format!("goldrelay-{}-{name}", std::process::id()))
-}
-
 /// A stored-only decision on a draft (`draft: None`: sent without one).
 fn decision(reply_id: &str, action: &str, draft: Option<&str>, content: &str) -> Value {
-    json!({
-        "reply_id": reply_id, "account_id": 1, "conversation_id": 21,
-        "action": action, "content": content, "approved_by": "priya@example.com",
-        "draft": draft.map(|text| json!({ "text": text, "model": "m-1" })),
-    })
-}
-
-fn console_url(app: &TestApp, fragment: &str) -> String {
-    format!("{}/console/#{fragment}", app.api.address)
+    let mut body = crate::helpers::browser::decision(reply_id, 21, action, content);
+    body["draft"] = json!(draft.map(|text| json!({ "text": text, "model": "m-1" })));
+    body
 }
 
 // ------------------------------------------------------------ the diff
@@ -99,7 +78,9 @@ async fn each_reply_shows_its_draft_beside_the_approved_text_with_the_changed_wo
     }
     let browser = Browser::launch().await;
     let fragment = format!("token={VIEWER_TOKEN}&account=1&conversation=21");
-    let tab = browser.open(&console_url(&app, &fragment), 900, 1100).await;
+    let tab = browser
+        .open(&console_url(&app.api.address, &fragment), 900, 1100)
+        .await;
     tab.wait_for("document.querySelectorAll('#replies .card').length === 5")
         .await;
 
@@ -162,7 +143,7 @@ async fn each_reply_shows_its_draft_beside_the_approved_text_with_the_changed_wo
             .await,
         0
     );
-    tab.screenshot(&screenshot_path("console-judgement.png"))
+    tab.screenshot(&screenshot_path("images/console-judgement.png"))
         .await;
 }
 
@@ -171,7 +152,9 @@ async fn each_reply_shows_its_draft_beside_the_approved_text_with_the_changed_wo
 async fn the_word_diff_marks_the_fewest_words_and_keeps_every_character() {
     let app = spawn_console(None, None).await;
     let browser = Browser::launch().await;
-    let tab = browser.open(&console_url(&app, ""), 400, 300).await;
+    let tab = browser
+        .open(&console_url(&app.api.address, ""), 400, 300)
+        .await;
     // [before, after, removed, added]
     let cases = json!([
         ["a b c", "a b c", [], []],
@@ -507,10 +490,14 @@ async fn the_console_reads_each_drafts_text_where_the_fragments_draft_field_says
     let browser = Browser::launch().await;
     let verdict = "document.querySelector('[data-reply-id=\"nested-1\"] .verdict')?.textContent";
     let fragment = format!("token={VIEWER_TOKEN}&account=1&conversation=21");
-    let tab = browser.open(&console_url(&app, &fragment), 800, 600).await;
+    let tab = browser
+        .open(&console_url(&app.api.address, &fragment), 800, 600)
+        .await;
     assert_eq!(tab.wait_for(verdict).await, "edited");
     let named = format!("{fragment}&draft_field=output.text");
-    let tab = browser.open(&console_url(&app, &named), 800, 600).await;
+    let tab = browser
+        .open(&console_url(&app.api.address, &named), 800, 600)
+        .await;
     assert_eq!(tab.wait_for(verdict).await, "approved as drafted");
     assert_eq!(
         tab.eval(&texts_in("nested-1", ".side-label")).await,
@@ -531,7 +518,7 @@ async fn the_summary_view_draws_its_charts_from_the_periods_decisions() {
     let browser = Browser::launch().await;
     let fragment = format!("token={VIEWER_TOKEN}&view=summary&account=1");
     let tab = browser
-        .open(&console_url(&app, &fragment), 1000, 1150)
+        .open(&console_url(&app.api.address, &fragment), 1000, 1150)
         .await;
     tab.wait_for("document.querySelectorAll('#chart-days rect[data-verdict]').length > 0")
         .await;
@@ -599,7 +586,7 @@ async fn the_summary_view_draws_its_charts_from_the_periods_decisions() {
             .await,
         3
     );
-    tab.screenshot(&screenshot_path("console-summary.png"))
+    tab.screenshot(&screenshot_path("images/console-summary.png"))
         .await;
 
     // A narrower period, asked through the form.
@@ -639,26 +626,11 @@ window.addEventListener('message', function (e) {{
     )
 }
 
-async fn serve_page(listener: TcpListener, page: String) {
-    while let Ok((mut socket, _)) = listener.accept().await {
-        let page = page.clone();
-        tokio::spawn(async move {
-            let mut head = vec![0u8; 4096];
-            let _ = socket.read(&mut head).await;
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-                page.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
-        });
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "drives headless Chromium (apt-get install chromium); CI runs it with --include-ignored"]
 async fn inside_chatwoot_the_console_takes_the_dark_theme_its_app_context_carries() {
-    let chatwoot = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", chatwoot.local_addr().unwrap());
+    let chatwoot = ChatwootOrigin::bind().await;
+    let origin = chatwoot.origin.clone();
     let app = spawn_console(None, Some(&origin)).await;
     app.api
         .accept(&decision(
@@ -668,8 +640,8 @@ async fn inside_chatwoot_the_console_takes_the_dark_theme_its_app_context_carrie
             "Your parcel shipped today.",
         ))
         .await;
-    let console = console_url(&app, &format!("token={VIEWER_TOKEN}"));
-    tokio::spawn(serve_page(chatwoot, themed_chatwoot_page(&console, "dark")));
+    let console = console_url(&app.api.address, &format!("token={VIEWER_TOKEN}"));
+    chatwoot.serve(themed_chatwoot_page(&console, "dark"));
 
     let browser = Browser::launch().await;
     let tab = browser.open(&format!("{origin}/"), 900, 800).await;
@@ -698,14 +670,14 @@ async fn inside_chatwoot_the_console_takes_the_dark_theme_its_app_context_carrie
         )
         .await;
     assert_eq!(card, "rgb(22, 27, 34)");
-    tab.screenshot(&screenshot_path("console-judgement-dark.png"))
+    tab.screenshot(&screenshot_path("images/console-judgement-dark.png"))
         .await;
 
     // Outside a frame no message changes the theme: the page is its own
     // parent. The test's listener, added last, runs after the console's.
     let alone = browser
         .open(
-            &console_url(&app, &format!("token={VIEWER_TOKEN}")),
+            &console_url(&app.api.address, &format!("token={VIEWER_TOKEN}")),
             600,
             400,
         )

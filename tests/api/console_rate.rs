@@ -10,17 +10,16 @@
 
 use crate::console::cdp::{Browser, Tab};
 use crate::export::VIEWER_TOKEN;
-use crate::helpers::{spawn_app_with, TestApp, PATIENCE};
+use crate::helpers::browser::{
+    chatwoot_page, console_url, decision, spawn_console, ChatwootOrigin,
+};
+use crate::helpers::{TestApp, PATIENCE};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use goldrelay::config::Settings;
-use goldrelay::sandbox::SandboxConfig;
-use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// One API request as the proxy saw it.
 #[derive(Debug, Clone)]
@@ -85,6 +84,22 @@ impl Proxy {
 
     fn seen(&self) -> Vec<Seen> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The console kept quiet after every 429 and, once the wait after
+    /// `refused` was over, sent exactly one request.
+    fn assert_one_request_after(&self, refused: &Seen) {
+        let seen = self.seen();
+        assert_quiet_after_every_429(&seen);
+        let after: Vec<_> = seen
+            .iter()
+            .filter(|s| s.arrived > refused.answered)
+            .collect();
+        assert_eq!(
+            after.len(),
+            1,
+            "one request once the wait was over: {after:?}"
+        );
     }
 
     /// Waits until an API request answered `status` arrived after `after`.
@@ -200,8 +215,7 @@ fn assert_quiet_after_every_429(seen: &[Seen]) {
 }
 
 async fn spawn_rated(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    spawn_app_with(SandboxConfig::default(), |s| {
-        s.viewer_tokens = vec![VIEWER_TOKEN.into()];
+    spawn_console(|s| {
         s.token_rate = 1;
         tweak(s);
     })
@@ -210,10 +224,7 @@ async fn spawn_rated(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// A decision that is stored and never sent.
 async fn rejected(app: &TestApp, reply_id: &str, conversation_id: i64) {
-    let body = json!({
-        "reply_id": reply_id, "account_id": 1, "conversation_id": conversation_id,
-        "action": "reject", "content": "No.", "approved_by": "priya@example.com",
-    });
+    let body = decision(reply_id, conversation_id, "reject", "No.");
     app.api.accept(&body).await;
 }
 
@@ -262,10 +273,8 @@ async fn a_throttled_console_sends_nothing_before_retry_after_and_then_shows_the
     rejected(&app, "rate-1", 7).await;
     let proxy = Proxy::start(&app, None);
     let browser = Browser::launch().await;
-    let url = format!(
-        "{}/console/#token={VIEWER_TOKEN}&account=1&conversation=7",
-        proxy.address
-    );
+    let fragment = format!("token={VIEWER_TOKEN}&account=1&conversation=7");
+    let url = console_url(&proxy.address, &fragment);
     let tab = browser.open(&url, 800, 600).await;
     tab.wait_for(&format!("{CARDS} === 1")).await;
     tab.eval(&format!(
@@ -287,55 +296,8 @@ async fn a_throttled_console_sends_nothing_before_retry_after_and_then_shows_the
     let shown = proxy.wait_for_answer(200, refused.answered).await;
     tab.wait_for(&format!("{CARDS} === 1 && {MESSAGE} === ''"))
         .await;
-    let seen = proxy.seen();
-    assert_quiet_after_every_429(&seen);
-    let after: Vec<_> = seen
-        .iter()
-        .filter(|s| s.arrived > refused.answered)
-        .collect();
-    assert_eq!(
-        after.len(),
-        1,
-        "one request once the wait was over: {after:?}"
-    );
+    proxy.assert_one_request_after(&refused);
     assert!(shown.path.contains("/conversations/7/"), "{}", shown.path);
-}
-
-/// A page like Chatwoot's conversation screen: it frames the console and
-/// answers `chatwoot-dashboard-app:fetch-info` with the conversation shown,
-/// counting how often it was asked.
-fn chatwoot_page(console: &str) -> String {
-    format!(
-        r#"<!doctype html><html><body>
-<iframe id="app" src="{console}" style="width:400px;height:600px"></iframe>
-<script>
-window.asked = 0;
-var current = 11;
-function context(id) {{
-  return JSON.stringify({{ event: 'appContext', data: {{ conversation: {{ id: id, account_id: 1 }} }} }});
-}}
-window.addEventListener('message', function (e) {{
-  if (e.data === 'chatwoot-dashboard-app:fetch-info') {{ window.asked += 1; e.source.postMessage(context(current), '*'); }}
-}});
-window.switchTo = function (id) {{ current = id; document.getElementById('app').contentWindow.postMessage(context(id), '*'); return true; }};
-</script></body></html>"#
-    )
-}
-
-/// Serves `page` to every request, as the framing "Chatwoot" origin.
-async fn serve_page(listener: TcpListener, page: String) {
-    while let Ok((mut socket, _)) = listener.accept().await {
-        let page = page.clone();
-        tokio::spawn(async move {
-            let mut head = vec![0u8; 4096];
-            let _ = socket.read(&mut head).await;
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
-                page.len()
-            );
-            let _ = socket.write_all(answer.as_bytes()).await;
-        });
-    }
 }
 
 /// How often the Chatwoot page was asked for its context.
@@ -346,15 +308,15 @@ async fn asked(tab: &Tab<'_>) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "drives headless Chromium (apt-get install chromium); CI runs it with --include-ignored"]
 async fn as_a_dashboard_app_the_console_does_not_refetch_every_3_s_shown_or_throttled() {
-    let chatwoot = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", chatwoot.local_addr().unwrap());
+    let chatwoot = ChatwootOrigin::bind().await;
+    let origin = chatwoot.origin.clone();
     let app = spawn_rated(|s| s.chatwoot_base_url = origin.parse().unwrap()).await;
     rejected(&app, "rate-12", 12).await;
     // Goldrelay's Retry-After is 1 s at this rate; 4 s shows it is the
     // server's word the console waits for, not a guess of its own.
     let proxy = Proxy::start(&app, Some(4));
-    let console = format!("{}/console/#token={VIEWER_TOKEN}", proxy.address);
-    tokio::spawn(serve_page(chatwoot, chatwoot_page(&console)));
+    let console = console_url(&proxy.address, &format!("token={VIEWER_TOKEN}"));
+    chatwoot.serve(chatwoot_page(&console));
     let browser = Browser::launch().await;
     let tab = browser.open(&format!("{origin}/"), 900, 700).await;
     let frame = tab.child_frame().await;
@@ -389,17 +351,7 @@ async fn as_a_dashboard_app_the_console_does_not_refetch_every_3_s_shown_or_thro
         asked(&tab).await > while_throttled,
         "Chatwoot was not asked while the console waited"
     );
-    let seen = proxy.seen();
-    assert_quiet_after_every_429(&seen);
-    let after: Vec<_> = seen
-        .iter()
-        .filter(|s| s.arrived > refused.answered)
-        .collect();
-    assert_eq!(
-        after.len(),
-        1,
-        "one request once the wait was over: {after:?}"
-    );
+    proxy.assert_one_request_after(&refused);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,10 +362,8 @@ async fn after_each_429_in_a_row_the_console_waits_twice_as_long_at_least() {
     // Three refusals, each asking for 1 s: the console waits 1, 2, then 4 s.
     let proxy = Proxy::refusing(&app, None, 3);
     let browser = Browser::launch().await;
-    let url = format!(
-        "{}/console/#token={VIEWER_TOKEN}&account=1&conversation=7",
-        proxy.address
-    );
+    let fragment = format!("token={VIEWER_TOKEN}&account=1&conversation=7");
+    let url = console_url(&proxy.address, &fragment);
     let opened = Instant::now();
     let tab = browser.open(&url, 800, 600).await;
     let patience = Duration::from_secs(30);

@@ -1,6 +1,7 @@
 //! Spawns a real goldrelay on a random port, with a temporary SQLite database
 //! and a sandbox Chatwoot as its peer, and talks to it over HTTP.
 
+pub mod browser;
 pub mod postgres;
 pub mod relay;
 

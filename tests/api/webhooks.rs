@@ -453,17 +453,7 @@ async fn a_marker_on_a_message_that_is_not_the_replys_changes_nothing_and_is_cou
     assert_eq!(record["status"], "delivered", "{record}");
     assert_eq!(record["chatwoot_message_id"], ours);
     assert!(record["channel_status"].is_null(), "{record}");
-    let metrics = app
-        .api
-        .client
-        .get(format!("{}/metrics", app.api.address))
-        .bearer_auth(crate::helpers::OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("goldrelay_webhook_mismatches_total 5"),
         "{metrics}"

@@ -69,6 +69,26 @@ impl SendError {
             SendError::TokenRefused { .. } => Some(401),
         }
     }
+
+    /// The same error once a lookup has proven the request created no
+    /// message: a transient one is no longer `maybe_created`.
+    #[must_use]
+    pub fn proven_not_created(self) -> Self {
+        match self {
+            SendError::Transient {
+                status,
+                retry_after,
+                detail,
+                ..
+            } => SendError::Transient {
+                status,
+                retry_after,
+                maybe_created: false,
+                detail,
+            },
+            other => other,
+        }
+    }
 }
 
 /// A client for one Chatwoot installation.

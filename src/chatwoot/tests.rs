@@ -29,6 +29,37 @@ fn the_flood_guard_is_transient_but_other_validation_failures_are_permanent() {
 }
 
 #[test]
+fn a_lookup_that_proves_nothing_was_created_clears_maybe_created_and_keeps_the_rest() {
+    let unsure = SendError::Transient {
+        status: Some(422),
+        retry_after: Some(Duration::from_secs(7)),
+        maybe_created: true,
+        detail: "Redis::CannotConnectError".into(),
+    };
+    let SendError::Transient {
+        status,
+        retry_after,
+        maybe_created,
+        detail,
+    } = unsure.proven_not_created()
+    else {
+        panic!("a transient error stays transient");
+    };
+    assert_eq!(status, Some(422));
+    assert_eq!(retry_after, Some(Duration::from_secs(7)));
+    assert!(!maybe_created);
+    assert_eq!(detail, "Redis::CannotConnectError");
+    let refused = SendError::Permanent {
+        status: 422,
+        detail: "Content is too long".into(),
+    };
+    assert!(matches!(
+        refused.proven_not_created(),
+        SendError::Permanent { status: 422, .. }
+    ));
+}
+
+#[test]
 fn a_422_raised_after_the_commit_and_a_5xx_may_have_created_the_message() {
     let h = HeaderMap::new();
     let redis = r#"{"error":"Redis::CannotConnectError: Error connecting to Redis"}"#;

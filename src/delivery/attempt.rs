@@ -159,20 +159,7 @@ impl Worker {
                 Outcome::Delivered { message_id }
             }
             Ok(Lookup::Absent) => {
-                let refused = match error {
-                    SendError::Transient {
-                        status,
-                        retry_after,
-                        detail,
-                        ..
-                    } => SendError::Transient {
-                        status,
-                        retry_after,
-                        maybe_created: false,
-                        detail,
-                    },
-                    other => other,
-                };
+                let refused = error.proven_not_created();
                 // Proven absent: whatever was refused sent nothing.
                 let job = Job {
                     maybe_sent: false,

@@ -1454,20 +1454,7 @@ impl World {
             },
             (Purpose::Earlier, Err(e)) => self.failed(inst, &job, e, Step::Lookup),
             (Purpose::After422(error), Ok(Lookup::Absent)) => {
-                let refused = match error {
-                    SendError::Transient {
-                        status,
-                        retry_after,
-                        detail,
-                        ..
-                    } => SendError::Transient {
-                        status,
-                        retry_after,
-                        maybe_created: false,
-                        detail,
-                    },
-                    other => other,
-                };
+                let refused = error.proven_not_created();
                 let job = Job {
                     maybe_sent: false,
                     ..job

@@ -58,7 +58,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Support token to accept (at least 32 characters); generated when absent.
-        #[arg(long, env = "GOLDRELAY_DEV_TOKEN")]
+        #[arg(long, env = "GOLDRELAY_DEV_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// Where the dev database lives.
         #[arg(long, default_value = ".goldrelay")]
@@ -110,7 +110,7 @@ enum Command {
         #[arg(long)]
         webhook_url: Option<String>,
         /// Secret for signing webhook events (unsigned without one).
-        #[arg(long, env = "SANDBOX_WEBHOOK_SECRET")]
+        #[arg(long, env = "SANDBOX_WEBHOOK_SECRET", hide_env_values = true)]
         webhook_secret: Option<String>,
     },
 }
@@ -138,9 +138,9 @@ enum RepliesCommand {
         #[arg(value_parser = ops::reply_id_arg)]
         reply_id: ReplyId,
     },
-    /// Put a dead reply back in the queue with a fresh attempt budget. It is sent
-    /// again without looking for an earlier copy first: if its last_error says an
-    /// earlier attempt may have created the message, check the conversation first.
+    /// Put a dead reply back in the queue with a fresh attempt budget. If an
+    /// earlier attempt may have created the message, the conversation is looked
+    /// up first and the reply is sent only if its message is not there.
     Retry {
         /// The reply's reply_id.
         #[arg(value_parser = ops::reply_id_arg)]

@@ -400,6 +400,82 @@ fn an_impossible_reply_id_is_refused_before_any_database_is_opened() {
     }
 }
 
+/// The subcommands `goldrelay [PATH] --help` lists, each as its path.
+fn subcommands(path: &[&str]) -> Vec<Vec<String>> {
+    let out = Command::cargo_bin("goldrelay")
+        .unwrap()
+        .args(path)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let listed = help
+        .split("Commands:")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .unwrap_or("");
+    let mut paths = Vec::new();
+    // A name is indented two spaces; a wrapped description, further.
+    let names = listed
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next());
+    for name in names {
+        if name == "help" {
+            continue;
+        }
+        let mut sub: Vec<String> = path.iter().map(|p| (*p).to_owned()).collect();
+        sub.push(name.to_owned());
+        let nested: Vec<&str> = sub.iter().map(String::as_str).collect();
+        paths.extend(subcommands(&nested));
+        paths.push(sub);
+    }
+    paths
+}
+
+#[test]
+fn no_help_screen_shows_a_secret_set_in_the_environment() {
+    const MARK: &str = "help-secret-0123456789abcdefghijklmnopq";
+    let secrets = [
+        ("GOLDRELAY_TOKENS", MARK.to_owned()),
+        ("GOLDRELAY_OPERATOR_TOKENS", MARK.to_owned()),
+        ("GOLDRELAY_VIEWER_TOKENS", MARK.to_owned()),
+        ("GOLDRELAY_WEBHOOK_PATH_TOKEN", MARK.to_owned()),
+        ("GOLDRELAY_DEV_TOKEN", MARK.to_owned()),
+        ("CHATWOOT_API_TOKEN", MARK.to_owned()),
+        ("CHATWOOT_WEBHOOK_SECRETS", MARK.to_owned()),
+        ("SANDBOX_WEBHOOK_SECRET", MARK.to_owned()),
+        (
+            "DATABASE_URL",
+            format!("postgres://goldrelay:{MARK}@db/goldrelay"),
+        ),
+    ];
+    let paths = subcommands(&[]);
+    let names: Vec<String> = paths.iter().map(|p| p.join(" ")).collect();
+    for expected in ["dev", "sandbox", "serve", "replies retry"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    let mut shown = String::new();
+    for path in &paths {
+        let out = Command::cargo_bin("goldrelay")
+            .unwrap()
+            .env_clear()
+            .envs(secrets.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{path:?}");
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(!help.contains(MARK), "goldrelay {path:?} --help:\n{help}");
+        shown.push_str(&help);
+    }
+    // The screens that read a secret from the environment still name it.
+    for named in ["GOLDRELAY_DEV_TOKEN", "SANDBOX_WEBHOOK_SECRET"] {
+        assert!(shown.contains(named), "no help names {named}");
+    }
+}
+
 fn check_config(chatwoot_url: &str, dir: &tempfile::TempDir) -> Command {
     let mut cmd = Command::cargo_bin("goldrelay").unwrap();
     cmd.env_clear()

@@ -4,6 +4,7 @@ use crate::chatwoot::{ChatwootClient, SendError};
 use crate::config::Settings;
 use crate::dataset;
 use crate::domain::{ReplyId, Status, UnknownStatus};
+use crate::store::schema::{self, Schema};
 use crate::store::{self, export_lines, Cursor, ReplyFilter, ReplyRecord, Requeued, SharedStore};
 use anyhow::{bail, Context};
 use chrono::Utc;
@@ -13,9 +14,25 @@ use std::io::{IsTerminal, Write};
 
 mod pitfalls;
 
-/// Opens the store `DATABASE_URL` names, as `serve` would.
+/// Opens the store `DATABASE_URL` names, only if its schema is this build's:
+/// an operator's command never creates or migrates the database it inspects.
 pub async fn open_store() -> anyhow::Result<SharedStore> {
     let url = Settings::database_url_from_env()?;
+    let schema = schema::inspect(&url)
+        .await
+        .with_context(|| format!("could not open the database at {url}"))?;
+    match schema {
+        Schema::Current => {}
+        Schema::Missing | Schema::Empty => {
+            bail!("the database at {url} {schema}: check DATABASE_URL")
+        }
+        Schema::Behind(_) => bail!(
+            "the database at {url} {schema}: use the goldrelay that serves it, or migrate it first (goldrelay migrate)"
+        ),
+        Schema::Newer(_) | Schema::Altered(_) | Schema::Unfinished(_) => {
+            bail!("the database at {url} {schema}: use the goldrelay that serves it")
+        }
+    }
     store::open(&url)
         .await
         .with_context(|| format!("could not open the database at {url}"))
@@ -250,19 +267,27 @@ fn public_url(lookup: impl Fn(&str) -> Option<String>) -> Result<Option<reqwest:
     }
 }
 
+/// Reads the database's schema and changes nothing: run before a deploy, a
+/// migration here would reach production ahead of the code that expects it.
 async fn check_database(settings: &Settings) -> Check {
-    let opened = store::open(&settings.database_url).await;
-    match opened {
-        Ok(store) => match store.ping().await {
-            Ok(()) => Check::pass(format!("database: {} answers", settings.database_url)),
-            Err(e) => Check::fail(format!(
-                "database: {} does not answer: {e}",
-                settings.database_url
-            )),
-        },
-        Err(e) => Check::fail(format!(
-            "database: cannot open {}: {e}",
-            settings.database_url
+    let url = &settings.database_url;
+    let schema = match schema::inspect(url).await {
+        Ok(schema) => schema,
+        Err(e) => return Check::fail(format!("database: cannot open {url}: {e}")),
+    };
+    match schema {
+        Schema::Current => Check::pass(format!("database: {url} answers and {schema}")),
+        Schema::Missing => Check::pass(format!(
+            "database: {url} {schema} yet; serve (or goldrelay migrate) creates it, so check the path if it should already hold replies"
+        )),
+        Schema::Empty => Check::pass(format!(
+            "database: {url} answers and {schema}; the deploy's release_command (goldrelay migrate) creates them"
+        )),
+        Schema::Behind(_) => Check::pass(format!(
+            "database: {url} answers and {schema}; the deploy's release_command (goldrelay migrate) applies them"
+        )),
+        Schema::Newer(_) | Schema::Altered(_) | Schema::Unfinished(_) => Check::fail(format!(
+            "database: {url} {schema}; this goldrelay refuses to serve it"
         )),
     }
 }

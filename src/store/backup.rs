@@ -11,6 +11,7 @@
 //! next to its target and renames once the copy is complete and synced. A
 //! restore never deletes a database: the one it replaces is kept beside it.
 
+use super::schema::{self, Applied, Schema, SQLITE_MIGRATIONS};
 use super::{Backend, DatabaseUrl};
 use anyhow::{anyhow, bail, Context};
 use chrono::Utc;
@@ -225,37 +226,34 @@ fn check_backup(path: &Path) -> anyhow::Result<Connection> {
 }
 
 /// Every migration the backup ran must be one this build knows, unchanged
-/// and finished: the same test `serve` applies when it opens a database.
+/// and finished: the same test `serve` applies when it opens a database. An
+/// older backup is fine: the next `serve` migrates it.
 fn check_migrations(conn: &Connection, path: &Path) -> anyhow::Result<()> {
-    let known = sqlx::migrate!("./migrations/sqlite");
     let mut applied = conn
         .prepare("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
         .map_err(|e| unreadable(path, e))?;
     let rows = applied
         .query_map([], |row| {
-            Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, Vec<u8>>(1)?,
-                row.get(2)?,
-            ))
+            Ok(Applied {
+                version: row.get(0)?,
+                checksum: row.get(1)?,
+                success: row.get(2)?,
+            })
         })
+        .map_err(|e| unreadable(path, e))?
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| unreadable(path, e))?;
-    for row in rows {
-        let (version, checksum, success): (i64, Vec<u8>, bool) =
-            row.map_err(|e| unreadable(path, e))?;
-        let shown = path.display();
-        match known.iter().find(|m| m.version == version) {
-            None => bail!(
-                "{shown} was written by a newer goldrelay (its migration {version} is unknown to this one); restore it with that version or later"
-            ),
-            Some(m) if *m.checksum != *checksum => {
-                bail!("{shown}'s migration {version} differs from this goldrelay's")
-            }
-            Some(_) if !success => bail!("{shown}'s migration {version} did not finish"),
-            Some(_) => {}
+    let shown = path.display();
+    match schema::compare(&SQLITE_MIGRATIONS, &rows) {
+        Schema::Newer(version) => bail!(
+            "{shown} was written by a newer goldrelay (its migration {version} is unknown to this one); restore it with that version or later"
+        ),
+        Schema::Altered(version) => {
+            bail!("{shown}'s migration {version} differs from this goldrelay's")
         }
+        Schema::Unfinished(version) => bail!("{shown}'s migration {version} did not finish"),
+        Schema::Missing | Schema::Empty | Schema::Current | Schema::Behind(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// Copies `source` into a new database at `to`, as of one snapshot.

@@ -9,6 +9,7 @@ mod export;
 mod lifecycle;
 mod postgres;
 mod row;
+pub mod schema;
 mod sql;
 mod sqlite;
 pub mod summary;

@@ -53,9 +53,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let mut migrator = SqliteConnection::connect_with(&options).await?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&mut migrator)
-            .await?;
+        super::schema::SQLITE_MIGRATIONS.run(&mut migrator).await?;
         migrator.close().await?;
         let path = options.get_filename().to_owned();
         let writer = tokio::task::spawn_blocking(move || writer::connect(&path))

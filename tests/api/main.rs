@@ -36,6 +36,7 @@ mod pitfalls;
 mod postgres_instances;
 mod postgres_outage;
 mod properties;
+mod read_only;
 mod restart;
 mod roles;
 mod sandbox;

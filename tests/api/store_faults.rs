@@ -31,7 +31,7 @@ const PG_BROKEN_PROBE: &str = "CREATE FUNCTION broken() RETURNS trigger AS $$ BE
      CREATE TRIGGER broken BEFORE INSERT OR UPDATE ON write_probe FOR EACH ROW EXECUTE FUNCTION broken()";
 
 /// Runs `sql` (several statements allowed) on the database `url` names.
-async fn execute(url: &str, sql: &str) {
+pub(crate) async fn execute(url: &str, sql: &str) {
     use sqlx::{Connection, Executor};
     match Backend::of(url) {
         Some(Backend::Postgres) => {

@@ -74,7 +74,7 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        crate::store::schema::POSTGRES_MIGRATIONS.run(&pool).await?;
         let announce = Arc::new(Notify::new());
         tokio::spawn(announce_new_jobs(pool.clone(), announce.clone()));
         let most = tuning.max_waiting_writes.max(1);

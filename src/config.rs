@@ -230,11 +230,13 @@ impl Settings {
 
     /// `DATABASE_URL` alone, for commands that need only the database.
     pub fn database_url_from_env() -> Result<DatabaseUrl, ConfigError> {
-        let raw = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        DatabaseUrl::parse(&raw).map_err(|problem| ConfigError(vec![problem]))
+        let lookup = |name: &str| std::env::var(name).ok();
+        Env {
+            lookup: &lookup,
+            problems: Vec::new(),
+        }
+        .read_database_url()
+        .map_err(|problem| ConfigError(vec![problem]))
     }
 
     /// Reads settings through `lookup`, so tests need not touch the process environment.
@@ -311,12 +313,25 @@ impl Env<'_> {
         (self.lookup)(name).filter(|v| !v.trim().is_empty())
     }
 
-    /// `DATABASE_URL`, or the default SQLite file when it is not set.
+    /// `DATABASE_URL`, or the default SQLite file when it is not set, except
+    /// on Fly.io (`FLY_APP_NAME` set): there the default file would sit on the
+    /// machine's temporary disk and lose every accepted reply at the next
+    /// restart or deploy.
+    fn read_database_url(&self) -> Result<DatabaseUrl, String> {
+        match self.optional("DATABASE_URL") {
+            Some(raw) => DatabaseUrl::parse(&raw),
+            None if self.optional("FLY_APP_NAME").is_some() => Err(format!(
+                "DATABASE_URL is required on Fly.io: the default ({DEFAULT_DATABASE_URL}) would \
+                 sit on the machine's temporary disk and lose every reply at the next restart; \
+                 set a postgres:// URL, or sqlite:///data/goldrelay.db with a volume mounted at /data"
+            )),
+            None => DatabaseUrl::parse(DEFAULT_DATABASE_URL),
+        }
+    }
+
+    /// [`Env::read_database_url`], its problem noted.
     fn database_url(&mut self) -> DatabaseUrl {
-        let raw = self
-            .optional("DATABASE_URL")
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        DatabaseUrl::parse(&raw).unwrap_or_else(|problem| {
+        self.read_database_url().unwrap_or_else(|problem| {
             self.problems.push(problem);
             DatabaseUrl {
                 backend: Backend::Sqlite,

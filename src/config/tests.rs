@@ -283,3 +283,24 @@ fn an_unknown_scheme_is_refused_naming_the_variable_and_never_the_rest() {
         assert!(!err.contains("hunter2") && !err.contains("/data"), "{err}");
     }
 }
+
+#[test]
+fn on_fly_the_database_url_must_be_set_and_elsewhere_it_defaults_to_a_local_file() {
+    let base = [
+        ("GOLDRELAY_TOKENS", TOKEN),
+        ("CHATWOOT_BASE_URL", "https://chat.example.com"),
+        ("CHATWOOT_API_TOKEN", "x"),
+    ];
+    let here = load(&base).unwrap();
+    assert_eq!(here.database_url.expose(), DEFAULT_DATABASE_URL);
+    let mut on_fly = base.to_vec();
+    on_fly.push(("FLY_APP_NAME", "goldrelay-prod"));
+    let err = load(&on_fly).unwrap_err().to_string();
+    assert!(
+        err.contains("DATABASE_URL is required on Fly.io") && err.contains("temporary disk"),
+        "{err}"
+    );
+    on_fly.push(("DATABASE_URL", "sqlite:///data/goldrelay.db"));
+    let set = load(&on_fly).unwrap();
+    assert_eq!(set.database_url.expose(), "sqlite:///data/goldrelay.db");
+}

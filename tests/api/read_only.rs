@@ -150,3 +150,36 @@ async fn check_config_and_replies_read_the_schema_and_never_create_or_migrate_it
         "{line}"
     );
 }
+
+#[test]
+fn on_fly_without_a_database_url_every_command_refuses_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["migrate"][..],
+        &["serve"],
+        &["check-config"],
+        &["replies", "list"],
+    ] {
+        let output = Command::cargo_bin("goldrelay")
+            .unwrap()
+            .env_clear()
+            .current_dir(dir.path())
+            .env("FLY_APP_NAME", "goldrelay-prod")
+            .env("GOLDRELAY_TOKENS", TOKEN)
+            .env("CHATWOOT_BASE_URL", "http://127.0.0.1:9")
+            .env("CHATWOOT_API_TOKEN", "x")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let text = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        let naming = text
+            .lines()
+            .filter(|l| l.contains("DATABASE_URL is required on Fly.io"))
+            .count();
+        assert_eq!(naming, 1, "{args:?}: {text}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "files were created: {left:?}");
+}

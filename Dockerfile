@@ -48,6 +48,9 @@ COPY --from=builder /app/target/release/goldrelay /app/target/release/smoke /usr
 # DATABASE_URL (sqlite://goldrelay.db) is relative to this directory. With
 # PostgreSQL nothing is written here.
 WORKDIR /data
+# Outside a container goldrelay binds loopback only; in one it must take
+# connections from outside (`docker run -p 8080:8080` as well as Fly's proxy).
+ENV GOLDRELAY_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 
 # For the SQLite alternative, Fly mounts a volume at /data owned by root, where

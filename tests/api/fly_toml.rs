@@ -236,6 +236,23 @@ fn fly_sends_traffic_to_the_address_goldrelay_binds() {
 }
 
 #[test]
+fn the_image_binds_every_interface_on_the_port_it_exposes() {
+    let image = final_stage();
+    let exposed = image.args_of("EXPOSE");
+    let port = exposed
+        .iter()
+        .flat_map(|ports| ports.split_whitespace())
+        .next()
+        .expect("the image exposes a port");
+    let env = image.args_of("ENV");
+    assert!(
+        env.iter()
+            .any(|e| e == &format!("GOLDRELAY_LISTEN=0.0.0.0:{port}")),
+        "a container run without fly.toml (docker run -p) must bind 0.0.0.0:{port}: ENV is {env:?}"
+    );
+}
+
+#[test]
 fn fly_waits_for_goldrelay_to_finish_its_work_before_killing_it() {
     let fly = toml_file("fly.toml");
     // startup::shutdown_signal drains on SIGTERM (and SIGINT), nothing else.

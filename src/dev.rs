@@ -87,10 +87,15 @@ fn print_banner(
     let base = format!("http://{addr}");
     let token = tokens.support;
     let operator = tokens.operator;
-    let shown = if options.token.is_some() {
-        "(the one you passed with --token)".to_owned()
+    // A token the user chose is not printed: the commands read it from $TOKEN.
+    let (shown, token, post) = if options.token.is_some() {
+        (
+            "(the one you passed with --token or GOLDRELAY_DEV_TOKEN)",
+            "$TOKEN",
+            "Set TOKEN to that Support token, then post a gold reply:",
+        )
     } else {
-        token.to_owned()
+        (token, token, "Post a gold reply:")
     };
     println!(
         r#"
@@ -102,16 +107,16 @@ goldrelay dev is running. This is a local sandbox: nothing reaches a real Chatwo
   database          {db}
   sandbox Chatwoot  {chatwoot}   (account 1, conversations 1-1000)
 
-Post a gold reply:
+{post}
 
   curl -i {base}/api/webhooks/gold-replies \
-    -H 'Authorization: Bearer {token}' \
+    -H "Authorization: Bearer {token}" \
     -H 'Content-Type: application/json' \
     -d '{{"reply_id":"demo-1","account_id":1,"conversation_id":1,"action":"approve_send","content":"Hello from goldrelay","approved_by":"you@example.com"}}'
 
 See what became of it:
 
-  curl -s {base}/api/gold-replies/demo-1 -H 'Authorization: Bearer {token}'
+  curl -s {base}/api/gold-replies/demo-1 -H "Authorization: Bearer {token}"
 
 See it in the sandbox Chatwoot:
 

@@ -20,6 +20,7 @@ mod context;
 mod dashboard;
 mod dataset;
 mod delivery;
+mod dev;
 mod exactly_once;
 mod export;
 mod fly_toml;

@@ -69,11 +69,13 @@ fn start(dir: &tempfile::TempDir, args: &[&str]) -> Dev {
 
 /// The value printed after `label` on its banner line.
 fn shown<'a>(banner: &'a str, label: &str) -> &'a str {
-    banner
+    let Some(value) = banner
         .lines()
         .find_map(|l| l.trim_start().strip_prefix(label))
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {label:?} line: {banner}"))
+    else {
+        panic!("no {label:?} line: {banner}");
+    };
+    value.trim()
 }
 
 #[tokio::test(flavor = "multi_thread")]

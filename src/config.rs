@@ -3,6 +3,7 @@
 //! Every setting comes from one environment variable. Loading collects every
 //! problem at once and names the variable, so an operator fixes a deploy in one go.
 
+pub mod reference;
 mod tokens;
 
 pub use tokens::BearerToken;

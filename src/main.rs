@@ -32,8 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service. Configuration comes from the environment: see the README's
-    /// configuration table. Exits at once, naming the variable, when one is missing or invalid.
+    /// Run the service. Configuration comes from the environment (`serve --help`
+    /// lists it). Exits at once, naming the variable, when one is missing or invalid.
+    #[command(after_long_help = goldrelay::config::reference::help())]
     Serve,
     /// Apply the database migrations (DATABASE_URL) and exit. Fly's release_command runs this.
     Migrate,

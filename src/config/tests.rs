@@ -304,3 +304,60 @@ fn on_fly_the_database_url_must_be_set_and_elsewhere_it_defaults_to_a_local_file
     let set = load(&on_fly).unwrap();
     assert_eq!(set.database_url.expose(), "sqlite:///data/goldrelay.db");
 }
+
+#[test]
+fn the_readmes_table_names_every_variable_the_settings_read() {
+    let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let _ = Settings::from_lookup(|name| {
+        read.borrow_mut().insert(name.to_owned());
+        None
+    });
+    let tabled: Vec<String> = reference::variables()
+        .iter()
+        .flat_map(|v| v.names.split(", ").map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    assert!(tabled.len() > 30, "{tabled:?}");
+    for name in read.borrow().iter().filter(|n| *n != "FLY_APP_NAME") {
+        assert!(
+            tabled.contains(name),
+            "{name} is read but not in the README's table"
+        );
+    }
+    for name in &tabled {
+        let elsewhere = name.starts_with("OTEL_")
+            || ["GOLDRELAY_PUBLIC_URL", "GOLDRELAY_LOG_FORMAT"].contains(&name.as_str());
+        assert!(
+            read.borrow().contains(name) || elsewhere,
+            "{name} is in the README's table but nothing reads it"
+        );
+    }
+}
+
+#[test]
+fn serve_help_is_the_readmes_table_as_plain_text() {
+    let help = reference::help();
+    for v in reference::variables() {
+        for name in v.names.split(", ") {
+            assert!(help.contains(name), "{name}: {help}");
+        }
+    }
+    assert!(
+        help.contains("\n  GOLDRELAY_SEND_RATE [default: 40]\n"),
+        "{help}"
+    );
+    assert!(help.contains("\n  GOLDRELAY_TOKENS [required]\n"), "{help}");
+    assert!(!help.contains("](") && !help.contains('`'), "{help}");
+    assert!(help
+        .lines()
+        .all(|l| l.chars().count() <= 80 || !l.trim().contains(' ')));
+    let tokens = reference::variables()
+        .into_iter()
+        .find(|v| v.names == "GOLDRELAY_TOKENS")
+        .unwrap();
+    assert_eq!(tokens.default, "required");
+    assert!(
+        tokens.meaning.contains("bound to that Chatwoot account") && !tokens.meaning.contains('#'),
+        "{}",
+        tokens.meaning
+    );
+}

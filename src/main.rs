@@ -16,7 +16,7 @@ use std::process::ExitCode;
 /// stores every one durably, and delivers the approved ones to Chatwoot exactly
 /// once, in order per conversation.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
     /// Log format: `text` for people, `json` for log shippers.
     #[arg(
@@ -29,6 +29,20 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 a problem, named on standard error (check-config: \
+one line per check on standard output); 2 a command line it cannot parse.\n\
+Each command's --help says what it reads; serve --help lists every environment variable.";
+
+const CHECK_CONFIG_EXAMPLES: &str = "It reads the environment serve reads (serve --help), and \
+GOLDRELAY_PUBLIC_URL for the webhook pitfalls. The database is only read: it says whether the \
+schema is missing, behind this build (the deploy's release_command applies it), current, or \
+newer (a failure). Chatwoot: GET /health, one authenticated read of --conversation-id (a 404 \
+passes: the token works, the conversation may not exist), then the pitfall checks' GET /api \
+(its version) and GET /api/v1/profile (the token in each header). Nothing is written to Chatwoot.\n\n\
+Examples:\n  \
+goldrelay check-config\n  \
+fly ssh console --user goldrelay -C \"goldrelay check-config --account-id 1 --conversation-id 42\"";
 
 #[derive(Subcommand)]
 enum Command {
@@ -44,6 +58,7 @@ enum Command {
     /// Check the environment, the database and Chatwoot (its /health and one
     /// authenticated read) before a deploy. Prints one line per check; exits 1 on any problem.
     /// `WARN` lines name deploy pitfalls (docs/deploy.md) and do not fail it.
+    #[command(after_long_help = CHECK_CONFIG_EXAMPLES)]
     CheckConfig {
         /// The Chatwoot account to read through the API token.
         #[arg(long, default_value_t = 1)]

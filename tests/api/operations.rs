@@ -450,11 +450,12 @@ fn no_help_screen_shows_a_secret_set_in_the_environment() {
             format!("postgres://goldrelay:{MARK}@db/goldrelay"),
         ),
     ];
-    let paths = subcommands(&[]);
+    let mut paths = subcommands(&[]);
     let names: Vec<String> = paths.iter().map(|p| p.join(" ")).collect();
     for expected in ["dev", "sandbox", "serve", "replies retry"] {
         assert!(names.iter().any(|n| n == expected), "{names:?}");
     }
+    paths.push(Vec::new());
     let mut shown = String::new();
     for path in &paths {
         let out = Command::cargo_bin("goldrelay")
@@ -470,6 +471,10 @@ fn no_help_screen_shows_a_secret_set_in_the_environment() {
         assert!(!help.contains(MARK), "goldrelay {path:?} --help:\n{help}");
         shown.push_str(&help);
     }
+    assert!(
+        shown.contains("Exit codes: 0"),
+        "the exit codes are not explained"
+    );
     // The screens that read a secret from the environment still name it.
     for named in ["GOLDRELAY_DEV_TOKEN", "SANDBOX_WEBHOOK_SECRET"] {
         assert!(shown.contains(named), "no help names {named}");

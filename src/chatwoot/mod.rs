@@ -358,12 +358,14 @@ const TOKEN_REFUSALS: [&str; 2] = [
     "You need to sign in or sign up before continuing.",
 ];
 
-/// Whether `body` is one of Chatwoot's JSON error bodies: an object with
-/// `error`, `errors` or `message`.
+/// Whether `body` is the JSON Chatwoot answers its own 401, 403 and 404
+/// with: `{"error": …}` (`request_exception_handler.rb`) or devise's
+/// `{"errors": […]}`. Its `{"message": …}` body is a 422's
+/// (`render_record_invalid`); a 401/403/404 carrying one is a gateway's
+/// (Kong's `{"message":"no Route matched …"}`, AWS's `{"message":"Forbidden"}`).
 fn chatwoot_json(body: &str) -> bool {
-    serde_json::from_str::<Value>(body).is_ok_and(|v| {
-        v.get("error").is_some() || v.get("errors").is_some() || v.get("message").is_some()
-    })
+    serde_json::from_str::<Value>(body)
+        .is_ok_and(|v| v.get("error").is_some() || v.get("errors").is_some())
 }
 
 /// The text of Chatwoot's error body: `{"error": …}`, devise's `{"errors": […]}`, or the raw text.

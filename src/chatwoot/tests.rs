@@ -91,6 +91,39 @@ fn a_422_raised_after_the_commit_and_a_5xx_may_have_created_the_message() {
 }
 
 #[test]
+fn a_gatekeepers_json_is_not_taken_for_chatwoots_own_refusal() {
+    let h = HeaderMap::new();
+    for (status, body) in [
+        (
+            StatusCode::NOT_FOUND,
+            r#"{"message":"no Route matched with those values"}"#,
+        ),
+        (StatusCode::FORBIDDEN, r#"{"message":"Forbidden"}"#),
+        (StatusCode::UNAUTHORIZED, r#"{"message":"Unauthorized"}"#),
+    ] {
+        assert!(
+            matches!(classify(status, &h, body), SendError::Transient { .. }),
+            "{status} {body}"
+        );
+    }
+    for (status, body) in [
+        (
+            StatusCode::NOT_FOUND,
+            r#"{"error":"Resource could not be found"}"#,
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"You are not authorized to do this action"}"#,
+        ),
+    ] {
+        assert!(
+            matches!(classify(status, &h, body), SendError::Permanent { .. }),
+            "{status} {body}"
+        );
+    }
+}
+
+#[test]
 fn devise_and_plain_text_errors_are_both_readable() {
     let h = HeaderMap::new();
     let devise = classify(

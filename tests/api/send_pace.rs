@@ -96,15 +96,14 @@ async fn two_goldrelay_processes_together_send_no_faster_than_the_rate() {
     }
     let mut at: Vec<i64> = chatwoot.creates().iter().map(|c| c.at_ms).collect();
     at.sort();
-    // Any RATE + 1 requests in a row span at least a second (less a little
-    // for the scheduler), which two unshared limiters would not keep to.
-    for window in at.windows(RATE as usize + 1) {
-        let span = window[RATE as usize] - window[0];
-        assert!(
-            span >= 900,
-            "{} requests within {span} ms: {at:?}",
-            RATE + 1
-        );
+    // Any 2 × RATE + 1 requests in a row span two seconds at the shared rate,
+    // one with two unshared limiters. Each request's own way to the sandbox
+    // adds up to a few hundred ms on a loaded machine, so the bound sits in
+    // between: 1.5 s.
+    let n = 2 * RATE as usize;
+    for window in at.windows(n + 1) {
+        let span = window[n] - window[0];
+        assert!(span >= 1500, "{} requests within {span} ms: {at:?}", n + 1);
     }
 }
 

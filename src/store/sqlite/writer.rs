@@ -110,7 +110,16 @@ pub(super) fn run(
 }
 
 fn commit(conn: &mut Connection, batch: impl Iterator<Item = WriteOp>) {
-    if let Err(e) = conn.prepare_cached("BEGIN").and_then(|mut s| s.execute([])) {
+    // IMMEDIATE takes the write lock at once, waiting out the busy timeout
+    // for another process that holds it (a CLI command, `migrate`). A
+    // deferred BEGIN whose first statement only reads (a claim finding
+    // nothing) holds a read snapshot instead, and the batch's first write
+    // then fails with BUSY at once, without waiting: SQLite cannot upgrade a
+    // snapshot another writer has moved past.
+    if let Err(e) = conn
+        .prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut s| s.execute([]))
+    {
         tracing::warn!(error = %e, "the writer could not begin a transaction");
         // Dropped unrun: their callers see `StoreError::Unavailable`.
         batch.for_each(drop);

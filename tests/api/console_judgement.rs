@@ -413,7 +413,9 @@ async fn the_summary_counts_every_decision_of_a_period_read_over_many_pages() {
     let dir = tempfile::tempdir().unwrap();
     let url = DatabaseUrl::parse(&database_url(&dir)).unwrap();
     let store = goldrelay::store::open(&url).await.unwrap();
-    // 1 201 decisions, more than two pages of rows, on three days; every
+    // 1 201 decisions, more than two pages of rows, on the three days before
+    // today (today's noon is still ahead in the morning, and the summary
+    // counts nothing yet to come); every
     // third one rejected; and one half a second before the period (inside
     // the second the read starts early by), which stays out.
     let writes = (0..1202_i64).map(|i| {
@@ -422,9 +424,9 @@ async fn the_summary_counts_every_decision_of_a_period_read_over_many_pages() {
             let action = if i % 3 == 0 { "reject" } else { "approve" };
             let body = decision(&format!("many-{i:04}"), action, Some("Same."), "Same.");
             let at = if i == 1201 {
-                noon(2) - chrono::Duration::hours(12) - chrono::Duration::milliseconds(500)
+                noon(3) - chrono::Duration::hours(12) - chrono::Duration::milliseconds(500)
             } else {
-                noon(i as u64 % 3) + chrono::Duration::milliseconds(i)
+                noon(1 + i as u64 % 3) + chrono::Duration::milliseconds(i)
             };
             store
                 .ingest(&GoldReply::parse(&body).unwrap(), at)
@@ -435,7 +437,7 @@ async fn the_summary_counts_every_decision_of_a_period_read_over_many_pages() {
     futures_util::future::join_all(writes).await;
     drop(store);
     let app = spawn_console(Some(url), None).await;
-    let query = format!("from={}&to={}", day(2), day(0));
+    let query = format!("from={}&to={}", day(3), day(1));
     let body: Value = summary(&app, &query, VIEWER_TOKEN)
         .await
         .json()

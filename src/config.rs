@@ -240,6 +240,24 @@ impl Settings {
         .map_err(|problem| ConfigError(vec![problem]))
     }
 
+    /// `GOLDRELAY_LOOKUP_DELAY` and `GOLDRELAY_CHATWOOT_IDEMPOTENT` alone, for
+    /// `replies retry`: how long a retried reply that may have been sent
+    /// waits before it looks ([`crate::delivery::look_after`]).
+    pub fn lookup_timing_from_env() -> Result<(Duration, bool), ConfigError> {
+        let lookup = |name: &str| std::env::var(name).ok();
+        let mut env = Env {
+            lookup: &lookup,
+            problems: Vec::new(),
+        };
+        let delay = env.duration("GOLDRELAY_LOOKUP_DELAY", "60s");
+        let idempotent = env.parsed("GOLDRELAY_CHATWOOT_IDEMPOTENT", false);
+        if env.problems.is_empty() {
+            Ok((delay, idempotent))
+        } else {
+            Err(ConfigError(env.problems))
+        }
+    }
+
     /// Reads settings through `lookup`, so tests need not touch the process environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut env = Env {

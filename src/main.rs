@@ -312,16 +312,21 @@ async fn replies(command: RepliesCommand) -> anyhow::Result<()> {
         } => export(store, since, output, dataset.options()?).await?,
         RepliesCommand::Retry { reply_id, force } => {
             let (record, lookup_first) = ops::retry(&store, &reply_id, force).await?;
+            let due = record
+                .next_attempt_at
+                .map_or_else(String::new, |at| at.format("%H:%M:%S UTC").to_string());
             let how = if lookup_first {
-                "an earlier attempt may have created the message, so the next attempt looks in \
-                 the conversation before it sends"
+                format!(
+                    "an earlier attempt may have created the message, so the next attempt, at \
+                     {due}, looks in the conversation before it sends"
+                )
             } else if force {
-                "forced: the next attempt sends without looking in the conversation"
+                "forced: the next attempt sends without looking in the conversation".to_owned()
             } else {
-                "the next attempt sends it"
+                "the next attempt sends it".to_owned()
             };
             println!(
-                "{} is queued again; {how} (a running goldrelay picks it up within seconds)",
+                "{} is queued again; {how} (a running goldrelay picks it up when it is due)",
                 record.reply_id
             );
         }

@@ -75,13 +75,19 @@ pub async fn show(store: &SharedStore, reply_id: &ReplyId) -> anyhow::Result<Str
 }
 
 /// `goldrelay replies retry ID [--force]`: puts a dead reply back in the
-/// queue; whether its next attempt looks in the conversation first.
+/// queue; whether its next attempt looks in the conversation first (no
+/// sooner than `GOLDRELAY_LOOKUP_DELAY` from now, as `serve` would).
 pub async fn retry(
     store: &SharedStore,
     reply_id: &ReplyId,
     force: bool,
 ) -> anyhow::Result<(ReplyRecord, bool)> {
-    match store.requeue(reply_id, force, Utc::now()).await? {
+    let (delay, idempotent) = Settings::lookup_timing_from_env()?;
+    let look_after = crate::delivery::look_after(delay, idempotent);
+    match store
+        .requeue(reply_id, force, Utc::now(), look_after)
+        .await?
+    {
         Requeued::Queued {
             record,
             lookup_first,

@@ -151,6 +151,7 @@ fn app_state(
         metrics_here: settings.metrics_listen.is_none(),
         console_csp: crate::http::console_csp(&settings.chatwoot_base_url),
         writes: http::WriteHealth::new(settings.database_url.backend()),
+        retry_look_after: policy(settings).look_after(),
     })
 }
 

@@ -21,7 +21,9 @@ mod pause;
 mod rules;
 
 pub use pause::{Pause, TOKEN_RECHECK};
-pub use rules::{abandoned, after_failure, backoff, retry_or_give_up, unsent, Policy, Step};
+pub use rules::{
+    abandoned, after_failure, backoff, look_after, retry_or_give_up, unsent, Policy, Step,
+};
 use rules::{elapsed, span};
 
 use crate::chatwoot::{ChatwootClient, SendError};

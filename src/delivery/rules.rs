@@ -43,15 +43,21 @@ pub struct Policy {
     pub status_reconcile: Option<Duration>,
 }
 
+/// The least wait between a create that may have landed and the lookup that
+/// follows it: `lookup_delay`, or none where creates are idempotent.
+pub fn look_after(lookup_delay: Duration, idempotent_creates: bool) -> Duration {
+    if idempotent_creates {
+        Duration::ZERO
+    } else {
+        lookup_delay
+    }
+}
+
 impl Policy {
     /// The least wait between a create that may have landed and the lookup
     /// that follows it: none where the resend itself is safe.
     pub fn look_after(&self) -> Duration {
-        if self.idempotent_creates {
-            Duration::ZERO
-        } else {
-            self.lookup_delay
-        }
+        look_after(self.lookup_delay, self.idempotent_creates)
     }
 
     /// How long an attempt may run before it is cut off: never past its

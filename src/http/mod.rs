@@ -53,6 +53,9 @@ pub struct AppState {
     pub console_csp: String,
     /// How posts' writes and `/hc`'s probe went lately, for `/hc`.
     pub writes: WriteHealth,
+    /// How long an operator's retry of a reply that may have been sent waits
+    /// before it looks: the worker's lookup delay.
+    pub retry_look_after: Duration,
 }
 
 /// The console's `Content-Security-Policy`: Chatwoot at `chatwoot_base_url`

@@ -123,7 +123,10 @@ pub async fn retry_reply(
         .map_err(|e| ApiError::MalformedQuery(e.to_string()))?;
     let force = query.force.unwrap_or(false);
     let id = reply_id(&path)?;
-    let requeued = state.store.requeue(&id, force, Utc::now()).await?;
+    let requeued = state
+        .store
+        .requeue(&id, force, Utc::now(), state.retry_look_after)
+        .await?;
     match requeued {
         Requeued::Queued {
             record,

@@ -518,12 +518,14 @@ async fn dead(
 /// Puts a `dead` reply back at the end of its conversation's line with a fresh
 /// attempt budget. If an earlier attempt may have created the message, the
 /// first new attempt looks for it before sending, unless the operator `force`s
-/// a send.
+/// a send; and it is due only `look_after` from `now`, because the reply may
+/// have died moments after its last create left and the lookup must give
+/// that create time to commit, as every other lookup does.
 pub(crate) async fn requeue(
     tx: &mut dyn Tx,
     reply_id: &ReplyId,
     force: bool,
-    now: DateTime<Utc>,
+    (now, look_after): (DateTime<Utc>, std::time::Duration),
 ) -> Result<Requeued, StoreError> {
     let now = stored_time(now);
     let Some(stored) = tx.reply(reply_id, true).await? else {
@@ -533,19 +535,24 @@ pub(crate) async fn requeue(
     if record.status != Status::Dead {
         return Ok(Requeued::NotDead(record));
     }
+    let look_first = stored.uncertain && !force;
+    let due = if look_first {
+        stored_time(now + chrono::Duration::from_std(look_after).unwrap_or(chrono::Duration::MAX))
+    } else {
+        now
+    };
     let change = ReplyChange {
         status: Some(Status::Queued),
         requeued_at: Some(now),
-        next_attempt_at: Some(Some(now)),
+        next_attempt_at: Some(Some(due)),
         ..ReplyChange::default()
     };
     tx.update_reply(reply_id, &change).await?;
-    let look_first = stored.uncertain && !force;
     tx.enqueue(
         reply_id,
         record.account_id,
         record.conversation_id,
-        now,
+        due,
         look_first,
     )
     .await?;

@@ -307,12 +307,14 @@ pub trait Store: Send + Sync {
 
     /// Puts a `dead` reply back in the queue with a fresh attempt budget. A
     /// reply that may have been sent is looked up before it is sent again,
-    /// unless `force`.
+    /// unless `force`, and no sooner than `look_after` from `now`: its last
+    /// create may have left moments before it died.
     async fn requeue(
         &self,
         reply_id: &ReplyId,
         force: bool,
         now: DateTime<Utc>,
+        look_after: Duration,
     ) -> Result<Requeued, StoreError>;
 
     /// How many replies are in each status.

@@ -193,10 +193,14 @@ impl Store for SqliteStore {
         reply_id: &ReplyId,
         force: bool,
         now: DateTime<Utc>,
+        look_after: Duration,
     ) -> Result<Requeued, StoreError> {
         let reply_id = reply_id.clone();
         let requeued = self
-            .write(move |c| step(lifecycle::requeue(&mut SqliteTx(c), &reply_id, force, now)))
+            .write(move |c| {
+                let tx = &mut SqliteTx(c);
+                step(lifecycle::requeue(tx, &reply_id, force, (now, look_after)))
+            })
             .await?;
         if matches!(requeued, Requeued::Queued { .. }) {
             self.new_jobs();

@@ -858,6 +858,9 @@ async fn next_due_ignores_jobs_blocked_behind_their_conversations_head(store: Sh
 
 // ---------------------------------------------------------------- requeue
 
+/// The lookup delay requeues are given (`GOLDRELAY_LOOKUP_DELAY`'s default).
+const LOOK: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts(store: SharedStore) {
     let t0 = start();
     ingest(&store, &send("a1", 7), t0).await;
@@ -866,7 +869,7 @@ async fn requeue_puts_a_dead_reply_at_the_back_of_its_line_with_fresh_attempts(s
     finish(&store, "a1", "w", dead("HTTP 422"), t0 + secs(3)).await;
 
     let t1 = t0 + secs(10);
-    let requeued = match store.requeue(&rid("a1"), false, t1).await.unwrap() {
+    let requeued = match store.requeue(&rid("a1"), false, t1, LOOK).await.unwrap() {
         Requeued::Queued { record, .. } => record,
         other => panic!("a dead reply was not requeued: {other:?}"),
     };
@@ -901,31 +904,40 @@ async fn requeue_looks_first_after_an_attempt_that_may_have_sent_unless_forced(s
     let requeue = |force: bool, at| {
         let store = store.clone();
         async move {
-            match store.requeue(&rid("u1"), force, at).await.unwrap() {
+            match store.requeue(&rid("u1"), force, at, LOOK).await.unwrap() {
                 Requeued::Queued { record, .. } => record,
                 other => panic!("a dead reply was not requeued: {other:?}"),
             }
         }
     };
-    requeue(false, t0 + secs(10)).await;
-    let jobs = claim_exactly(&store, "w", t0 + secs(11), &["u1"]).await;
+    // Its last create left at t0 + 5 s, moments before it died: the look
+    // waits the lookup delay, as every other lookup does.
+    let looks = requeue(false, t0 + secs(10)).await;
+    assert_eq!(looks.next_attempt_at, Some(t0 + secs(70)));
+    claim_exactly(&store, "w", t0 + secs(69), &[]).await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(70), &["u1"]).await;
     assert!(jobs[0].maybe_sent, "the operator's retry looks first");
     // It died again for sure (a 422 before anything was stored); the earlier
     // uncertainty remains, so a plain retry still looks first.
-    finish(&store, "u1", "w", dead("HTTP 422"), t0 + secs(12)).await;
-    requeue(false, t0 + secs(20)).await;
-    let jobs = claim_exactly(&store, "w", t0 + secs(21), &["u1"]).await;
+    finish(&store, "u1", "w", dead("HTTP 422"), t0 + secs(71)).await;
+    requeue(false, t0 + secs(80)).await;
+    let jobs = claim_exactly(&store, "w", t0 + secs(140), &["u1"]).await;
     assert!(jobs[0].maybe_sent, "still uncertain");
-    finish(&store, "u1", "w", dead("HTTP 422"), t0 + secs(22)).await;
-    requeue(true, t0 + secs(30)).await;
-    let jobs = claim_exactly(&store, "w", t0 + secs(31), &["u1"]).await;
+    finish(&store, "u1", "w", dead("HTTP 422"), t0 + secs(141)).await;
+    let forced = requeue(true, t0 + secs(150)).await;
+    assert_eq!(
+        forced.next_attempt_at,
+        Some(t0 + secs(150)),
+        "forced: due at once"
+    );
+    let jobs = claim_exactly(&store, "w", t0 + secs(150), &["u1"]).await;
     assert!(!jobs[0].maybe_sent, "forced: sent without looking");
 }
 
 async fn requeue_refuses_replies_that_are_not_dead_and_unknown_ids(store: SharedStore) {
     let t0 = start();
     assert!(matches!(
-        store.requeue(&rid("nope"), false, t0).await.unwrap(),
+        store.requeue(&rid("nope"), false, t0, LOOK).await.unwrap(),
         Requeued::NotFound
     ));
     ingest(&store, &send("queued", 1), t0).await;
@@ -940,7 +952,7 @@ async fn requeue_refuses_replies_that_are_not_dead_and_unknown_ids(store: Shared
         ("recorded", Status::Recorded),
     ] {
         match store
-            .requeue(&rid(reply_id), false, t0 + secs(2))
+            .requeue(&rid(reply_id), false, t0 + secs(2), LOOK)
             .await
             .unwrap()
         {
@@ -1239,7 +1251,7 @@ async fn a_confirmation_marks_delivered_and_dead_replies_confirmed_but_not_recor
     assert_eq!(lost.chatwoot_message_id, Some(12));
     assert_eq!(lost.confirmed_at, Some(at));
     assert!(matches!(
-        store.requeue(&rid("lost"), false, at).await.unwrap(),
+        store.requeue(&rid("lost"), false, at, LOOK).await.unwrap(),
         Requeued::NotDead(_)
     ));
     let kept = record(&store, "kept").await;

@@ -219,6 +219,40 @@ async fn an_operator_retry_after_a_maybe_sent_attempt_looks_first_and_sends_noth
 }
 
 #[tokio::test]
+async fn an_operator_retry_right_after_a_reply_died_waits_for_its_last_create_to_commit() {
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.chatwoot_timeout = Duration::from_millis(500);
+        s.max_attempts = 1;
+        s.lookup_delay = Duration::from_secs(4);
+    })
+    .await;
+    // The only attempt times out at 0.5 s and the reply dies; Puma commits
+    // its message at 2.5 s.
+    app.chatwoot.set_faults(Faults {
+        commit_late_next: 1,
+        commit_after_ms: 2500,
+        answer_after_ms: None,
+        ..Faults::default()
+    });
+    app.api.accept(&reply("gr-retry-early", 66)).await;
+    app.api
+        .wait_for_status("gr-retry-early", "dead", PATIENCE)
+        .await;
+    assert!(
+        app.chatwoot.messages(1, 66).is_empty(),
+        "committed before the retry: the test proves nothing"
+    );
+    let answer = operator_retry(&app, "gr-retry-early", "").await;
+    assert_eq!(answer["retry"]["lookup_first"], true, "{answer}");
+    assert!(answer["next_attempt_at"].is_string(), "{answer}");
+    let record = app
+        .api
+        .wait_for_status("gr-retry-early", "delivered", PATIENCE)
+        .await;
+    assert_sent_once(&app, "gr-retry-early", 66, &record);
+}
+
+#[tokio::test]
 async fn a_forced_operator_retry_sends_without_looking_and_says_so() {
     let app = spawn_app_with(SandboxConfig::default(), |s| {
         s.chatwoot_timeout = Duration::from_millis(500);

@@ -353,8 +353,11 @@ async fn the_replies_commands_list_show_and_retry_against_the_database() {
     app.api.accept(&reply("cli-1", 6)).await;
     app.api.wait_for_status("cli-1", "dead", PATIENCE).await;
     let (list, show, retry) = {
+        // The CLI reads the lookup delay as serve does: a retry of a reply
+        // that may have been sent looks only that long after it is queued.
         let run = |args: &[&str]| {
             goldrelay(&app)
+                .env("GOLDRELAY_LOOKUP_DELAY", "1s")
                 .args(args)
                 .assert()
                 .success()
@@ -372,7 +375,12 @@ async fn the_replies_commands_list_show_and_retry_against_the_database() {
     assert!(list.contains("cli-1") && list.contains("dead"), "{list}");
     let shown: Value = serde_json::from_slice(&show).unwrap();
     assert_eq!(shown["status"], "dead");
-    assert!(String::from_utf8(retry).unwrap().contains("queued again"));
+    let retry = String::from_utf8(retry).unwrap();
+    assert!(
+        retry.contains("queued again")
+            && retry.contains("looks in the conversation before it sends"),
+        "{retry}"
+    );
     // The running goldrelay picks the job up from the shared database.
     app.api
         .wait_for_status("cli-1", "delivered", PATIENCE)

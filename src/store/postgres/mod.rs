@@ -193,9 +193,11 @@ impl Store for PostgresStore {
         reply_id: &ReplyId,
         force: bool,
         now: DateTime<Utc>,
+        look_after: Duration,
     ) -> Result<Requeued, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let requeued = lifecycle::requeue(&mut PgTx(&mut tx), reply_id, force, now).await?;
+        let tx_ = &mut PgTx(&mut tx);
+        let requeued = lifecycle::requeue(tx_, reply_id, force, (now, look_after)).await?;
         tx.commit().await?;
         if matches!(requeued, Requeued::Queued { .. }) {
             self.announce.notify_one();

@@ -100,6 +100,28 @@ impl Receiver {
             .collect()
     }
 
+    /// Waits until the receiver holds the `ingest` span of `reply_id`. Reads
+    /// only whole lines: the receiver may be writing the last one.
+    async fn wait_for_ingest(&self, reply_id: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+            let found = whole.lines().any(|line| {
+                let span: Value = serde_json::from_str(line).expect("a JSON line");
+                span["name"] == "ingest" && attr(&span, "goldrelay.reply_id") == reply_id
+            });
+            if found {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the ingest span of {reply_id} never reached the receiver"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every byte goldrelay exported, decoded or not.
     fn raw(&self) -> Vec<u8> {
         std::fs::read(self.out.with_extension("jsonl.raw")).unwrap_or_default()
@@ -358,7 +380,7 @@ async fn a_reply_killed_mid_delivery_keeps_its_trace_in_the_process_that_finishe
     first.api.accept(&reply("gr-restarted", 63)).await;
     crate::helpers::wait_for_create(&chatwoot, "gr-restarted").await;
     // The post's span leaves within the batch delay; the attempt's never will.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    receiver.wait_for_ingest("gr-restarted").await;
     first.kill();
 
     let second = serve.start("second").await;

@@ -70,10 +70,13 @@ async fn a_process_killed_after_chatwoot_created_the_message_delivers_it_exactly
 async fn a_process_killed_before_chatwoot_created_the_message_sends_it_exactly_once_on_restart() {
     let (chatwoot, serve, _dir) = setup();
     // Chatwoot sits on the request, then refuses it: no message is created,
-    // and nobody is left to hear the refusal.
+    // and nobody is left to hear the refusal. The wait is well inside this
+    // test's Chatwoot timeout (lease 3 × 3 s + 5 s = 14 s, inside AFTER_LEASE),
+    // so the attempt is still open when the test reads it and kills.
+    let serve = serve.env("GOLDRELAY_CHATWOOT_TIMEOUT", "3s");
     chatwoot.set_faults(Faults {
         fail_next: 1,
-        delay_ms: 600,
+        delay_ms: 2500,
         ..Faults::default()
     });
     let first = serve.start("goldrelay").await;
@@ -101,10 +104,12 @@ async fn a_process_killed_before_chatwoot_created_the_message_sends_it_exactly_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_stopped_with_sigterm_finishes_its_in_flight_delivery_before_it_exits() {
     let (chatwoot, serve, _dir) = setup();
-    // Within the Chatwoot timeout and the drain period: the answer is worth waiting for.
+    // Well within this test's Chatwoot timeout and the drain period (25 s by
+    // default): the answer is worth waiting for, and comes after the SIGTERM.
+    let serve = serve.env("GOLDRELAY_CHATWOOT_TIMEOUT", "5s");
     chatwoot.set_faults(Faults {
         late_next: 1,
-        late_ms: 700,
+        late_ms: 2000,
         ..Faults::default()
     });
     let first = serve.start("goldrelay").await;

@@ -8,11 +8,12 @@ use std::time::Duration;
 #[tokio::test]
 async fn a_conversation_waiting_for_a_retry_keeps_its_order_while_another_conversation_proceeds() {
     let app = spawn_app().await;
-    // The first request goldrelay makes, A1's, is refused with a 503 that asks for 3 s.
+    // The first request goldrelay makes, A1's, is refused with a 503 that asks
+    // for 10 s: long enough that B is delivered well before A1 may go again.
     app.chatwoot.set_faults(Faults {
         fail_next: 1,
         fail_status: Some(503),
-        retry_after: Some(3),
+        retry_after: Some(10),
         ..Faults::default()
     });
     let (a, b) = (41, 42);
@@ -41,7 +42,10 @@ async fn a_conversation_waiting_for_a_retry_keeps_its_order_while_another_conver
         );
     }
 
-    app.api.wait_for_status("a3", "delivered", PATIENCE).await;
+    // A1's retry waits out the 10 s first.
+    app.api
+        .wait_for_status("a3", "delivered", PATIENCE * 2)
+        .await;
     assert_eq!(app.delivered_ids(a), ["a1", "a2", "a3"]);
 }
 
@@ -66,13 +70,13 @@ async fn replies_to_one_conversation_are_delivered_in_acceptance_order_through_f
 #[tokio::test]
 async fn a_slow_chatwoot_answer_in_one_conversation_does_not_hold_up_another() {
     let app = spawn_app_with(SandboxConfig::default(), |s| {
-        s.chatwoot_timeout = Duration::from_secs(10);
+        s.chatwoot_timeout = Duration::from_secs(20);
     })
     .await;
-    // A's message is created at once, but its answer takes 3 s.
+    // A's message is created at once, but its answer takes 8 s.
     app.chatwoot.set_faults(Faults {
         late_next: 1,
-        late_ms: 3000,
+        late_ms: 8000,
         ..Faults::default()
     });
     app.api.accept(&reply("slow-a", 44)).await;
@@ -85,7 +89,7 @@ async fn a_slow_chatwoot_answer_in_one_conversation_does_not_hold_up_another() {
     assert_eq!(slow["status"], "queued", "B waited for A: {slow}");
     let slow = app
         .api
-        .wait_for_status("slow-a", "delivered", PATIENCE)
+        .wait_for_status("slow-a", "delivered", PATIENCE * 2)
         .await;
     assert_eq!(slow["attempts"], 1, "{slow}");
     assert_eq!(app.delivered_ids(44), ["slow-a"]);

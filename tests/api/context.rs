@@ -19,10 +19,22 @@ struct Capturing {
 }
 
 async fn capturing(turns: usize, send_rate: u32) -> Capturing {
+    capturing_within(turns, send_rate, None).await
+}
+
+/// [`capturing`], with `chatwoot_timeout` in place of the test settings' one.
+async fn capturing_within(
+    turns: usize,
+    send_rate: u32,
+    chatwoot_timeout: Option<Duration>,
+) -> Capturing {
     let mut database: Option<DatabaseUrl> = None;
     let app = helpers::spawn_app_with(SandboxConfig::default(), |s| {
         s.capture_context = turns;
         s.send_rate = send_rate;
+        if let Some(timeout) = chatwoot_timeout {
+            s.chatwoot_timeout = timeout;
+        }
         database = Some(s.database_url.clone());
     })
     .await;
@@ -57,6 +69,23 @@ impl Capturing {
             .api
             .wait_until(reply_id, source, PATIENCE, has)
             .await
+    }
+
+    /// Waits until /metrics holds `line`: a capture is counted just after its
+    /// outcome is recorded, so the record can be seen a moment before the count.
+    async fn wait_for_metric(&self, line: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let metrics = self.app.metrics().await;
+            if metrics.contains(line) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {line} in {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The list requests a capture made (it asks Chatwoot to filter internal
@@ -224,11 +253,11 @@ async fn a_posted_context_is_stored_as_posted_and_chatwoot_is_not_read_for_it() 
 
 #[tokio::test]
 async fn a_capture_in_flight_never_delays_a_delivery() {
-    let c = capturing(20, 0).await;
+    let c = capturing_within(20, 0, Some(Duration::from_secs(15))).await;
     busy_conversation(&c.app, 15, 1).await;
-    // Chatwoot's list is slow (still under goldrelay's timeout); creates are not.
+    // Chatwoot's list is slow (well under goldrelay's timeout); creates are not.
     c.app.chatwoot.set_faults(Faults {
-        list_delay_ms: 1500,
+        list_delay_ms: 5000,
         ..Faults::default()
     });
     let mut approved = reply("ctx-slow", 15);
@@ -250,6 +279,8 @@ async fn a_capture_in_flight_never_delays_a_delivery() {
         Value::Null,
         "the delivery waited for the capture: {reading}"
     );
+    // Any further page of the capture comes at once.
+    c.app.chatwoot.set_faults(Faults::default());
     c.wait_for_context("ctx-slow", "captured").await;
 }
 
@@ -290,10 +321,9 @@ async fn a_failed_capture_shows_and_is_retried_later_while_deliveries_go_on() {
     let record = c.wait_for_context("ctx-fails", "captured").await;
     assert_eq!(record["context"]["capture_error"], Value::Null, "{record}");
     assert!(record["context"]["capture_attempts"].as_i64() >= Some(2));
-    let metrics = c.app.metrics().await;
     for outcome in ["retry", "captured"] {
         let line = format!("goldrelay_context_captures_total{{outcome=\"{outcome}\"}}");
-        assert!(metrics.contains(&line), "no {outcome} count in {metrics}");
+        c.wait_for_metric(&line).await;
     }
 }
 
@@ -319,8 +349,8 @@ async fn a_capture_chatwoot_refuses_for_good_is_given_up_and_shown() {
         "{record}"
     );
     assert_eq!(record["context"]["capture_attempts"], 1, "{record}");
-    let metrics = c.app.metrics().await;
-    assert!(metrics.contains("goldrelay_context_captures_total{outcome=\"failed\"} 1"));
+    c.wait_for_metric("goldrelay_context_captures_total{outcome=\"failed\"} 1")
+        .await;
 }
 
 #[tokio::test]

@@ -297,22 +297,26 @@ async fn the_echo_of_a_delivered_reply_confirms_it() {
 async fn a_confirmation_before_the_api_answer_means_the_reply_is_never_sent_again() {
     // One delivery at a time, so the marker below goes out only once the
     // attempt in flight has ended and its outcome is recorded.
-    let app = spawn_app_with(SandboxConfig::default(), |s| s.delivery_concurrency = 1).await;
+    let app = spawn_app_with(SandboxConfig::default(), |s| {
+        s.delivery_concurrency = 1;
+        s.chatwoot_timeout = Duration::from_secs(6);
+    })
+    .await;
     app.chatwoot.set_webhook(
         format!("{}/api/webhooks/chatwoot", app.api.address),
         Some(WEBHOOK_SECRET.into()),
     );
     // Chatwoot creates the message and sends its echo, but answers the API call
-    // only after goldrelay's 2 s timeout.
+    // only after goldrelay's 6 s timeout (this test's).
     app.chatwoot.set_faults(Faults {
         late_next: 1,
-        late_ms: 3000,
+        late_ms: 7000,
         ..Faults::default()
     });
     assert_eq!(app.api.post_reply(&reply("gr-race", 9)).await.status(), 202);
     let record = app
         .api
-        .wait_for_status("gr-race", "confirmed", Duration::from_secs(2))
+        .wait_for_status("gr-race", "confirmed", Duration::from_secs(6))
         .await;
     assert!(record["delivered_at"].is_string(), "{record}");
     // Past the timed-out attempt: had it put gr-race back in the queue, the

@@ -153,7 +153,7 @@ async fn a_create_after_the_client_hung_up_appears_only_later() {
     let cw = chatwoot().await;
     cw.handle.set_faults(Faults {
         commit_late_next: 1,
-        commit_after_ms: 800,
+        commit_after_ms: 3000,
         answer_after_ms: None,
         ..Faults::default()
     });
@@ -172,7 +172,7 @@ async fn a_create_after_the_client_hung_up_appears_only_later() {
         assert!(sent.elapsed() < PATIENCE, "the create never committed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(sent.elapsed() >= Duration::from_millis(800));
+    assert!(sent.elapsed() >= Duration::from_millis(3000));
     assert_eq!(cw.listed(3).await[0]["content"], "late");
 }
 

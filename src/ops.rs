@@ -85,7 +85,7 @@ pub async fn retry(
     let (delay, idempotent) = Settings::lookup_timing_from_env()?;
     let look_after = crate::delivery::look_after(delay, idempotent);
     match store
-        .requeue(reply_id, force, Utc::now(), look_after)
+        .requeue(reply_id, force, store.now(), look_after)
         .await?
     {
         Requeued::Queued {

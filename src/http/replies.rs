@@ -10,7 +10,6 @@ use crate::telemetry::{self, TARGET};
 use actix_web::http::header::LOCATION;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 use tracing::field::Empty;
@@ -35,7 +34,9 @@ pub async fn post_reply(
     span.record("goldrelay.account_id", reply.account_id());
     span.record("goldrelay.conversation_id", reply.conversation_id());
     scope.require(reply.account_id())?;
-    let ingested = state.store.ingest(&reply, Utc::now()).await;
+    // By the store's clock, as every time the worker compares it with: on
+    // PostgreSQL the database's, whatever this instance's own clock says.
+    let ingested = state.store.ingest(&reply, state.store.now()).await;
     match &ingested {
         // A full write queue is load, not a broken store: /hc stays up.
         Err(StoreError::Overloaded(_)) => {}
@@ -125,7 +126,7 @@ pub async fn retry_reply(
     let id = reply_id(&path)?;
     let requeued = state
         .store
-        .requeue(&id, force, Utc::now(), state.retry_look_after)
+        .requeue(&id, force, state.store.now(), state.retry_look_after)
         .await?;
     match requeued {
         Requeued::Queued {

@@ -238,7 +238,7 @@ async fn accept(
     let span = confirmation_span(req, &event, state).await;
     let outcome = state
         .store
-        .record_event(&event, &raw, Utc::now())
+        .record_event(&event, &raw, state.store.now())
         .instrument(span.clone())
         .await?;
     let status = match outcome {

@@ -145,7 +145,7 @@ impl Fleet {
 
 /// The environment that runs a process with its clock `skew` off (Debian's
 /// `faketime` package: libfaketime, preloaded).
-fn skewed_clock(skew: &str) -> Vec<(String, String)> {
+pub(crate) fn skewed_clock(skew: &str) -> Vec<(String, String)> {
     let lib = [
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",

@@ -320,3 +320,39 @@ async fn posted_replies_go_in_batches_through_goldrelay_ingest_and_one_by_one_if
     assert_eq!(stored, 48);
     assert!(relay.terminate().await.success());
 }
+
+/// Every time an instance writes is the database's: one whose own clock is
+/// 30 s behind stamps a reply's acceptance and its confirmation as the
+/// others would. A lookup's floor compares those times across instances, so
+/// a skewed stamp could hide a reply's own message from its lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and run with --include-ignored"]
+async fn an_instance_whose_clock_is_behind_stamps_replies_and_events_by_the_databases_clock() {
+    use crate::helpers::WEBHOOK_SECRET;
+    let port = free_port();
+    let config = SandboxConfig {
+        webhook_url: Some(format!("http://127.0.0.1:{port}/api/webhooks/chatwoot")),
+        webhook_secret: Some(WEBHOOK_SECRET.into()),
+        ..SandboxConfig::default()
+    };
+    let chatwoot = sandbox::start(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let database = postgres::fresh_database();
+    let serve = Serve::new(&database, &chatwoot);
+    let behind = serve
+        .start_with("behind", port, &crate::chaos::skewed_clock("-30s"))
+        .await;
+    behind.api.accept(&reply("gr-skewed", 71)).await;
+    let record = behind
+        .api
+        .wait_for_status("gr-skewed", "confirmed", Duration::from_secs(20))
+        .await;
+    let now = chrono::Utc::now();
+    for field in ["received_at", "delivered_at", "confirmed_at"] {
+        let at: chrono::DateTime<chrono::Utc> = record[field].as_str().unwrap().parse().unwrap();
+        let off = (now - at).num_seconds();
+        assert!(
+            (0..15).contains(&off),
+            "{field} is {off} s before the database's now: {record}"
+        );
+    }
+}

@@ -147,7 +147,7 @@ async fn with_expect_confirmation_delivery_waits_for_chatwoots_webhook() {
 async fn with_expect_confirmation_a_delivery_never_confirmed_fails_at_the_timeout() {
     let stack = start().await;
     let mut args = stack.args();
-    args.timeout = "1s";
+    args.timeout = "5s";
     let mut cmd = args.command();
     cmd.args(["--expect-confirmation", "--format", "json"]);
     let assert = run(cmd).await;
@@ -157,7 +157,7 @@ async fn with_expect_confirmation_a_delivery_never_confirmed_fails_at_the_timeou
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(detail.starts_with("not confirmed within 1.00s"), "{detail}");
+    assert!(detail.starts_with("not confirmed within 5.00s"), "{detail}");
     assert!(
         detail.contains("no confirmation from Chatwoot's webhook"),
         "{detail}"
@@ -186,7 +186,7 @@ async fn chatwoot_being_down_fails_its_checks_but_is_not_an_unreachable_goldrela
 async fn the_expect_confirmation_variable_reads_yes_and_no() {
     let stack = start().await;
     let mut args = stack.args();
-    args.timeout = "1s";
+    args.timeout = "5s";
     let mut no = args.command();
     no.env("SMOKE_EXPECT_CONFIRMATION", "no");
     run(no).await.code(0);

@@ -7,6 +7,7 @@ mod channel_status;
 mod context;
 mod event;
 mod gold_reply;
+mod liquid;
 mod reply_id;
 mod status;
 
@@ -16,5 +17,6 @@ pub use event::{ChatwootEvent, Effect, EventMessage, Kept, OwnUser};
 pub use gold_reply::{
     Action, FieldError, GoldReply, MAX_CONTENT_CHARS, MAX_CONTEXT_CHARS, MAX_CONTEXT_TURNS,
 };
+pub use liquid::as_sent;
 pub use reply_id::ReplyId;
 pub use status::{Status, UnknownStatus};

@@ -1,12 +1,11 @@
 //! The outbound Chatwoot client: the two calls goldrelay makes, and what their
 //! failures mean (transient or permanent, and whether the message may exist).
 
-mod liquid;
 mod lookup;
 mod messages;
 pub mod webhook_policy;
 
-pub use liquid::as_sent;
+pub use crate::domain::as_sent;
 pub use lookup::{Lookup, Search, Wanted, MAX_LOOKUP_PAGES};
 pub use messages::{ChannelReport, Listed, LATEST_PAGE};
 

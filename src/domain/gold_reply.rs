@@ -141,6 +141,9 @@ impl GoldReply {
         let content = check.content();
         let private = check.optional_bool("private").unwrap_or(false);
         let liquid = check.optional_bool("liquid").unwrap_or(false);
+        if let (Some(text), Some(true)) = (&content, action.map(Action::sends)) {
+            check.sent_length(text, liquid);
+        }
         let approved_by = check.approved_by(action);
         let draft = check.optional_object("draft");
         let tags = check.tags();
@@ -304,6 +307,23 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(raw.to_owned())
+    }
+
+    /// Chatwoot holds what it receives to the limit, after goldrelay escaped
+    /// the Liquid openers in it (`validates :content` runs before
+    /// `liquidable.rb`'s rendering): a reply that passes here but not there
+    /// would be refused on every attempt.
+    fn sent_length(&mut self, content: &str, liquid: bool) {
+        let sent = super::as_sent(content, liquid).chars().count();
+        if sent > MAX_CONTENT_CHARS {
+            self.fail(
+                "content",
+                format!(
+                    "must be at most {MAX_CONTENT_CHARS} characters as Chatwoot receives it: \
+                     escaping its Liquid openers ({{{{ and {{%) makes it {sent}"
+                ),
+            );
+        }
     }
 
     fn optional_bool(&mut self, field: &str) -> Option<bool> {

@@ -274,6 +274,31 @@ async fn content_must_not_be_blank_and_at_most_150000_characters() {
         .await;
 }
 
+/// Chatwoot holds the text it receives to its limit, and goldrelay escapes
+/// Liquid's openers in it (`{{` becomes 10 characters): a reply to be sent is
+/// held to the limit as Chatwoot will count it, or every attempt would be
+/// refused with 422 and the reply would die.
+#[tokio::test]
+async fn a_reply_to_send_is_held_to_the_limit_as_chatwoot_receives_it() {
+    let app = spawn_app().await;
+    let near = format!("{{{{{}", "x".repeat(149_993));
+    assert_eq!(near.chars().count(), 149_995);
+    let body = with("gr-near", "content", Some(json!(near)));
+    let problem = assert_problem(app.api.post_reply(&body).await, 422).await;
+    assert_eq!(error_fields(&problem), ["content"], "{problem}");
+    assert!(
+        problem.to_string().contains("as Chatwoot receives it"),
+        "{problem}"
+    );
+    // Sent as a template, the text goes as it is; kept only, it is not sent.
+    let mut template = with("gr-near-liquid", "content", Some(json!(near)));
+    template["liquid"] = json!(true);
+    app.api.accept(&template).await;
+    let mut kept = with("gr-near-kept", "content", Some(json!(near)));
+    kept["action"] = json!("approve");
+    app.api.accept(&kept).await;
+}
+
 #[tokio::test]
 async fn private_must_be_a_boolean() {
     let app = spawn_app().await;

@@ -7,7 +7,6 @@ use crate::domain::{ReplyId, Status, UnknownStatus};
 use crate::store::schema::{self, Schema};
 use crate::store::{self, export_lines, Cursor, ReplyFilter, ReplyRecord, Requeued, SharedStore};
 use anyhow::{bail, Context};
-use chrono::Utc;
 use futures_util::StreamExt;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -157,8 +156,9 @@ pub async fn export(
         .filter(|s| !s.is_empty())
         .map(|raw| Cursor::decode(raw).with_context(|| format!("{raw:?} is not an export cursor")))
         .transpose()?;
+    let now = store.now();
     let records =
-        export_lines(store, after, None, Utc::now()).map(|page| page.map_err(anyhow::Error::from));
+        export_lines(store, after, None, now).map(|page| page.map_err(anyhow::Error::from));
     let mut lines = Box::pin(dataset::converted(records, options, anyhow::Error::from));
     let mut written = 0u64;
     while let Some(chunk) = lines.next().await {

@@ -8,7 +8,6 @@ use super::problem::ApiError;
 use super::AppState;
 use crate::store::{export_pages, ExportPage, ExportRecord, StoreError};
 use actix_web::{web, HttpResponse};
-use chrono::Utc;
 use futures_util::{stream, Stream, StreamExt, TryStreamExt};
 
 /// The most replies the conversation view shows: far more than one
@@ -38,7 +37,7 @@ pub async fn conversation(
     scope.require(ids.0)?;
     let page = ExportPage {
         after: None,
-        until: Utc::now(),
+        until: state.store.now(),
         conversation: Some(ids),
         account: None,
         limit: CONVERSATION_LIMIT + 1,

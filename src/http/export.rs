@@ -9,7 +9,6 @@ use crate::dataset;
 use crate::store::{export_lines, Cursor, StoreError};
 use actix_web::web::{self, Bytes};
 use actix_web::{FromRequest, HttpRequest, HttpResponse};
-use chrono::Utc;
 use futures_util::{stream, Stream, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use std::pin::Pin;
@@ -61,7 +60,8 @@ pub async fn export(
         Some(raw) => Some(Cursor::decode(&raw).ok_or(ApiError::InvalidCursor)?),
         None => None,
     };
-    let records = export_lines(state.store.clone(), after, scope.account(), Utc::now());
+    let now = state.store.now();
+    let records = export_lines(state.store.clone(), after, scope.account(), now);
     let mut lines = Box::pin(dataset::converted(records, options, |e| {
         StoreError::Database(sqlx::Error::Decode(e.into()))
     }));

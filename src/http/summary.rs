@@ -8,7 +8,7 @@ use crate::dataset::DraftField;
 use crate::domain::FieldError;
 use crate::store::summary::{summarise, SummaryPeriod, MAX_SUMMARY_DAYS};
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{Days, NaiveDate, Utc};
+use chrono::{Days, NaiveDate};
 use serde::Deserialize;
 
 /// How many days a period without `from` covers, up to `to`.
@@ -37,9 +37,11 @@ pub async fn summary(
     let query = web::Query::<SummaryQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::MalformedQuery(e.to_string()))?
         .into_inner();
-    let mut period = period(query, Utc::now().date_naive())?;
+    // By the store's clock, which stamped the decisions it counts.
+    let now = state.store.now();
+    let mut period = period(query, now.date_naive())?;
     period.account = scope.narrow(period.account)?;
-    let summary = summarise(state.store.clone(), &period, Utc::now()).await?;
+    let summary = summarise(state.store.clone(), &period, now).await?;
     Ok(HttpResponse::Ok().json(summary))
 }
 
